@@ -1,0 +1,184 @@
+//! Per-port counters: packets and bytes each way, and drops by reason.
+//!
+//! Each port's counters are written by the one worker that owns the port and read by
+//! anyone at any time without stopping traffic. A single writer means an add is a relaxed
+//! load and store, with no locked instruction on the packet path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a frame was dropped. The order is the order of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum DropReason {
+    /// The port's link is down (frames to or from it).
+    LinkDown,
+    /// Longer than the switch's maximum frame size.
+    Oversize,
+    /// Shorter than an Ethernet header.
+    Undersize,
+    /// The backend could not take the frame (kernel or ring full).
+    TxFull,
+    /// The port is connected to nothing that accepts frames.
+    NoDest,
+    /// The ring to another worker was full.
+    RingFull,
+    /// The pool had no free buffer.
+    NoBuffer,
+    /// A stream length prefix was 0 or over the maximum frame size.
+    BadLength,
+    /// A virtio-net header announced an offload the switch does not do.
+    Offload,
+    /// The receive filter of a NIC-like port rejected the frame.
+    Filtered,
+    /// A connection-oriented port had no connection.
+    NotConnected,
+    /// The kernel reported an error for the operation.
+    IoError,
+}
+
+impl DropReason {
+    /// Every reason, in report order.
+    pub const ALL: [DropReason; 12] = [
+        DropReason::LinkDown,
+        DropReason::Oversize,
+        DropReason::Undersize,
+        DropReason::TxFull,
+        DropReason::NoDest,
+        DropReason::RingFull,
+        DropReason::NoBuffer,
+        DropReason::BadLength,
+        DropReason::Offload,
+        DropReason::Filtered,
+        DropReason::NotConnected,
+        DropReason::IoError,
+    ];
+
+    /// The reason's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::LinkDown => "link-down",
+            DropReason::Oversize => "oversize",
+            DropReason::Undersize => "undersize",
+            DropReason::TxFull => "tx-full",
+            DropReason::NoDest => "no-dest",
+            DropReason::RingFull => "ring-full",
+            DropReason::NoBuffer => "no-buffer",
+            DropReason::BadLength => "bad-length",
+            DropReason::Offload => "offload",
+            DropReason::Filtered => "filtered",
+            DropReason::NotConnected => "not-connected",
+            DropReason::IoError => "io-error",
+        }
+    }
+}
+
+const NREASONS: usize = DropReason::ALL.len();
+
+/// Live counters of one port.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    drops: [AtomicU64; NREASONS],
+}
+
+#[inline]
+fn bump(c: &AtomicU64, n: u64) {
+    // Relaxed load and store: only the owning worker writes (module rule); readers
+    // tolerate a value that is a few packets old.
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+impl PortCounters {
+    /// Counts one received frame of `bytes` bytes.
+    #[inline]
+    pub fn rx(&self, bytes: usize) {
+        bump(&self.rx_packets, 1);
+        bump(&self.rx_bytes, bytes as u64);
+    }
+    /// Counts `n` transmitted frames of `bytes` bytes in all.
+    #[inline]
+    pub fn tx(&self, n: u64, bytes: u64) {
+        bump(&self.tx_packets, n);
+        bump(&self.tx_bytes, bytes);
+    }
+    /// Counts `n` dropped frames.
+    #[inline]
+    pub fn count_drop(&self, why: DropReason, n: u64) {
+        bump(&self.drops[why as usize], n);
+    }
+    /// A copy of the current values.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            rx_packets: r(&self.rx_packets),
+            rx_bytes: r(&self.rx_bytes),
+            tx_packets: r(&self.tx_packets),
+            tx_bytes: r(&self.tx_bytes),
+            drops: std::array::from_fn(|i| r(&self.drops[i])),
+        }
+    }
+}
+
+/// Counter values at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    /// Frames received from the backend.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames handed to the backend for sending.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Drops, indexed by `DropReason as usize`.
+    pub drops: [u64; NREASONS],
+}
+
+impl CounterSnapshot {
+    /// Drops for one reason.
+    pub fn dropped(&self, why: DropReason) -> u64 {
+        self.drops[why as usize]
+    }
+    /// All drops.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+    /// Adds another snapshot (queues of one netdev).
+    pub fn add(&mut self, o: &CounterSnapshot) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_snapshots() {
+        let c = PortCounters::default();
+        c.rx(60);
+        c.rx(1514);
+        c.tx(2, 120);
+        c.count_drop(DropReason::Oversize, 3);
+        let s = c.snapshot();
+        assert_eq!((s.rx_packets, s.rx_bytes), (2, 1574));
+        assert_eq!((s.tx_packets, s.tx_bytes), (2, 120));
+        assert_eq!(s.dropped(DropReason::Oversize), 3);
+        assert_eq!(s.total_drops(), 3);
+        let names: std::collections::HashSet<_> =
+            DropReason::ALL.iter().map(|d| d.name()).collect();
+        assert_eq!(names.len(), DropReason::ALL.len());
+        for (i, d) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*d as usize, i);
+        }
+    }
+}

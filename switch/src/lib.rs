@@ -1,0 +1,25 @@
+//! pollswitch's data plane.
+//!
+//! Packets live in one preallocated [`pool`]; [`worker`]s, each pinned to a core, own
+//! port queues ([`backend::Backend`]) and move bursts of packet handles between them by
+//! the forwarding table of [`topology`], handing frames to other workers through
+//! lock-free SPSC [`ring`]s. The control thread drives it all through [`switch::Switch`]
+//! by message; nothing here knows JSON or QMP.
+#![deny(unsafe_code)]
+
+pub mod backend;
+pub mod counters;
+pub mod error;
+pub mod loopback;
+pub mod pool;
+pub mod ring;
+pub mod switch;
+pub mod topology;
+pub mod uring;
+pub mod worker;
+
+pub use backend::{Backend, Io, BURST};
+pub use counters::{CounterSnapshot, DropReason, PortCounters};
+pub use error::SwitchError;
+pub use pool::{Pkt, Pool};
+pub use switch::{ClientSpec, SpecKind, Switch, SwitchConfig};

@@ -1,0 +1,401 @@
+//! The control thread's handle on the data plane.
+//!
+//! [`Switch`] owns the pool, the workers and the client graph. Every change is applied
+//! by message: the new forwarding table goes to every worker, and each acknowledges it
+//! before the change counts as done. Removing a port runs in two steps so that no frame
+//! ever touches a port that is gone:
+//!
+//! ```text
+//!  netdev_del x:  1. table without x ──► every worker acks (no one sends to x any more)
+//!                 2. RemovePort ──► owner cancels x's I/O, frees its buffers,
+//!                    hands the backend back ──► dropped here (fds closed)
+//! ```
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::backend::Backend;
+use crate::counters::{CounterSnapshot, PortCounters};
+use crate::error::SwitchError;
+use crate::pool::{PageKind, Pool};
+use crate::ring::ring;
+use crate::topology::{ClientKind, Graph, PortId, QueueRef};
+use crate::worker::{Cmd, Hop, Worker, WorkerSetup, WorkerShared, XRING_SIZE};
+
+/// How long the control thread waits for a worker to answer.
+pub const WORKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of the data plane.
+#[derive(Debug, Clone)]
+pub struct SwitchConfig {
+    /// One worker per entry, pinned to that core (`None`: not pinned).
+    pub cores: Vec<Option<usize>>,
+    /// Buffers in the pool.
+    pub pool_size: u32,
+    /// Largest frame forwarded.
+    pub max_frame: usize,
+    /// Busy-poll time of ports that do not set their own, in microseconds.
+    pub default_poll_us: u32,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            cores: vec![None],
+            pool_size: 16384,
+            max_frame: crate::pool::DEFAULT_MAX_FRAME,
+            default_poll_us: 50,
+        }
+    }
+}
+
+/// A client to add: a port (with one backend per queue) or a hubport.
+pub struct ClientSpec {
+    /// Unique name (the netdev id).
+    pub name: String,
+    /// What it is.
+    pub kind: SpecKind,
+    /// The client to peer with.
+    pub peer: Option<String>,
+}
+
+/// The two kinds of client.
+pub enum SpecKind {
+    /// A port with its queues' backends and an optional busy-poll time.
+    Port {
+        /// One backend per queue.
+        queues: Vec<Box<dyn Backend>>,
+        /// Busy-poll time in microseconds (`None`: the switch default).
+        poll_us: Option<u32>,
+    },
+    /// A hubport on hub `hub`.
+    HubPort {
+        /// Hub id.
+        hub: i32,
+    },
+}
+
+struct WorkerHandle {
+    shared: Arc<WorkerShared>,
+    cmds: Sender<Cmd>,
+    thread: Option<JoinHandle<()>>,
+    ports: usize,
+}
+
+/// Facts about a started worker.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    /// Index.
+    pub id: u16,
+    /// Pinned core.
+    pub core: Option<usize>,
+    /// Ports it owns.
+    pub ports: usize,
+    /// Nanoseconds busy.
+    pub busy_ns: u64,
+    /// Nanoseconds asleep.
+    pub idle_ns: u64,
+    /// Frames for ports removed while in flight.
+    pub gone_drops: u64,
+}
+
+/// Facts about the data plane, for logs.
+#[derive(Debug, Clone)]
+pub struct StartInfo {
+    /// Pool pages.
+    pub pages: PageKind,
+    /// Whether every worker registered the pool with io_uring.
+    pub fixed_buffers: bool,
+    /// Whether every worker's ring defers completions (DEFER_TASKRUN).
+    pub deferred: bool,
+}
+
+/// The running data plane.
+pub struct Switch {
+    pool: Arc<Pool>,
+    workers: Vec<WorkerHandle>,
+    graph: Graph,
+    counters: std::collections::HashMap<PortId, Arc<PortCounters>>,
+    next_port: PortId,
+    default_poll_us: u32,
+    info: StartInfo,
+}
+
+fn recv<T>(rx: &Receiver<T>, worker: usize) -> Result<T, SwitchError> {
+    rx.recv_timeout(WORKER_TIMEOUT)
+        .map_err(|_| SwitchError::WorkerGone(worker))
+}
+
+impl Switch {
+    /// Maps the pool and starts the workers.
+    pub fn start(cfg: &SwitchConfig) -> Result<Switch, SwitchError> {
+        if cfg.cores.is_empty() {
+            return Err(SwitchError::NoWorkers);
+        }
+        let ncores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for c in cfg.cores.iter().flatten() {
+            if *c >= ncores {
+                return Err(SwitchError::NoSuchCore(*c, ncores));
+            }
+        }
+        let pool = Arc::new(Pool::new(cfg.pool_size, cfg.max_frame)?);
+        let n = cfg.cores.len();
+        let shared: Vec<Arc<WorkerShared>> = cfg
+            .cores
+            .iter()
+            .enumerate()
+            .map(|(i, c)| WorkerShared::new(i as u16, *c).map(Arc::new))
+            .collect::<Result<_, _>>()
+            .map_err(SwitchError::EventFd)?;
+        // rings[from][to]
+        let mut producers: Vec<Vec<Option<crate::ring::Producer<Hop>>>> =
+            (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        let mut consumers: Vec<Vec<crate::ring::Consumer<Hop>>> =
+            (0..n).map(|_| Vec::new()).collect();
+        for (from, row) in producers.iter_mut().enumerate() {
+            for (to, slot) in row.iter_mut().enumerate() {
+                if from != to {
+                    let (p, c) = ring(XRING_SIZE);
+                    *slot = Some(p);
+                    consumers[to].push(c);
+                }
+            }
+        }
+        let mut workers = Vec::with_capacity(n);
+        let mut info = StartInfo {
+            pages: pool.pages(),
+            fixed_buffers: true,
+            deferred: true,
+        };
+        for (i, (outbound, inbound)) in producers.into_iter().zip(consumers).enumerate() {
+            let (tx, rx) = channel();
+            let setup = WorkerSetup {
+                shared: shared[i].clone(),
+                peers: shared.clone(),
+                pool: pool.clone(),
+                cmds: rx,
+                inbound,
+                outbound,
+            };
+            let (stx, srx) = channel();
+            let thread = std::thread::Builder::new()
+                .name(format!("pollswitch-w{i}"))
+                .spawn(move || Worker::run(setup, stx))
+                .map_err(SwitchError::Spawn)?;
+            let started =
+                recv(&srx, i)?.map_err(|source| SwitchError::Uring { worker: i, source })?;
+            info.fixed_buffers &= started.fixed_buffers;
+            info.deferred &= started.deferred;
+            workers.push(WorkerHandle {
+                shared: shared[i].clone(),
+                cmds: tx,
+                thread: Some(thread),
+                ports: 0,
+            });
+        }
+        Ok(Switch {
+            pool,
+            workers,
+            graph: Graph::default(),
+            counters: Default::default(),
+            next_port: 0,
+            default_poll_us: cfg.default_poll_us,
+            info,
+        })
+    }
+
+    /// Facts for the start-up log.
+    pub fn info(&self) -> &StartInfo {
+        &self.info
+    }
+
+    /// The packet pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The client graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn send(&self, w: usize, cmd: Cmd) -> Result<(), SwitchError> {
+        self.workers[w]
+            .cmds
+            .send(cmd)
+            .map_err(|_| SwitchError::WorkerGone(w))?;
+        self.workers[w].shared.wake();
+        Ok(())
+    }
+
+    fn publish(&self) -> Result<(), SwitchError> {
+        let topo = Arc::new(self.graph.topology());
+        let mut replies = Vec::new();
+        for w in 0..self.workers.len() {
+            let (tx, rx) = channel();
+            self.send(
+                w,
+                Cmd::Topology {
+                    topo: topo.clone(),
+                    reply: tx,
+                },
+            )?;
+            replies.push(rx);
+        }
+        for (w, rx) in replies.iter().enumerate() {
+            recv(rx, w)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a client; its queues are spread over the least loaded workers.
+    pub fn add(&mut self, spec: ClientSpec) -> Result<(), SwitchError> {
+        self.graph.check_add(&spec.name, spec.peer.as_deref())?;
+        let kind = match spec.kind {
+            SpecKind::HubPort { hub } => ClientKind::HubPort { hub },
+            SpecKind::Port { queues, poll_us } => {
+                let mut refs = Vec::with_capacity(queues.len());
+                let mut waits = Vec::new();
+                for backend in queues {
+                    let w = (0..self.workers.len())
+                        .min_by_key(|&w| self.workers[w].ports)
+                        .unwrap_or(0);
+                    let id = self.next_port;
+                    self.next_port += 1;
+                    let counters = Arc::new(PortCounters::default());
+                    self.counters.insert(id, counters.clone());
+                    let (tx, rx) = channel();
+                    self.send(
+                        w,
+                        Cmd::AddPort {
+                            id,
+                            backend,
+                            counters,
+                            poll_us: poll_us.unwrap_or(self.default_poll_us),
+                            reply: tx,
+                        },
+                    )?;
+                    self.workers[w].ports += 1;
+                    waits.push((w, rx));
+                    refs.push(QueueRef {
+                        worker: w as u16,
+                        port: id,
+                    });
+                }
+                for (w, rx) in waits {
+                    recv(&rx, w)?;
+                }
+                ClientKind::Port { queues: refs }
+            }
+        };
+        self.graph.add(&spec.name, kind, spec.peer.as_deref())?;
+        self.publish()
+    }
+
+    /// Removes a client while traffic flows. Returns its backends, every one of them
+    /// quiesced, for the caller to drop (closing files, running down-scripts).
+    pub fn remove(&mut self, name: &str) -> Result<Vec<Box<dyn Backend>>, SwitchError> {
+        let client = self.graph.remove(name)?;
+        self.publish()?;
+        let mut out = Vec::new();
+        if let ClientKind::Port { queues } = client.kind {
+            let mut waits = Vec::new();
+            for q in &queues {
+                let (tx, rx) = channel();
+                let w = q.worker as usize;
+                self.send(
+                    w,
+                    Cmd::RemovePort {
+                        id: q.port,
+                        reply: tx,
+                    },
+                )?;
+                waits.push((w, rx));
+            }
+            for ((w, rx), q) in waits.into_iter().zip(&queues) {
+                out.push(recv(&rx, w)?);
+                self.workers[w].ports -= 1;
+                self.counters.remove(&q.port);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets the link state of a client as QEMU's set_link does for that client itself.
+    pub fn set_link(&mut self, name: &str, up: bool) -> Result<(), SwitchError> {
+        self.graph.set_link(name, up)?;
+        self.publish()
+    }
+
+    /// Counters of a client, summed over its queues (`None` for hubports).
+    pub fn counters(&self, name: &str) -> Result<Option<CounterSnapshot>, SwitchError> {
+        let c = self
+            .graph
+            .get(name)
+            .ok_or_else(|| SwitchError::NotFound(name.to_string()))?;
+        let ClientKind::Port { queues } = &c.kind else {
+            return Ok(None);
+        };
+        let mut sum = CounterSnapshot::default();
+        for q in queues {
+            if let Some(c) = self.counters.get(&q.port) {
+                sum.add(&c.snapshot());
+            }
+        }
+        Ok(Some(sum))
+    }
+
+    /// Per-worker facts.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.workers
+            .iter()
+            .map(|w| WorkerInfo {
+                id: w.shared.id,
+                core: w.shared.core,
+                ports: w.ports,
+                busy_ns: w.shared.busy_ns.load(Relaxed),
+                idle_ns: w.shared.idle_ns.load(Relaxed),
+                gone_drops: w.shared.gone_drops.load(Relaxed),
+            })
+            .collect()
+    }
+
+    /// Removes every client (hubports last), stops the workers, and returns the
+    /// backends for the caller to drop.
+    pub fn shutdown(mut self) -> Result<Vec<Box<dyn Backend>>, SwitchError> {
+        let mut out = Vec::new();
+        let names: Vec<String> = self.graph.names().map(str::to_string).collect();
+        let (ports, hubports): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| {
+            matches!(
+                self.graph.get(n).map(|c| &c.kind),
+                Some(ClientKind::Port { .. })
+            )
+        });
+        for n in ports.iter().chain(hubports.iter()) {
+            out.extend(self.remove(n)?);
+        }
+        self.stop_workers();
+        Ok(out)
+    }
+
+    fn stop_workers(&mut self) {
+        for w in &self.workers {
+            let _ = w.cmds.send(Cmd::Exit);
+            w.shared.wake();
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.stop_workers();
+    }
+}
