@@ -1,1 +1,16 @@
-//! placeholder
+//! pollswitch's netdev backends: one module per QAPI netdev type, each implementing the
+//! data plane's [`switch::Backend`] trait.
+//!
+//! Backends are built on the control thread from typed configurations (the control
+//! plane turns QAPI `Netdev` values into these), which is where opening devices and
+//! binding sockets can still fail with an [`Error`]. From then on they run on one worker
+//! and only count what goes wrong.
+#![deny(unsafe_code)]
+
+pub mod error;
+pub mod io;
+pub mod socket;
+pub mod sys;
+pub mod tap;
+
+pub use error::Error;

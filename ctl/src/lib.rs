@@ -1,9 +1,11 @@
-//! pollswitch control plane.
-//!
-//! The QAPI types of QEMU's `qapi/net.json` and the two ways of filling them
-//! ([`qapi`]: QMP arguments and `-netdev` options), and the daemon's QEMU-style
-//! command line ([`cli`]).
+//! pollswitch's control plane: the QAPI types of `qapi/net.json`, the QEMU-style command
+//! line, and the daemon state that turns both into ports of the data plane.
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod daemon;
+pub mod error;
+pub mod netdev;
 pub mod qapi;
+
+pub use error::CtlError;

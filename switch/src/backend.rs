@@ -38,6 +38,7 @@ pub struct Io<'a> {
     uring: &'a mut Uring,
     slot: u32,
     waker: &'a Arc<WorkerShared>,
+    op_bits: u8,
 }
 
 /// Wakes a sleeping worker from another thread: for ports whose frames arrive without a
@@ -68,7 +69,14 @@ impl<'a> Io<'a> {
             uring,
             slot,
             waker,
+            op_bits: 0,
         }
+    }
+
+    /// Bits OR-ed into the `op` of every request submitted from now on: lets a backend
+    /// with several descriptors tell their completions apart while reusing one engine.
+    pub fn set_op_bits(&mut self, bits: u8) {
+        self.op_bits = bits;
     }
 
     /// A handle that wakes this port's worker from another thread.
@@ -89,7 +97,7 @@ impl<'a> Io<'a> {
     /// Every buffer, iovec and msghdr the entry points to must stay valid and untouched
     /// until that completion is delivered.
     pub unsafe fn submit(&mut self, sqe: squeue::Entry, op: u8, tag: u32) {
-        let sqe = sqe.user_data(token(self.slot, op, tag));
+        let sqe = sqe.user_data(token(self.slot, op | self.op_bits, tag));
         // SAFETY: forwarded from the caller's contract.
         unsafe { self.uring.push(&sqe) };
     }

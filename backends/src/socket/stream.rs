@@ -1,0 +1,428 @@
+//! Stream socket ports: `listen=`, `connect=` and stream `fd=`. Each frame travels as a
+//! 4-byte big-endian length followed by the frame (QEMU's framing).
+//!
+//! ```text
+//!  rx: one recv at a time into a byte buffer → cut frames → copy each into a pool buffer
+//!      (a stream has no frame boundaries, so one copy is the price of reassembly)
+//!  tx: frames are appended, with their prefixes, to a fill buffer; one send of a whole
+//!      buffer is in flight at a time while the other fills (many frames per syscall)
+//!  a length of 0 or over the maximum frame closes this connection only (counted as
+//!  bad-length); a listening port then accepts the next one
+//! ```
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use io_uring::{opcode, types};
+use socket2::{Domain, Protocol, Socket, Type};
+use switch::{Backend, DropReason, Io, Pkt};
+
+use crate::error::Error;
+use crate::sys::set_blocking;
+
+const OP_ACCEPT: u8 = 1;
+const OP_RECV: u8 = 2;
+const OP_SEND: u8 = 3;
+const OP_CANCEL_CONN: u8 = 4;
+const OP_CANCEL_LISTEN: u8 = 5;
+
+/// Bytes read per recv request (on top of room for one whole frame).
+const RX_CHUNK: usize = 256 * 1024;
+/// Frames waiting for rx_burst before we stop reading (TCP then pushes back).
+const READY_MAX: usize = 512;
+/// Bytes queued for sending before frames are refused (tx-full).
+const TX_BUF_MAX: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conn {
+    /// No connection (a listening port is accepting).
+    None,
+    /// Connected.
+    Open,
+    /// Cancelling this connection's requests before closing it.
+    Closing,
+}
+
+/// A stream port queue.
+pub struct StreamPort {
+    listener: Option<OwnedFd>,
+    conn: Option<OwnedFd>,
+    state: Conn,
+    accept_posted: bool,
+    listen_inflight: usize,
+    conn_inflight: usize,
+    recv_posted: bool,
+    rxbuf: Box<[u8]>,
+    rx_len: usize,
+    ready: VecDeque<Pkt>,
+    sending: Vec<u8>,
+    sent: usize,
+    send_posted: bool,
+    fill: Vec<u8>,
+    stopping: bool,
+    cancel_listen_sent: bool,
+    poll_us: Option<u32>,
+    /// Connections accepted or made so far (for reports and tests).
+    pub connections: u64,
+}
+
+fn sock_err(what: &'static str, addr: &SocketAddr) -> impl FnOnce(std::io::Error) -> Error {
+    let addr = addr.to_string();
+    move |source| Error::Socket { what, addr, source }
+}
+
+impl StreamPort {
+    fn new(
+        listener: Option<OwnedFd>,
+        conn: Option<OwnedFd>,
+        max_frame: usize,
+        poll_us: Option<u32>,
+    ) -> StreamPort {
+        let state = if conn.is_some() {
+            Conn::Open
+        } else {
+            Conn::None
+        };
+        StreamPort {
+            listener,
+            connections: u64::from(conn.is_some()),
+            conn,
+            state,
+            accept_posted: false,
+            listen_inflight: 0,
+            conn_inflight: 0,
+            recv_posted: false,
+            rxbuf: vec![0u8; RX_CHUNK + 4 + max_frame].into_boxed_slice(),
+            rx_len: 0,
+            ready: VecDeque::new(),
+            sending: Vec::with_capacity(TX_BUF_MAX),
+            sent: 0,
+            send_posted: false,
+            fill: Vec::with_capacity(TX_BUF_MAX),
+            stopping: false,
+            cancel_listen_sent: false,
+            poll_us,
+        }
+    }
+
+    /// `listen=addr`: accepts one connection at a time.
+    pub fn listen(
+        addr: SocketAddr,
+        max_frame: usize,
+        poll_us: Option<u32>,
+    ) -> Result<StreamPort, Error> {
+        let s = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.cloexec(),
+            Some(Protocol::TCP),
+        )
+        .map_err(sock_err("socket", &addr))?;
+        s.set_reuse_address(true)
+            .map_err(sock_err("set SO_REUSEADDR on", &addr))?;
+        s.bind(&addr.into()).map_err(sock_err("bind", &addr))?;
+        s.listen(1).map_err(sock_err("listen on", &addr))?;
+        Ok(StreamPort::new(Some(s.into()), None, max_frame, poll_us))
+    }
+
+    /// `connect=addr`: connects now; fails if nothing listens there.
+    pub fn connect(
+        addr: SocketAddr,
+        max_frame: usize,
+        poll_us: Option<u32>,
+    ) -> Result<StreamPort, Error> {
+        let s = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.cloexec(),
+            Some(Protocol::TCP),
+        )
+        .map_err(sock_err("socket", &addr))?;
+        s.connect(&addr.into())
+            .map_err(sock_err("connect to", &addr))?;
+        let _ = s.set_tcp_nodelay(true);
+        Ok(StreamPort::new(None, Some(s.into()), max_frame, poll_us))
+    }
+
+    /// A connected stream socket passed in.
+    pub fn from_fd(
+        fd: OwnedFd,
+        max_frame: usize,
+        poll_us: Option<u32>,
+    ) -> Result<StreamPort, Error> {
+        set_blocking(std::os::fd::AsFd::as_fd(&fd)).map_err(|source| Error::Socket {
+            what: "make blocking",
+            addr: "fd".into(),
+            source,
+        })?;
+        Ok(StreamPort::new(None, Some(fd), max_frame, poll_us))
+    }
+
+    /// The listening address, if listening (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        let fd = self.listener.as_ref()?;
+        let s = socket2::SockRef::from(fd);
+        s.local_addr().ok()?.as_socket()
+    }
+
+    fn post_accept(&mut self, io: &mut Io<'_>) {
+        let Some(l) = &self.listener else { return };
+        if self.accept_posted || self.stopping || self.state != Conn::None {
+            return;
+        }
+        let sqe = opcode::Accept::new(
+            types::Fd(l.as_raw_fd()),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+        .flags(libc::SOCK_CLOEXEC)
+        .build();
+        // SAFETY: no address buffers are passed.
+        unsafe { io.submit(sqe, OP_ACCEPT, 0) };
+        self.accept_posted = true;
+        self.listen_inflight += 1;
+    }
+
+    fn post_recv(&mut self, io: &mut Io<'_>) {
+        if self.state != Conn::Open
+            || self.recv_posted
+            || self.stopping
+            || self.ready.len() >= READY_MAX
+        {
+            return;
+        }
+        let Some(c) = &self.conn else { return };
+        let room = self.rxbuf.len() - self.rx_len;
+        let ptr = self.rxbuf[self.rx_len..].as_mut_ptr();
+        let sqe = opcode::Recv::new(types::Fd(c.as_raw_fd()), ptr, room as u32).build();
+        // SAFETY: `rxbuf` is a boxed slice owned by this port and not touched until the
+        // recv completes (recv_posted guards it).
+        unsafe { io.submit(sqe, OP_RECV, 0) };
+        self.recv_posted = true;
+        self.conn_inflight += 1;
+    }
+
+    fn post_send(&mut self, io: &mut Io<'_>) {
+        if self.state != Conn::Open || self.send_posted {
+            return;
+        }
+        if self.sent == self.sending.len() {
+            if self.fill.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut self.sending, &mut self.fill);
+            self.fill.clear();
+            self.sent = 0;
+        }
+        let Some(c) = &self.conn else { return };
+        let rest = &self.sending[self.sent..];
+        let sqe = opcode::Send::new(types::Fd(c.as_raw_fd()), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        // SAFETY: `sending` is not modified while send_posted is set.
+        unsafe { io.submit(sqe, OP_SEND, 0) };
+        self.send_posted = true;
+        self.conn_inflight += 1;
+    }
+
+    /// Starts closing the connection: cancel its requests; it is closed once none is left.
+    fn close_conn(&mut self, io: &mut Io<'_>) {
+        if self.state != Conn::Open {
+            return;
+        }
+        self.state = Conn::Closing;
+        if self.conn_inflight > 0 {
+            if let Some(c) = &self.conn {
+                let sqe = opcode::AsyncCancel2::new(
+                    types::CancelBuilder::fd(types::Fd(c.as_raw_fd())).all(),
+                )
+                .build();
+                // SAFETY: a cancel request points to no memory of ours.
+                unsafe { io.submit(sqe, OP_CANCEL_CONN, 0) };
+                self.conn_inflight += 1;
+            }
+        }
+        self.finish_close(io);
+    }
+
+    fn finish_close(&mut self, io: &mut Io<'_>) {
+        if self.state != Conn::Closing || self.conn_inflight > 0 {
+            return;
+        }
+        self.conn = None;
+        self.state = Conn::None;
+        self.rx_len = 0;
+        self.sending.clear();
+        self.sent = 0;
+        self.fill.clear();
+        self.post_accept(io);
+    }
+
+    /// Cuts whole frames out of the receive buffer.
+    fn parse(&mut self, io: &mut Io<'_>) {
+        let max = io.pool.max_frame();
+        let mut at = 0;
+        while self.rx_len - at >= 4 {
+            let len = u32::from_be_bytes([
+                self.rxbuf[at],
+                self.rxbuf[at + 1],
+                self.rxbuf[at + 2],
+                self.rxbuf[at + 3],
+            ]) as usize;
+            if len == 0 || len > max {
+                io.counters.count_drop(DropReason::BadLength, 1);
+                self.rx_len = 0;
+                self.close_conn(io);
+                return;
+            }
+            if self.rx_len - at < 4 + len {
+                break;
+            }
+            let frame = &self.rxbuf[at + 4..at + 4 + len];
+            if len < switch::pool::MIN_FRAME {
+                io.counters.count_drop(DropReason::Undersize, 1);
+            } else {
+                match io.pool.alloc_copy(frame) {
+                    Some(p) => {
+                        io.counters.rx(len);
+                        self.ready.push_back(p);
+                    }
+                    None => io.counters.count_drop(DropReason::NoBuffer, 1),
+                }
+            }
+            at += 4 + len;
+        }
+        self.rxbuf.copy_within(at..self.rx_len, 0);
+        self.rx_len -= at;
+    }
+}
+
+impl Backend for StreamPort {
+    fn kind(&self) -> &'static str {
+        "socket"
+    }
+
+    fn start(&mut self, io: &mut Io<'_>) {
+        self.post_accept(io);
+        self.post_recv(io);
+    }
+
+    fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
+        let n = max.min(self.ready.len());
+        out.extend(self.ready.drain(..n));
+        if n > 0 {
+            self.post_recv(io);
+        }
+        n
+    }
+
+    fn tx_burst(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
+        if self.state != Conn::Open {
+            let n = pkts.len();
+            io.drop_all(pkts, DropReason::NotConnected);
+            return n;
+        }
+        let mut n = 0;
+        let mut bytes = 0u64;
+        for p in pkts.iter() {
+            let f = io.pool.bytes(p);
+            if self.fill.len() + 4 + f.len() > TX_BUF_MAX {
+                break;
+            }
+            self.fill.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            self.fill.extend_from_slice(f);
+            bytes += f.len() as u64;
+            n += 1;
+        }
+        for p in pkts.drain(..n) {
+            io.pool.free(p);
+        }
+        io.counters.tx(n as u64, bytes);
+        self.post_send(io);
+        n
+    }
+
+    fn complete(&mut self, io: &mut Io<'_>, op: u8, _tag: u32, res: i32, _flags: u32) {
+        match op {
+            OP_ACCEPT => {
+                self.listen_inflight -= 1;
+                self.accept_posted = false;
+                if res >= 0 {
+                    // SAFETY: a successful accept returns a new descriptor we now own.
+                    let fd = unsafe { OwnedFd::from_raw_fd(res) };
+                    if self.stopping {
+                        return;
+                    }
+                    let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
+                    self.conn = Some(fd);
+                    self.state = Conn::Open;
+                    self.connections += 1;
+                    self.post_recv(io);
+                    self.post_send(io);
+                }
+                // On error the next housekeeping posts a new accept.
+            }
+            OP_RECV => {
+                self.conn_inflight -= 1;
+                self.recv_posted = false;
+                if self.state == Conn::Open {
+                    if res > 0 {
+                        self.rx_len += res as usize;
+                        self.parse(io);
+                        self.post_recv(io);
+                    } else {
+                        // 0: the peer closed; <0: the connection failed.
+                        self.close_conn(io);
+                    }
+                }
+            }
+            OP_SEND => {
+                self.conn_inflight -= 1;
+                self.send_posted = false;
+                if self.state == Conn::Open {
+                    if res > 0 {
+                        self.sent += res as usize;
+                        self.post_send(io);
+                    } else {
+                        self.close_conn(io);
+                    }
+                }
+            }
+            OP_CANCEL_CONN => self.conn_inflight -= 1,
+            OP_CANCEL_LISTEN => self.listen_inflight -= 1,
+            _ => {}
+        }
+        self.finish_close(io);
+    }
+
+    fn housekeeping(&mut self, io: &mut Io<'_>) {
+        self.post_accept(io);
+        self.post_recv(io);
+    }
+
+    fn stop(&mut self, io: &mut Io<'_>) -> bool {
+        self.stopping = true;
+        for p in self.ready.drain(..) {
+            io.pool.free(p);
+        }
+        self.close_conn(io);
+        if self.listen_inflight > 0 && !self.cancel_listen_sent {
+            if let Some(l) = &self.listener {
+                let sqe = opcode::AsyncCancel2::new(
+                    types::CancelBuilder::fd(types::Fd(l.as_raw_fd())).all(),
+                )
+                .build();
+                // SAFETY: a cancel request points to no memory of ours.
+                unsafe { io.submit(sqe, OP_CANCEL_LISTEN, 0) };
+                self.listen_inflight += 1;
+                self.cancel_listen_sent = true;
+            }
+        }
+        self.finish_close(io);
+        self.listen_inflight == 0 && self.conn_inflight == 0
+    }
+
+    fn poll_us(&self) -> Option<u32> {
+        self.poll_us
+    }
+}

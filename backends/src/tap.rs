@@ -1,0 +1,251 @@
+//! The `tap` netdev: a Linux TAP device, one [`TapQueue`] per queue.
+//!
+//! ```text
+//!  open /dev/net/tun ─ TUNSETIFF {ifname, IFF_TAP|IFF_NO_PI [|IFF_VNET_HDR] [|IFF_MULTI_QUEUE]}
+//!     (creates the interface, or attaches to an existing persistent one)
+//!  TUNSETOFFLOAD 0: the kernel hands us whole, checksummed frames, never GSO batches
+//!  script ifname            when `script=` names one ("no" or absent: none)
+//!  ... frames: one read/write per frame through io_uring (datagram engine) ...
+//!  downscript ifname        when the port goes away
+//! ```
+//!
+//! With `vnet_hdr=on` each frame carries a 10-byte virtio-net header; we strip it on
+//! receive (refusing frames that announce an offload) and send a zero header (no
+//! offloads) in front of every frame.
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::process::Command;
+
+use switch::{Backend, Io, Pkt};
+
+use crate::error::Error;
+use crate::io::{DgramConfig, DgramIo, RxMode, TxMode};
+use crate::sys::{self, IfReq};
+
+/// Length of `struct virtio_net_hdr` (no mergeable buffers).
+pub const VNET_HDR_LEN: usize = 10;
+
+/// A tap netdev's settings, resolved (descriptors already taken over).
+#[derive(Debug, Default)]
+pub struct TapConfig {
+    /// Interface name; empty lets the kernel choose (`tapN`).
+    pub ifname: Option<String>,
+    /// Already open tap descriptors (`fd=` / `fds=`), instead of opening by name.
+    pub fds: Vec<OwnedFd>,
+    /// Script run with the interface name once it exists.
+    pub script: Option<String>,
+    /// Script run with the interface name when the port goes away.
+    pub downscript: Option<String>,
+    /// Kernel send buffer for the device (TUNSETSNDBUF).
+    pub sndbuf: Option<u64>,
+    /// Whether frames carry a virtio-net header.
+    pub vnet_hdr: Option<bool>,
+    /// Number of queues (IFF_MULTI_QUEUE when more than 1).
+    pub queues: u32,
+    /// Busy-poll time.
+    pub poll_us: Option<u32>,
+}
+
+/// Runs a network script as QEMU does: `script ifname`, failing on a non-zero status.
+pub fn run_script(script: &str, ifname: &str) -> Result<(), Error> {
+    let status = Command::new(script)
+        .arg(ifname)
+        .status()
+        .map_err(|_| Error::Script {
+            script: script.to_string(),
+            status: -1,
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Script {
+            script: script.to_string(),
+            status: status.code().unwrap_or(-1),
+        })
+    }
+}
+
+/// "no" and absent both mean: no script.
+fn script_of(s: &Option<String>) -> Option<&str> {
+    s.as_deref().filter(|s| !s.is_empty() && *s != "no")
+}
+
+/// What stays behind the queues of one tap netdev: its name, and the down-script to
+/// run when the last queue is dropped.
+#[derive(Debug)]
+pub struct TapDevice {
+    /// The interface name.
+    pub ifname: String,
+    /// Whether we created the interface (it disappears with its last descriptor).
+    pub created: bool,
+    downscript: Option<String>,
+}
+
+impl Drop for TapDevice {
+    fn drop(&mut self) {
+        if let Some(s) = &self.downscript {
+            if let Err(e) = run_script(s, &self.ifname) {
+                eprintln!("pollswitch: tap {}: {e}", self.ifname);
+            }
+        }
+    }
+}
+
+/// One queue of a tap device.
+pub struct TapQueue {
+    io: DgramIo,
+    poll_us: Option<u32>,
+    /// Shared by the queues; the last one dropped runs the down-script.
+    _dev: std::sync::Arc<TapDevice>,
+}
+
+fn open_queue(ifname: &str, flags: libc::c_short) -> Result<(OwnedFd, String), Error> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(Error::OpenTun)?;
+    let fd: OwnedFd = f.into();
+    let mut ifr = IfReq::new(ifname, flags);
+    sys::ioctl_ifreq(fd.as_fd(), sys::TUNSETIFF, &mut ifr).map_err(|source| Error::TapIoctl {
+        ifname: ifname.to_string(),
+        what: "TUNSETIFF",
+        source,
+    })?;
+    Ok((fd, ifr.name()))
+}
+
+/// Opens (or takes over) a tap device and returns one backend per queue, plus its name.
+pub fn open(cfg: TapConfig) -> Result<(Vec<TapQueue>, String), Error> {
+    let mut fds = cfg.fds;
+    let queues = if fds.is_empty() {
+        cfg.queues.max(1)
+    } else {
+        fds.len() as u32
+    };
+    let mut vnet = cfg.vnet_hdr.unwrap_or(false);
+    let mut ifname = cfg.ifname.clone().unwrap_or_default();
+    let mut created = false;
+    if fds.is_empty() {
+        let exists = !ifname.is_empty() && Path::new("/sys/class/net").join(&ifname).exists();
+        let mut flags = sys::IFF_TAP | sys::IFF_NO_PI;
+        if vnet {
+            flags |= sys::IFF_VNET_HDR;
+        }
+        if queues > 1 {
+            flags |= sys::IFF_MULTI_QUEUE;
+        }
+        for _ in 0..queues {
+            let (fd, name) = open_queue(&ifname, flags)?;
+            ifname = name;
+            fds.push(fd);
+        }
+        created = !exists;
+    } else {
+        // Descriptors passed in: ask the kernel what they are.
+        for fd in &fds {
+            let mut ifr = IfReq::new("", 0);
+            sys::ioctl_ifreq(fd.as_fd(), sys::TUNGETIFF, &mut ifr).map_err(|_| Error::BadFd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+                why: "is not a tap device".into(),
+            })?;
+            if ifr.flags & sys::IFF_TAP == 0 {
+                return Err(Error::BadFd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+                    why: "is a tun device, not a tap device".into(),
+                });
+            }
+            let has_vnet = ifr.flags & sys::IFF_VNET_HDR != 0;
+            if cfg.vnet_hdr == Some(true) && !has_vnet {
+                return Err(Error::Config(
+                    "vnet_hdr=1 requested, but no kernel support for IFF_VNET_HDR available".into(),
+                ));
+            }
+            vnet = has_vnet;
+            ifname = ifr.name();
+            sys::set_blocking(fd.as_fd()).map_err(|source| Error::TapIoctl {
+                ifname: ifname.clone(),
+                what: "F_SETFL",
+                source,
+            })?;
+        }
+    }
+    for fd in &fds {
+        let ioctl_err = |what: &'static str| {
+            let ifname = ifname.clone();
+            move |source| Error::TapIoctl {
+                ifname,
+                what,
+                source,
+            }
+        };
+        // No offloads: every frame arrives whole and checksummed.
+        sys::ioctl_val(fd.as_fd(), sys::TUNSETOFFLOAD, 0).map_err(ioctl_err("TUNSETOFFLOAD"))?;
+        if vnet {
+            let mut sz = VNET_HDR_LEN as libc::c_int;
+            sys::ioctl_int(fd.as_fd(), sys::TUNSETVNETHDRSZ, &mut sz)
+                .map_err(ioctl_err("TUNSETVNETHDRSZ"))?;
+        }
+        if let Some(sb) = cfg.sndbuf {
+            let mut v = sb.min(i32::MAX as u64) as libc::c_int;
+            sys::ioctl_int(fd.as_fd(), sys::TUNSETSNDBUF, &mut v)
+                .map_err(ioctl_err("TUNSETSNDBUF"))?;
+        }
+    }
+    if let Some(s) = script_of(&cfg.script) {
+        run_script(s, &ifname)?;
+    }
+    let dev = std::sync::Arc::new(TapDevice {
+        ifname: ifname.clone(),
+        created,
+        downscript: script_of(&cfg.downscript).map(str::to_string),
+    });
+    let dcfg = DgramConfig {
+        rx: RxMode::Read,
+        tx: TxMode::Write,
+        vnet_hdr_len: if vnet { VNET_HDR_LEN } else { 0 },
+        dest: None,
+        ignore_src: None,
+    };
+    let qs = fds
+        .into_iter()
+        .map(|fd| TapQueue {
+            io: DgramIo::new(fd, dcfg.clone()),
+            poll_us: cfg.poll_us,
+            _dev: dev.clone(),
+        })
+        .collect();
+    Ok((qs, ifname))
+}
+
+impl Backend for TapQueue {
+    fn kind(&self) -> &'static str {
+        "tap"
+    }
+
+    fn start(&mut self, io: &mut Io<'_>) {
+        self.io.post_rx(io);
+    }
+
+    fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
+        self.io.rx_burst(io, out, max)
+    }
+
+    fn tx_burst(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
+        self.io.tx_burst(io, pkts)
+    }
+
+    fn complete(&mut self, io: &mut Io<'_>, op: u8, tag: u32, res: i32, _flags: u32) {
+        self.io.complete(io, op, tag, res);
+    }
+
+    fn stop(&mut self, io: &mut Io<'_>) -> bool {
+        self.io.stop(io)
+    }
+
+    fn poll_us(&self) -> Option<u32> {
+        self.poll_us
+    }
+}

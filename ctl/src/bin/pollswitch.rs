@@ -1,0 +1,127 @@
+//! `pollswitch`: the switch daemon. QEMU's command-line syntax for ports
+//! (`-netdev TYPE,id=ID,...`), plus the data plane's own options; see `--help`.
+
+use std::process::ExitCode;
+use std::sync::mpsc;
+
+use ctl::cli::{DaemonArgs, USAGE};
+use ctl::daemon::Daemon;
+use ctl::netdev::InheritedFds;
+use switch::pool::PageKind;
+use switch::SwitchConfig;
+
+/// Default worker placement: one worker on the last core, leaving core 0 to the
+/// kernel, the control thread and everything else on small machines.
+fn default_cores() -> Vec<Option<usize>> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    vec![Some(n - 1)]
+}
+
+fn main() -> ExitCode {
+    let args = match DaemonArgs::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pollswitch: {e}");
+            eprintln!("Try 'pollswitch --help' for more information.");
+            return ExitCode::from(1);
+        }
+    };
+    if args.help {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.version {
+        println!("pollswitch {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if !args.qmp.is_empty() {
+        eprintln!("pollswitch: -qmp: the QMP server is not built yet");
+        return ExitCode::from(1);
+    }
+    let cfg = SwitchConfig {
+        cores: match &args.cores {
+            Some(list) => list.iter().map(|c| Some(*c)).collect(),
+            None => default_cores(),
+        },
+        pool_size: args.pool_size,
+        max_frame: args.max_frame as usize,
+        default_poll_us: args.poll_us,
+    };
+    let mut daemon = match Daemon::start(&cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("pollswitch: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let pool = daemon.switch().pool().clone();
+    let info = daemon.switch().info().clone();
+    eprintln!(
+        "pollswitch: pool of {} buffers of {} bytes on {} pages; io_uring: {}{}",
+        pool.count(),
+        pool.buf_size(),
+        if info.pages == PageKind::Huge {
+            "2 MiB huge"
+        } else {
+            "normal (no huge pages available)"
+        },
+        if info.fixed_buffers {
+            "registered buffers"
+        } else {
+            "plain buffers"
+        },
+        if info.deferred {
+            ", deferred task running"
+        } else {
+            ""
+        },
+    );
+    let cores: Vec<String> = cfg
+        .cores
+        .iter()
+        .map(|c| c.map_or("any".to_string(), |c| c.to_string()))
+        .collect();
+    eprintln!(
+        "pollswitch: {} worker(s) on core(s) {}; default poll-us {}; max frame {} bytes",
+        cfg.cores.len(),
+        cores.join(","),
+        cfg.default_poll_us,
+        cfg.max_frame
+    );
+    for nd in &args.netdevs {
+        if let Err(e) = daemon.netdev_add(nd, &mut InheritedFds) {
+            eprintln!("pollswitch: -netdev {}: {e}", nd.id);
+            let _ = daemon.shutdown();
+            return ExitCode::from(1);
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    }) {
+        eprintln!("pollswitch: cannot install signal handler: {e}");
+        return ExitCode::from(1);
+    }
+    eprintln!(
+        "pollswitch: ready ({} netdev(s), {} worker(s))",
+        args.netdevs.len(),
+        cfg.cores.len()
+    );
+    let _ = rx.recv();
+    eprintln!("pollswitch: shutting down");
+    match daemon.shutdown() {
+        Ok((free, total)) => {
+            eprintln!("pollswitch: pool: {free} of {total} buffers free");
+            if free == total {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("pollswitch: {} buffer(s) were not returned", total - free);
+                ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            eprintln!("pollswitch: shutdown: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! From a QAPI [`Netdev`] to a port of the switch: the one code path that both
+//! `-netdev` on the command line and `netdev_add` over QMP use.
+//!
+//! Each branch checks its options the way QEMU does, opens its backend, and returns a
+//! [`ClientSpec`] for [`switch::Switch::add`]. Options that cannot work in a userspace
+//! switch (vhost-net) or on this host are refused with a message saying why.
+
+use std::os::fd::OwnedFd;
+
+use backends::socket::stream::StreamPort;
+use backends::socket::udp::UdpPort;
+use backends::socket::{parse_host_port, SocketMode};
+use backends::tap::{self, TapConfig};
+use switch::{Backend, ClientSpec, SpecKind};
+
+use crate::error::CtlError;
+use crate::qapi::{
+    Netdev, NetdevHubPortOptions, NetdevOpts, NetdevSocketOptions, NetdevTapOptions,
+};
+
+/// Where `fd=NAME` descriptors come from: names passed with QMP `getfd`, or (on the
+/// command line) numbers of descriptors the daemon inherited.
+pub trait FdSource {
+    /// Takes the descriptor called `name`.
+    fn take(&mut self, name: &str) -> Result<OwnedFd, CtlError>;
+}
+
+/// Resolves only numeric descriptors (the command line).
+pub struct InheritedFds;
+
+/// Takes a private copy of inherited descriptor number `name`.
+pub fn inherited_fd(name: &str) -> Result<OwnedFd, CtlError> {
+    let n: i32 = name
+        .parse()
+        .map_err(|_| CtlError::Invalid(format!("No file descriptor named {name} found")))?;
+    backends::sys::dup_fd(n).map_err(|e| CtlError::Invalid(format!("file descriptor {n}: {e}")))
+}
+
+impl FdSource for InheritedFds {
+    fn take(&mut self, name: &str) -> Result<OwnedFd, CtlError> {
+        inherited_fd(name)
+    }
+}
+
+/// What building a netdev needs from the daemon.
+pub struct BuildEnv<'a> {
+    /// Largest frame.
+    pub max_frame: usize,
+    /// Descriptor names.
+    pub fds: &'a mut dyn FdSource,
+}
+
+fn backend_err(id: &str) -> impl FnOnce(backends::Error) -> CtlError + '_ {
+    move |source| CtlError::Backend {
+        id: id.to_string(),
+        source,
+    }
+}
+
+/// Builds the switch client for a netdev.
+pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>) -> Result<ClientSpec, CtlError> {
+    let (kind, peer) = match &nd.opts {
+        NetdevOpts::Hubport(o) => hubport(o),
+        NetdevOpts::Tap(o) => (tap(&nd.id, o, env)?, None),
+        NetdevOpts::Socket(o) => (socket(&nd.id, o, env)?, None),
+        other => return Err(unsupported(other.type_name())),
+    };
+    Ok(ClientSpec {
+        name: nd.id.clone(),
+        kind,
+        peer,
+    })
+}
+
+fn unsupported(ty: &str) -> CtlError {
+    let why = match ty {
+        "netmap" => "netmap needs the netmap kernel module (/dev/netmap), which pollswitch does not drive yet",
+        "vhost-vdpa" => "vhost-vdpa needs a vDPA device (/dev/vhost-vdpa-N), which pollswitch does not drive yet",
+        _ => "its backend is not built yet",
+    };
+    CtlError::Unsupported(format!(
+        "netdev type '{ty}' is not supported by pollswitch: {why}"
+    ))
+}
+
+fn hubport(o: &NetdevHubPortOptions) -> (SpecKind, Option<String>) {
+    (SpecKind::HubPort { hub: o.hubid }, o.netdev.clone())
+}
+
+fn tap(id: &str, o: &NetdevTapOptions, env: &mut BuildEnv<'_>) -> Result<SpecKind, CtlError> {
+    if o.vhost == Some(true)
+        || o.vhostfd.is_some()
+        || o.vhostfds.is_some()
+        || o.vhostforce == Some(true)
+    {
+        return Err(CtlError::Unsupported(
+            "vhost=on, vhostfd, vhostfds and vhostforce are not supported: pollswitch moves frames \
+             in userspace and has no vhost-net (the kernel's virtio-net accelerator) to hand them to"
+                .into(),
+        ));
+    }
+    if o.br.is_some() || o.helper.is_some() {
+        return Err(CtlError::Unsupported(
+            "br= and helper= are not supported: pollswitch has no bridge helper backend yet; \
+             create the tap with ifname= and add it to the bridge with a script="
+                .into(),
+        ));
+    }
+    if o.fd.is_some()
+        && (o.ifname.is_some()
+            || o.script.is_some()
+            || o.downscript.is_some()
+            || o.queues.is_some()
+            || o.fds.is_some())
+    {
+        return Err(CtlError::Invalid(
+            "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, fds=, and vhostfds= are invalid with fd="
+                .into(),
+        ));
+    }
+    if o.fds.is_some() && (o.ifname.is_some() || o.script.is_some() || o.downscript.is_some()) {
+        return Err(CtlError::Invalid(
+            "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, and vhostfd= are invalid with fds=".into(),
+        ));
+    }
+    if o.queues == Some(0) {
+        return Err(CtlError::Invalid("queues must be at least 1".into()));
+    }
+    let mut fds = Vec::new();
+    if let Some(f) = &o.fd {
+        fds.push(env.fds.take(f)?);
+    }
+    if let Some(list) = &o.fds {
+        for f in list.split(':') {
+            fds.push(env.fds.take(f)?);
+        }
+    }
+    let cfg = TapConfig {
+        ifname: o.ifname.clone(),
+        fds,
+        script: o.script.clone(),
+        downscript: o.downscript.clone(),
+        sndbuf: o.sndbuf,
+        vnet_hdr: o.vnet_hdr,
+        queues: o.queues.unwrap_or(1),
+        poll_us: o.poll_us,
+    };
+    let (queues, _ifname) = tap::open(cfg).map_err(backend_err(id))?;
+    Ok(SpecKind::Port {
+        queues: queues
+            .into_iter()
+            .map(|q| Box::new(q) as Box<dyn Backend>)
+            .collect(),
+        poll_us: o.poll_us,
+    })
+}
+
+fn socket_mode(o: &NetdevSocketOptions, env: &mut BuildEnv<'_>) -> Result<SocketMode, CtlError> {
+    let given = [&o.fd, &o.listen, &o.connect, &o.mcast, &o.udp]
+        .iter()
+        .filter(|x| x.is_some())
+        .count();
+    if given != 1 {
+        return Err(CtlError::Invalid(
+            "exactly one of listen=, connect=, mcast= or udp= is required".into(),
+        ));
+    }
+    if o.localaddr.is_some() && o.mcast.is_none() && o.udp.is_none() {
+        return Err(CtlError::Invalid(
+            "localaddr= is only valid with mcast= or udp=".into(),
+        ));
+    }
+    let addr = |s: &str| parse_host_port(s).map_err(|e| CtlError::Invalid(e.to_string()));
+    Ok(if let Some(f) = &o.fd {
+        SocketMode::Fd {
+            fd: env.fds.take(f)?,
+        }
+    } else if let Some(l) = &o.listen {
+        SocketMode::Listen { addr: addr(l)? }
+    } else if let Some(c) = &o.connect {
+        SocketMode::Connect { addr: addr(c)? }
+    } else if let Some(m) = &o.mcast {
+        let local = match &o.localaddr {
+            Some(l) => Some(l.parse().map_err(|_| {
+                CtlError::Invalid(format!("localaddr '{l}' is not an IPv4 address"))
+            })?),
+            None => None,
+        };
+        SocketMode::Mcast {
+            group: addr(m)?,
+            local,
+        }
+    } else {
+        let remote = addr(o.udp.as_deref().unwrap_or_default())?;
+        let local = o
+            .localaddr
+            .as_deref()
+            .ok_or_else(|| CtlError::Invalid("localaddr= is mandatory with udp=".into()))?;
+        SocketMode::Udp {
+            remote,
+            local: addr(local)?,
+        }
+    })
+}
+
+fn socket(id: &str, o: &NetdevSocketOptions, env: &mut BuildEnv<'_>) -> Result<SpecKind, CtlError> {
+    let mode = socket_mode(o, env)?;
+    let mf = env.max_frame;
+    let b: Box<dyn Backend> = match mode {
+        SocketMode::Udp { remote, local } => {
+            Box::new(UdpPort::udp(remote, local, None).map_err(backend_err(id))?)
+        }
+        SocketMode::Mcast { group, local } => {
+            Box::new(UdpPort::mcast(group, local, None).map_err(backend_err(id))?)
+        }
+        SocketMode::Listen { addr } => {
+            Box::new(StreamPort::listen(addr, mf, None).map_err(backend_err(id))?)
+        }
+        SocketMode::Connect { addr } => {
+            Box::new(StreamPort::connect(addr, mf, None).map_err(backend_err(id))?)
+        }
+        SocketMode::Fd { fd } => match backends::sys::socket_type(std::os::fd::AsFd::as_fd(&fd)) {
+            Some(libc::SOCK_DGRAM) => {
+                Box::new(UdpPort::from_fd(fd, None).map_err(backend_err(id))?)
+            }
+            Some(libc::SOCK_STREAM) => {
+                Box::new(StreamPort::from_fd(fd, mf, None).map_err(backend_err(id))?)
+            }
+            _ => {
+                return Err(CtlError::Invalid(format!(
+                    "{id}: file descriptor is not a stream or datagram socket"
+                )))
+            }
+        },
+    };
+    Ok(SpecKind::Port {
+        queues: vec![b],
+        poll_us: None,
+    })
+}
