@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod io;
+pub mod nic;
 pub mod socket;
 pub mod sys;
 pub mod tap;

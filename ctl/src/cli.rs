@@ -193,6 +193,19 @@ fn read_value(s: &str, start: usize) -> (String, usize) {
     (s[start..end].replace(",,", ","), end + 1)
 }
 
+/// Splits at single commas, turning `,,` into `,` (for options such as `-qmp` whose
+/// elements need not be `key=value`).
+pub fn split_commas(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < s.len() {
+        let (v, next) = read_value(s, pos);
+        out.push(v);
+        pos = next;
+    }
+    out
+}
+
 /// Splits QEMU's comma syntax into `(key, value)` pairs, in order, repeats kept.
 ///
 /// `tap,id=t0,ifname=tap0` with `implied_key` `Some("type")` gives

@@ -1,24 +1,46 @@
-//! The daemon's state: the running switch plus the netdevs as they were configured.
-//! The command line and every QMP command go through these methods.
+//! The daemon's state: the running switch, the netdevs as they were configured, and the
+//! NICs' receive filters. The command line and every QMP command go through these
+//! methods, on the one control thread.
 
+use std::collections::{BTreeSet, HashMap};
+
+use backends::nic::{NicHandle, RxFilter};
+use switch::topology::ClientKind;
+use switch::wire::Mac;
 use switch::{Backend, Switch, SwitchConfig};
 
 use crate::error::CtlError;
 use crate::netdev::{build, BuildEnv, FdSource};
 use crate::qapi::{Netdev, NetdevOpts};
 
+/// The control side of a NIC.
+pub struct NicState {
+    /// Talks to the port.
+    pub handle: NicHandle,
+    /// The filter as last set (query-rx-filter reports it).
+    pub filter: RxFilter,
+    /// Whether the next filter change emits NIC_RX_FILTER_CHANGED (re-armed by
+    /// query-rx-filter, as QEMU does).
+    pub notify: bool,
+}
+
 /// A configured netdev.
-#[derive(Debug, Clone)]
 pub struct NetdevEntry {
     /// The configuration, exactly as given (query-netdev returns it).
     pub config: Netdev,
+    /// Present for NICs.
+    pub nic: Option<NicState>,
 }
 
 /// The daemon.
 pub struct Daemon {
     switch: Switch,
     netdevs: Vec<NetdevEntry>,
+    macs: BTreeSet<Mac>,
 }
+
+/// QEMU's first default MAC address; later NICs count up from it.
+const DEFAULT_MAC: Mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 impl Daemon {
     /// Starts the data plane.
@@ -26,6 +48,7 @@ impl Daemon {
         Ok(Daemon {
             switch: Switch::start(cfg)?,
             netdevs: Vec::new(),
+            macs: BTreeSet::new(),
         })
     }
 
@@ -39,26 +62,64 @@ impl Daemon {
         &self.netdevs
     }
 
-    /// Creates a netdev (the one path for `-netdev` and `netdev_add`).
-    pub fn netdev_add(&mut self, nd: &Netdev, fds: &mut dyn FdSource) -> Result<(), CtlError> {
-        if let NetdevOpts::Hubport(o) = &nd.opts {
-            // Checked before anything is opened, with QEMU's words where it has them.
-            if let Some(p) = &o.netdev {
-                if self.switch.graph().get(p).is_none() {
-                    return Err(switch::SwitchError::PeerNotFound(p.clone()).into());
-                }
+    /// One netdev.
+    pub fn netdev(&self, id: &str) -> Option<&NetdevEntry> {
+        self.netdevs.iter().find(|n| n.config.id == id)
+    }
+
+    /// One netdev, to change.
+    pub fn netdev_mut(&mut self, id: &str) -> Option<&mut NetdevEntry> {
+        self.netdevs.iter_mut().find(|n| n.config.id == id)
+    }
+
+    fn free_mac(&self) -> Mac {
+        let mut m = DEFAULT_MAC;
+        for i in 0..=u16::MAX {
+            let v = u32::from(DEFAULT_MAC[4]) << 8 | u32::from(DEFAULT_MAC[5]);
+            let v = v.wrapping_add(u32::from(i));
+            m[3] = DEFAULT_MAC[3].wrapping_add((v >> 16) as u8);
+            m[4] = (v >> 8) as u8;
+            m[5] = v as u8;
+            if !self.macs.contains(&m) {
+                break;
             }
         }
+        m
+    }
+
+    /// Creates a netdev (the one path for `-netdev` and `netdev_add`).
+    pub fn netdev_add(&mut self, nd: &Netdev, fds: &mut dyn FdSource) -> Result<(), CtlError> {
+        // The order of QEMU's checks: the id first, then the peer, before anything opens.
         self.switch.graph().check_add(&nd.id, None)?;
-        let spec = build(
+        let peer = match &nd.opts {
+            NetdevOpts::Hubport(o) => o.netdev.as_deref(),
+            NetdevOpts::Nic(o) => o.netdev.as_deref(),
+            _ => None,
+        };
+        if let Some(p) = peer {
+            self.switch.graph().check_add(&nd.id, Some(p))?;
+        }
+        let built = build(
             nd,
             &mut BuildEnv {
                 max_frame: self.switch.pool().max_frame(),
                 fds,
             },
+            self.free_mac(),
         )?;
-        self.switch.add(spec)?;
-        self.netdevs.push(NetdevEntry { config: nd.clone() });
+        self.switch.add(built.spec)?;
+        let nic = built.nic.map(|(handle, mac)| {
+            self.macs.insert(mac);
+            NicState {
+                handle,
+                filter: RxFilter::new(mac),
+                notify: true,
+            }
+        });
+        self.netdevs.push(NetdevEntry {
+            config: nd.clone(),
+            nic,
+        });
         Ok(())
     }
 
@@ -66,13 +127,40 @@ impl Daemon {
     /// to drop (closing descriptors, running down-scripts).
     pub fn netdev_del(&mut self, id: &str) -> Result<Vec<Box<dyn Backend>>, CtlError> {
         let b = self.switch.remove(id)?;
-        self.netdevs.retain(|n| n.config.id != id);
+        if let Some(pos) = self.netdevs.iter().position(|n| n.config.id == id) {
+            let e = self.netdevs.remove(pos);
+            if let Some(n) = e.nic {
+                self.macs.remove(&n.filter.main_mac);
+            }
+        }
         Ok(b)
     }
 
-    /// Sets a netdev's link state.
+    /// Sets a netdev's link state (and a NIC peer's, as QEMU does).
     pub fn set_link(&mut self, name: &str, up: bool) -> Result<(), CtlError> {
         Ok(self.switch.set_link(name, up)?)
+    }
+
+    /// The peer of a client, if any.
+    pub fn peer_of(&self, id: &str) -> Option<String> {
+        self.switch.graph().get(id).and_then(|c| c.peer.clone())
+    }
+
+    /// Hub ids in use, ascending, with their hubport names.
+    pub fn hubs(&self) -> Vec<(i32, Vec<String>)> {
+        let mut hubs: HashMap<i32, Vec<String>> = HashMap::new();
+        let g = self.switch.graph();
+        for n in g.names() {
+            if let Some(ClientKind::HubPort { hub }) = g.get(n).map(|c| &c.kind) {
+                hubs.entry(*hub).or_default().push(n.to_string());
+            }
+        }
+        let mut v: Vec<_> = hubs.into_iter().collect();
+        v.sort_by_key(|(h, _)| *h);
+        for (_, ports) in &mut v {
+            ports.sort_by_key(|p| self.netdevs.iter().position(|n| &n.config.id == p));
+        }
+        v
     }
 
     /// Removes everything and stops the workers; returns the pool's free and total

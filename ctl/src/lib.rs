@@ -7,5 +7,6 @@ pub mod daemon;
 pub mod error;
 pub mod netdev;
 pub mod qapi;
+pub mod qmp;
 
 pub use error::CtlError;

@@ -7,10 +7,13 @@
 
 use std::os::fd::OwnedFd;
 
+use backends::nic::{nic, NicHandle};
 use backends::socket::stream::StreamPort;
 use backends::socket::udp::UdpPort;
 use backends::socket::{parse_host_port, SocketMode};
 use backends::tap::{self, TapConfig};
+use switch::wire::ethernet::is_group;
+use switch::wire::{mac_to_string, parse_mac, Mac};
 use switch::{Backend, ClientSpec, SpecKind};
 
 use crate::error::CtlError;
@@ -57,18 +60,54 @@ fn backend_err(id: &str) -> impl FnOnce(backends::Error) -> CtlError + '_ {
     }
 }
 
-/// Builds the switch client for a netdev.
-pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>) -> Result<ClientSpec, CtlError> {
+/// A netdev ready to be added to the switch.
+pub struct Built {
+    /// The client.
+    pub spec: ClientSpec,
+    /// For a NIC: its control handle and address.
+    pub nic: Option<(NicHandle, Mac)>,
+}
+
+/// Builds the switch client for a netdev. `mac` is the address a NIC without
+/// `macaddr=` gets.
+pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, CtlError> {
+    let mut nic_out = None;
     let (kind, peer) = match &nd.opts {
         NetdevOpts::Hubport(o) => hubport(o),
         NetdevOpts::Tap(o) => (tap(&nd.id, o, env)?, None),
         NetdevOpts::Socket(o) => (socket(&nd.id, o, env)?, None),
+        NetdevOpts::Nic(o) => {
+            let mac = match &o.macaddr {
+                Some(m) => parse_mac(m)
+                    .ok_or_else(|| CtlError::Invalid(format!("invalid macaddr '{m}'")))?,
+                None => mac,
+            };
+            if is_group(&mac) {
+                return Err(CtlError::Invalid(format!(
+                    "macaddr {} is a multicast address",
+                    mac_to_string(&mac)
+                )));
+            }
+            let (port, handle) = nic(mac);
+            nic_out = Some((handle, mac));
+            (
+                SpecKind::Port {
+                    queues: vec![Box::new(port)],
+                    poll_us: None,
+                },
+                o.netdev.clone(),
+            )
+        }
         other => return Err(unsupported(other.type_name())),
     };
-    Ok(ClientSpec {
-        name: nd.id.clone(),
-        kind,
-        peer,
+    Ok(Built {
+        spec: ClientSpec {
+            name: nd.id.clone(),
+            kind,
+            peer,
+            nic: nic_out.is_some(),
+        },
+        nic: nic_out,
     })
 }
 

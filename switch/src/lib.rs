@@ -16,6 +16,7 @@ pub mod ring;
 pub mod switch;
 pub mod topology;
 pub mod uring;
+pub mod wire;
 pub mod worker;
 
 pub use backend::{Backend, Io, BURST};

@@ -59,6 +59,8 @@ pub struct ClientSpec {
     pub kind: SpecKind,
     /// The client to peer with.
     pub peer: Option<String>,
+    /// Whether the client is NIC-like (see [`crate::topology::Client::nic`]).
+    pub nic: bool,
 }
 
 /// The two kinds of client.
@@ -291,6 +293,9 @@ impl Switch {
             }
         };
         self.graph.add(&spec.name, kind, spec.peer.as_deref())?;
+        if spec.nic {
+            self.graph.set_nic(&spec.name);
+        }
         self.publish()
     }
 

@@ -104,6 +104,8 @@ pub struct Client {
     pub peer: Option<String>,
     /// Link state (set_link).
     pub link_up: bool,
+    /// Whether it is a NIC-like port (QEMU's set_link also changes a NIC peer's link).
+    pub nic: bool,
 }
 
 /// The control thread's model of clients, hubs and peers.
@@ -162,6 +164,7 @@ impl Graph {
                 kind,
                 peer: peer.map(str::to_string),
                 link_up: true,
+                nic: false,
             },
         );
         Ok(())
@@ -181,14 +184,29 @@ impl Graph {
         Ok(c)
     }
 
-    /// Sets a client's link state.
+    /// Sets a client's link state, and that of its peer when the peer is a NIC (QEMU's
+    /// rule: a hubport or backend peer keeps its own state).
     pub fn set_link(&mut self, name: &str, up: bool) -> Result<(), SwitchError> {
         let c = self
             .clients
             .get_mut(name)
             .ok_or_else(|| SwitchError::NotFound(name.to_string()))?;
         c.link_up = up;
+        if let Some(p) = c.peer.clone() {
+            if let Some(pc) = self.clients.get_mut(&p) {
+                if pc.nic {
+                    pc.link_up = up;
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Marks a client as NIC-like.
+    pub fn set_nic(&mut self, name: &str) {
+        if let Some(c) = self.clients.get_mut(name) {
+            c.nic = true;
+        }
     }
 
     fn group_of(&self, name: &str) -> Option<DestGroup> {
@@ -363,6 +381,25 @@ mod tests {
         // A link-down port stays a destination; its owner drops and counts.
         assert_eq!(dest_ports(&t, 0), vec![1, 2]);
         assert!(!t.get(2).unwrap().link_up);
+    }
+
+    #[test]
+    fn set_link_follows_qemu_for_nic_peers() {
+        let mut g = Graph::default();
+        g.add("be", port(0), None).unwrap();
+        g.add("nic", port(1), Some("be")).unwrap();
+        g.set_nic("nic");
+        g.set_link("be", false).unwrap();
+        assert!(
+            !g.get("nic").unwrap().link_up,
+            "a NIC peer follows its backend"
+        );
+        g.set_link("be", true).unwrap();
+        g.set_link("nic", false).unwrap();
+        assert!(
+            g.get("be").unwrap().link_up,
+            "a backend peer keeps its own state"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ fn add_port(sw: &mut Switch, name: &str) -> LoopbackHandle {
             poll_us: None,
         },
         peer: None,
+        nic: false,
     })
     .unwrap();
     h
@@ -35,6 +36,7 @@ fn add_hubport(sw: &mut Switch, name: &str, hub: i32, peer: &str) {
         name: name.into(),
         kind: SpecKind::HubPort { hub },
         peer: Some(peer.into()),
+        nic: false,
     })
     .unwrap();
 }

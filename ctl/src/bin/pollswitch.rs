@@ -7,6 +7,7 @@ use std::sync::mpsc;
 use ctl::cli::{DaemonArgs, USAGE};
 use ctl::daemon::Daemon;
 use ctl::netdev::InheritedFds;
+use ctl::qmp::server::{listen, parse_endpoint, Control, Msg};
 use switch::pool::PageKind;
 use switch::SwitchConfig;
 
@@ -34,10 +35,18 @@ fn main() -> ExitCode {
         println!("pollswitch {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    if !args.qmp.is_empty() {
-        eprintln!("pollswitch: -qmp: the QMP server is not built yet");
-        return ExitCode::from(1);
-    }
+    let endpoints = match args
+        .qmp
+        .iter()
+        .map(|s| parse_endpoint(s))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("pollswitch: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let cfg = SwitchConfig {
         cores: match &args.cores {
             Some(list) => list.iter().map(|c| Some(*c)).collect(),
@@ -96,20 +105,30 @@ fn main() -> ExitCode {
         }
     }
     let (tx, rx) = mpsc::channel();
+    let sig = tx.clone();
     if let Err(e) = ctrlc::set_handler(move || {
-        let _ = tx.send(());
+        let _ = sig.send(Msg::Signal);
     }) {
         eprintln!("pollswitch: cannot install signal handler: {e}");
         return ExitCode::from(1);
+    }
+    if let Err(e) = listen(&endpoints, &tx) {
+        eprintln!("pollswitch: {e}");
+        let _ = daemon.shutdown();
+        return ExitCode::from(1);
+    }
+    for ep in &endpoints {
+        eprintln!("pollswitch: QMP on {ep:?}");
     }
     eprintln!(
         "pollswitch: ready ({} netdev(s), {} worker(s))",
         args.netdevs.len(),
         cfg.cores.len()
     );
-    let _ = rx.recv();
+    let mut control = Control::new(daemon);
+    control.run(&rx);
     eprintln!("pollswitch: shutting down");
-    match daemon.shutdown() {
+    match control.daemon.shutdown() {
         Ok((free, total)) => {
             eprintln!("pollswitch: pool: {free} of {total} buffers free");
             if free == total {

@@ -13,7 +13,7 @@
 //!
 //! Each member is `field: PRESENCE KIND = "wire-name"`, PRESENCE `req` or `opt` (the
 //! schema's `*`), KIND the schema type: `str`, `bool`, `int`, `int32`, `uint16`,
-//! `uint32`, `uint64`, `size`, `StrList` (`['str']`) or `StringList` (`['String']`).
+//! `uint32`, `uint64`, `size`, `StrList` (`['str']`), `StringList` (`['String']`) or `IntList` (`['int']`).
 //! The macro emits the struct (an `opt` member is an `Option`) and its
 //! [`QapiStruct`](crate::qapi::QapiStruct) impl, which reads members in schema order
 //! from any [`Input`](crate::qapi::Input) and writes back exactly those that are set.
@@ -68,6 +68,7 @@ macro_rules! qapi_struct {
     (@rust size) => { u64 };
     (@rust StrList) => { Vec<String> };
     (@rust StringList) => { Vec<String> };
+    (@rust IntList) => { Vec<i64> };
 
     (@read $input:ident req $kind:ident $wire:literal) => {
         qapi_struct!(@take $input $kind $wire)?
@@ -90,6 +91,7 @@ macro_rules! qapi_struct {
     (@take $input:ident size $wire:literal) => { $input.take_size($wire) };
     (@take $input:ident StrList $wire:literal) => { $input.take_str_list($wire) };
     (@take $input:ident StringList $wire:literal) => { $input.take_string_list($wire) };
+    (@take $input:ident IntList $wire:literal) => { $input.take_int_list($wire) };
 
     (@write $out:ident req $kind:ident $wire:literal $v:expr) => {
         $out.insert($wire.to_string(), qapi_struct!(@value $kind $v));
@@ -108,6 +110,9 @@ macro_rules! qapi_struct {
     };
     (@value StringList $v:expr) => {
         ::serde_json::Value::Array($v.iter().map(|s| ::serde_json::json!({ "str": s })).collect())
+    };
+    (@value IntList $v:expr) => {
+        ::serde_json::Value::Array($v.iter().map(|i| ::serde_json::Value::from(*i)).collect())
     };
     // Every other kind is a Copy scalar with a `From` conversion into a JSON value.
     (@value $kind:ident $v:expr) => { ::serde_json::Value::from(*$v) };

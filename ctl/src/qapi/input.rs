@@ -35,6 +35,8 @@ pub trait Input {
     fn take_str_list(&mut self, name: &str) -> Result<Vec<String>, QapiError>;
     /// A `['String']` member: a list of `{"str": ...}` boxes, unboxed.
     fn take_string_list(&mut self, name: &str) -> Result<Vec<String>, QapiError>;
+    /// Takes a `['int']` list.
+    fn take_int_list(&mut self, name: &str) -> Result<Vec<i64>, QapiError>;
     /// Ends the visit of the top-level struct: any member not taken is an error.
     fn finish(&mut self) -> Result<(), QapiError>;
 
@@ -171,6 +173,17 @@ impl Input for JsonInput<'_> {
             .collect()
     }
 
+    fn take_int_list(&mut self, name: &str) -> Result<Vec<i64>, QapiError> {
+        self.array(name)?
+            .iter()
+            .enumerate()
+            .map(|(i, elem)| {
+                elem.as_i64()
+                    .ok_or_else(|| QapiError::invalid_type(format!("{name}[{i}]"), "integer"))
+            })
+            .collect()
+    }
+
     fn take_string_list(&mut self, name: &str) -> Result<Vec<String>, QapiError> {
         let mut out = Vec::new();
         for (i, elem) in self.array(name)?.iter().enumerate() {
@@ -284,6 +297,15 @@ impl Input for KeyvalInput {
 
     fn take_string_list(&mut self, name: &str) -> Result<Vec<String>, QapiError> {
         self.take_all(name)
+    }
+
+    fn take_int_list(&mut self, name: &str) -> Result<Vec<i64>, QapiError> {
+        self.take_all(name)?
+            .iter()
+            .map(|s| {
+                scalar::parse_i64(s).ok_or_else(|| QapiError::invalid_value(name, "an int64 value"))
+            })
+            .collect()
     }
 
     fn finish(&mut self) -> Result<(), QapiError> {

@@ -18,6 +18,7 @@
 //! Error texts are QEMU's, word for word, so that tools written against QEMU see the
 //! same `desc` from pollswitch. Every error here has QMP class `GenericError`.
 
+pub mod commands;
 mod define;
 mod error;
 mod input;

@@ -1,0 +1,562 @@
+//! QMP dispatch and the command handlers, one table.
+//!
+//! Dispatch checks a request the way QEMU's `qmp-dispatch.c` does (object, `execute`,
+//! `arguments`, unexpected members, negotiation state) before a handler sees it; each
+//! handler reads its arguments through the schema's struct, so argument errors carry
+//! QEMU's texts.
+
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+use serde_json::{json, Map, Value};
+
+use super::server::{ClientId, Control};
+use super::wire;
+use crate::daemon::NetdevEntry;
+use crate::error::CtlError;
+use crate::netdev::{inherited_fd, FdSource};
+use crate::qapi::commands::{
+    AnnounceParameters, CapabilitiesArgs, GetfdArgs, HmpArgs, NetdevDelArgs, QueryRxFilterArgs,
+    SetLinkArgs, SetRxFilterArgs,
+};
+use crate::qapi::{Netdev, NetdevOpts, QapiError, QapiStruct};
+use backends::nic::{RxFilter, RxState};
+use switch::wire::{mac_to_string, parse_mac};
+
+/// An error reply.
+#[derive(Debug)]
+pub struct QmpError {
+    /// QMP error class.
+    pub class: &'static str,
+    /// Human-readable text.
+    pub desc: String,
+}
+
+impl QmpError {
+    fn generic(desc: impl Into<String>) -> QmpError {
+        QmpError {
+            class: "GenericError",
+            desc: desc.into(),
+        }
+    }
+}
+
+impl From<CtlError> for QmpError {
+    fn from(e: CtlError) -> Self {
+        QmpError {
+            class: e.class(),
+            desc: e.to_string(),
+        }
+    }
+}
+
+impl From<QapiError> for QmpError {
+    fn from(e: QapiError) -> Self {
+        QmpError {
+            class: e.class(),
+            desc: e.to_string(),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, QmpError>;
+type Handler = fn(&mut Control, ClientId, &Map<String, Value>) -> Result<Value>;
+
+/// Every command, by name.
+pub const COMMANDS: &[(&str, Handler)] = &[
+    ("qmp_capabilities", qmp_capabilities),
+    ("query-commands", query_commands),
+    ("query-version", query_version),
+    ("quit", quit),
+    ("netdev_add", netdev_add),
+    ("netdev_del", netdev_del),
+    ("set_link", set_link),
+    ("query-netdev", query_netdev),
+    ("query-rx-filter", query_rx_filter),
+    ("announce-self", announce_self),
+    ("getfd", getfd),
+    ("closefd", closefd),
+    ("human-monitor-command", human_monitor_command),
+    ("x-query-stats", x_query_stats),
+    ("x-set-rx-filter", x_set_rx_filter),
+];
+
+/// Checks and runs one request; returns the reply (always one, for QMP requests).
+pub fn execute(ctl: &mut Control, client: ClientId, req: Value) -> Option<Value> {
+    let Value::Object(req) = req else {
+        return Some(wire::error(
+            "GenericError",
+            "QMP input must be a JSON object",
+            None,
+        ));
+    };
+    let id = req.get("id").cloned();
+    let reply = dispatch(ctl, client, &req);
+    Some(match reply {
+        Ok(v) => wire::ret(v, id.as_ref()),
+        Err(e) => wire::error(e.class, &e.desc, id.as_ref()),
+    })
+}
+
+fn dispatch(ctl: &mut Control, client: ClientId, req: &Map<String, Value>) -> Result<Value> {
+    let name = match req.get("execute") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => {
+            return Err(QmpError::generic(
+                "QMP input member 'execute' must be a string",
+            ))
+        }
+        None => return Err(QmpError::generic("QMP input lacks member 'execute'")),
+    };
+    for k in req.keys() {
+        if !matches!(k.as_str(), "execute" | "arguments" | "id") {
+            return Err(QmpError::generic(format!(
+                "QMP input member '{k}' is unexpected"
+            )));
+        }
+    }
+    let empty = Map::new();
+    let args = match req.get("arguments") {
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(QmpError::generic(
+                "QMP input member 'arguments' must be an object",
+            ))
+        }
+        None => &empty,
+    };
+    let negotiated = ctl.clients.get(&client).is_some_and(|c| c.negotiated);
+    if !negotiated && name != "qmp_capabilities" {
+        return Err(QmpError {
+            class: "CommandNotFound",
+            desc: "Expecting capabilities negotiation with 'qmp_capabilities'".into(),
+        });
+    }
+    if negotiated && name == "qmp_capabilities" {
+        return Err(QmpError {
+            class: "CommandNotFound",
+            desc: "Capabilities negotiation is already complete, command ignored".into(),
+        });
+    }
+    let Some((_, handler)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
+        return Err(QmpError {
+            class: "CommandNotFound",
+            desc: format!("The command {name} has not been found"),
+        });
+    };
+    handler(ctl, client, args)
+}
+
+/// Commands without arguments refuse any member.
+fn no_args(args: &Map<String, Value>) -> Result<()> {
+    match args.keys().next() {
+        Some(k) => Err(QapiError::Unexpected(k.clone()).into()),
+        None => Ok(()),
+    }
+}
+
+fn qmp_capabilities(
+    ctl: &mut Control,
+    client: ClientId,
+    args: &Map<String, Value>,
+) -> Result<Value> {
+    let a = CapabilitiesArgs::from_qmp(args)?;
+    if let Some(cap) = a.enable.unwrap_or_default().into_iter().next() {
+        return Err(match cap.as_str() {
+            "oob" => QmpError::generic("Capability 'oob' not available"),
+            _ => QapiError::BadEnumValue {
+                name: "enable".into(),
+                value: cap,
+            }
+            .into(),
+        });
+    }
+    if let Some(c) = ctl.clients.get_mut(&client) {
+        c.negotiated = true;
+    }
+    Ok(json!({}))
+}
+
+fn query_commands(_: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    no_args(args)?;
+    Ok(Value::Array(
+        COMMANDS.iter().map(|(n, _)| json!({"name": n})).collect(),
+    ))
+}
+
+fn query_version(_: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    no_args(args)?;
+    Ok(wire::greeting()["QMP"]["version"].clone())
+}
+
+fn quit(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    no_args(args)?;
+    ctl.quit = true;
+    Ok(json!({}))
+}
+
+/// The descriptors a client named with `getfd`; numbers fall back to inherited
+/// descriptors as on the command line.
+struct ClientFds<'a>(Option<&'a mut std::collections::HashMap<String, OwnedFd>>);
+
+impl FdSource for ClientFds<'_> {
+    fn take(&mut self, name: &str) -> std::result::Result<OwnedFd, CtlError> {
+        if let Some(fd) = self.0.as_mut().and_then(|m| m.remove(name)) {
+            return Ok(fd);
+        }
+        if name.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            return inherited_fd(name);
+        }
+        Err(CtlError::Invalid(format!(
+            "File descriptor named '{name}' has not been found"
+        )))
+    }
+}
+
+fn netdev_add(ctl: &mut Control, client: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    let nd = Netdev::from_qmp(args)?;
+    let fds = ctl.clients.get_mut(&client).map(|c| &mut c.fds);
+    ctl.daemon.netdev_add(&nd, &mut ClientFds(fds))?;
+    Ok(json!({}))
+}
+
+fn netdev_del(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    let a = NetdevDelArgs::from_qmp(args)?;
+    let backends = ctl.daemon.netdev_del(&a.id)?;
+    // Closing descriptors and running down-scripts happens here, after the workers let go.
+    drop(backends);
+    Ok(json!({}))
+}
+
+fn set_link(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    let a = SetLinkArgs::from_qmp(args)?;
+    ctl.daemon.set_link(&a.name, a.up)?;
+    Ok(json!({}))
+}
+
+fn query_netdev(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    no_args(args)?;
+    let mut out = Vec::new();
+    for e in ctl.daemon.netdevs() {
+        if matches!(e.config.opts, NetdevOpts::Nic(_) | NetdevOpts::Hubport(_)) {
+            continue;
+        }
+        let mut m = Map::new();
+        for (k, v) in e.config.to_qmp() {
+            m.insert(k.clone(), v);
+            if k == "type" {
+                if let Some(p) = ctl.daemon.peer_of(&e.config.id) {
+                    m.insert("peer-id".into(), Value::String(p));
+                }
+            }
+        }
+        out.push(Value::Object(m));
+    }
+    Ok(Value::Array(out))
+}
+
+fn filter_info(name: &str, f: &RxFilter) -> Value {
+    json!({
+        "name": name,
+        "promiscuous": f.promiscuous,
+        "multicast": f.multicast.as_str(),
+        "unicast": f.unicast.as_str(),
+        "vlan": f.vlan.as_str(),
+        "broadcast-allowed": f.broadcast_allowed,
+        "multicast-overflow": f.multicast_overflow,
+        "unicast-overflow": f.unicast_overflow,
+        "main-mac": mac_to_string(&f.main_mac),
+        "vlan-table": f.vlan_table,
+        "unicast-table": f.unicast_table.iter().map(mac_to_string).collect::<Vec<_>>(),
+        "multicast-table": f.multicast_table.iter().map(mac_to_string).collect::<Vec<_>>(),
+    })
+}
+
+fn query_rx_filter(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    let a = QueryRxFilterArgs::from_qmp(args)?;
+    if let Some(name) = &a.name {
+        if ctl.daemon.switch().graph().get(name).is_none() {
+            return Err(QmpError::generic(format!(
+                "invalid net client name: {name}"
+            )));
+        }
+        let Some(nic) = ctl.daemon.netdev_mut(name).and_then(|e| e.nic.as_mut()) else {
+            return Err(QmpError::generic(format!("net client({name}) isn't a NIC")));
+        };
+        nic.notify = true;
+        return Ok(json!([filter_info(name, &nic.filter)]));
+    }
+    let names: Vec<String> = ctl
+        .daemon
+        .netdevs()
+        .iter()
+        .filter(|e| e.nic.is_some())
+        .map(|e| e.config.id.clone())
+        .collect();
+    let mut out = Vec::new();
+    for n in names {
+        if let Some(nic) = ctl.daemon.netdev_mut(&n).and_then(|e| e.nic.as_mut()) {
+            nic.notify = true;
+            out.push(filter_info(&n, &nic.filter));
+        }
+    }
+    Ok(Value::Array(out))
+}
+
+fn announce_self(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    let p = AnnounceParameters::from_qmp(args)?;
+    for (name, v) in [("initial", p.initial), ("max", p.max), ("step", p.step)] {
+        if v < 0 {
+            return Err(QmpError::generic(format!(
+                "Parameter '{name}' must not be negative"
+            )));
+        }
+    }
+    if p.rounds < 1 {
+        return Err(QmpError::generic("Parameter 'rounds' must be at least 1"));
+    }
+    ctl.announcer.start(&ctl.daemon, p, Instant::now());
+    Ok(json!({}))
+}
+
+fn getfd(ctl: &mut Control, client: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    let a = GetfdArgs::from_qmp(args)?;
+    if a.fdname.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+        return Err(QmpError::generic(
+            "Parameter 'fdname' expects a name not starting with a digit",
+        ));
+    }
+    let c = ctl
+        .clients
+        .get_mut(&client)
+        .ok_or_else(|| QmpError::generic("client gone"))?;
+    let fd = c
+        .pending_fds
+        .pop()
+        .ok_or_else(|| QmpError::generic("No file descriptor supplied via SCM_RIGHTS"))?;
+    // Older unclaimed descriptors are closed, as QEMU keeps only the latest.
+    c.pending_fds.clear();
+    c.fds.insert(a.fdname, fd);
+    Ok(json!({}))
+}
+
+fn closefd(ctl: &mut Control, client: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    let a = GetfdArgs::from_qmp(args)?;
+    let c = ctl
+        .clients
+        .get_mut(&client)
+        .ok_or_else(|| QmpError::generic("client gone"))?;
+    match c.fds.remove(&a.fdname) {
+        Some(_) => Ok(json!({})),
+        None => Err(QmpError::generic(format!(
+            "File descriptor named '{}' not found",
+            a.fdname
+        ))),
+    }
+}
+
+/// `key=value` of the options a netdev was created with, as `info network` shows them.
+fn info_str(e: &NetdevEntry) -> String {
+    if let (NetdevOpts::Nic(o), Some(n)) = (&e.config.opts, &e.nic) {
+        return format!(
+            "model={},macaddr={}",
+            o.model.as_deref().unwrap_or("memif"),
+            mac_to_string(&n.filter.main_mac)
+        );
+    }
+    e.config
+        .to_qmp()
+        .into_iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "id" | "type" | "netdev"))
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn client_line(ctl: &Control, name: &str) -> String {
+    match ctl.daemon.netdev(name) {
+        Some(e) => format!(
+            "{}: index=0,type={},{}\r\n",
+            name,
+            e.config.opts.type_name(),
+            info_str(e)
+        ),
+        None => format!("{name}\r\n"),
+    }
+}
+
+/// `info network`: hubs with their ports and peers, then everything else, as QEMU
+/// prints it.
+fn info_network(ctl: &Control) -> String {
+    let mut s = String::new();
+    let mut on_hub = std::collections::HashSet::new();
+    for (hub, ports) in ctl.daemon.hubs() {
+        s.push_str(&format!("hub {hub}\r\n"));
+        for p in ports {
+            on_hub.insert(p.clone());
+            s.push_str(&format!(" \\ {p}"));
+            match ctl.daemon.peer_of(&p) {
+                Some(peer) => {
+                    on_hub.insert(peer.clone());
+                    s.push_str(": ");
+                    s.push_str(&client_line(ctl, &peer));
+                }
+                None => s.push_str("\r\n"),
+            }
+        }
+    }
+    for e in ctl.daemon.netdevs() {
+        let name = &e.config.id;
+        if on_hub.contains(name) {
+            continue;
+        }
+        let peer = ctl.daemon.peer_of(name);
+        let is_nic = e.nic.is_some();
+        if peer.is_none() || is_nic {
+            s.push_str(&client_line(ctl, name));
+        }
+        if let (Some(p), true) = (peer, is_nic) {
+            s.push_str(" \\ ");
+            s.push_str(&client_line(ctl, &p));
+        }
+    }
+    s
+}
+
+fn human_monitor_command(
+    ctl: &mut Control,
+    _: ClientId,
+    args: &Map<String, Value>,
+) -> Result<Value> {
+    let a = HmpArgs::from_qmp(args)?;
+    let words: Vec<&str> = a.command_line.split_whitespace().collect();
+    let out = match words.as_slice() {
+        ["info", "network"] => info_network(ctl),
+        [] => String::new(),
+        [cmd, ..] => format!("unknown command: '{}'\r\n", cmd),
+    };
+    Ok(Value::String(out))
+}
+
+fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    no_args(args)?;
+    let sw = ctl.daemon.switch();
+    let pool = sw.pool();
+    let workers: Vec<Value> = sw
+        .workers()
+        .iter()
+        .map(|w| {
+            json!({
+                "id": w.id, "core": w.core, "ports": w.ports,
+                "busy-ns": w.busy_ns, "idle-ns": w.idle_ns, "gone-drops": w.gone_drops,
+            })
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for e in ctl.daemon.netdevs() {
+        let Ok(Some(c)) = sw.counters(&e.config.id) else {
+            continue;
+        };
+        let drops: Map<String, Value> = switch::DropReason::ALL
+            .iter()
+            .map(|d| (d.name().to_string(), json!(c.dropped(*d))))
+            .collect();
+        let link_up = sw.graph().get(&e.config.id).is_some_and(|c| c.link_up);
+        ports.push(json!({
+            "name": e.config.id, "type": e.config.opts.type_name(), "link-up": link_up,
+            "rx-packets": c.rx_packets, "rx-bytes": c.rx_bytes,
+            "tx-packets": c.tx_packets, "tx-bytes": c.tx_bytes,
+            "drops": drops,
+        }));
+    }
+    Ok(json!({
+        "pool": {
+            "buffers": pool.count(), "free": pool.free_count(), "buffer-size": pool.buf_size(),
+            "max-frame": pool.max_frame(),
+            "huge-pages": pool.pages() == switch::pool::PageKind::Huge,
+        },
+        "workers": workers,
+        "ports": ports,
+        "announce-timers": ctl.announcer.running(),
+    }))
+}
+
+fn rx_state(member: &str, v: &Option<String>, old: RxState) -> Result<RxState> {
+    match v {
+        None => Ok(old),
+        Some(s) => RxState::from_name(s).ok_or_else(|| {
+            QapiError::BadEnumValue {
+                name: member.into(),
+                value: s.clone(),
+            }
+            .into()
+        }),
+    }
+}
+
+fn macs(member: &str, v: &[String]) -> Result<Vec<switch::wire::Mac>> {
+    v.iter()
+        .map(|m| {
+            parse_mac(m).ok_or_else(|| {
+                QmpError::generic(format!(
+                    "Parameter '{member}' has an invalid MAC address '{m}'"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn x_set_rx_filter(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    let a = SetRxFilterArgs::from_qmp(args)?;
+    if ctl.daemon.switch().graph().get(&a.name).is_none() {
+        return Err(QmpError::generic(format!(
+            "invalid net client name: {}",
+            a.name
+        )));
+    }
+    let Some(nic) = ctl.daemon.netdev_mut(&a.name).and_then(|e| e.nic.as_mut()) else {
+        return Err(QmpError::generic(format!(
+            "net client({}) isn't a NIC",
+            a.name
+        )));
+    };
+    let mut f = nic.filter.clone();
+    f.promiscuous = a.promiscuous.unwrap_or(f.promiscuous);
+    f.multicast = rx_state("multicast", &a.multicast, f.multicast)?;
+    f.unicast = rx_state("unicast", &a.unicast, f.unicast)?;
+    f.vlan = rx_state("vlan", &a.vlan, f.vlan)?;
+    f.broadcast_allowed = a.broadcast_allowed.unwrap_or(f.broadcast_allowed);
+    if let Some(m) = &a.main_mac {
+        f.main_mac = macs("main-mac", std::slice::from_ref(m))?[0];
+    }
+    if let Some(t) = &a.vlan_table {
+        f.vlan_table = t
+            .iter()
+            .map(|v| u16::try_from(*v).ok().filter(|v| *v < 4096))
+            .collect::<Option<Vec<u16>>>()
+            .ok_or_else(|| QmpError::generic("Parameter 'vlan-table' expects VLAN ids 0..4095"))?;
+    }
+    if let Some(t) = &a.unicast_table {
+        f.unicast_table = macs("unicast-table", t)?;
+    }
+    if let Some(t) = &a.multicast_table {
+        f.multicast_table = macs("multicast-table", t)?;
+    }
+    if f == nic.filter {
+        return Ok(json!({}));
+    }
+    nic.handle.set_filter(f.clone());
+    nic.filter = f;
+    let notify = std::mem::replace(&mut nic.notify, false);
+    if notify {
+        let name = a.name.clone();
+        ctl.broadcast(
+            "NIC_RX_FILTER_CHANGED",
+            Some(json!({"name": name, "path": format!("/machine/peripheral/{name}")})),
+        );
+    }
+    Ok(json!({}))
+}

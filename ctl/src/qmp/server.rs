@@ -1,0 +1,359 @@
+//! The QMP server: listeners, one reader and one writer thread per client, and the
+//! control loop that owns the daemon.
+//!
+//! ```text
+//!  unix/tcp listener ──accept──► client reader thread ──Msg──┐
+//!                                client writer thread ◄─line─┤
+//!  signal handler ──────────────────────────────────Msg──────┤
+//!                                                            ▼
+//!                                  control loop (one thread, owns the Daemon)
+//!                                  commands → Daemon → switch workers (by message)
+//!                                  announce timers, events to every client
+//! ```
+//!
+//! Only the control loop touches the daemon, so commands from many clients are applied
+//! one at a time, in arrival order. A client that sends garbage, an over-long request or
+//! disappears mid-command affects its own threads only.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::announce::Announcer;
+use super::commands;
+use super::scm::recv_with_fds;
+use super::wire::{self, Input, Splitter, MAX_REQUEST};
+use crate::daemon::Daemon;
+use crate::error::CtlError;
+
+/// A client's number.
+pub type ClientId = u64;
+
+/// What reaches the control loop.
+pub enum Msg {
+    /// A client connected; `out` carries lines to its writer.
+    Connected {
+        /// The client.
+        id: ClientId,
+        /// Its writer.
+        out: Sender<String>,
+    },
+    /// A JSON value or a parse error from a client.
+    Input {
+        /// The client.
+        id: ClientId,
+        /// What it sent.
+        input: Input,
+    },
+    /// Descriptors that came with a client's bytes (SCM_RIGHTS).
+    Fds {
+        /// The client.
+        id: ClientId,
+        /// The descriptors.
+        fds: Vec<OwnedFd>,
+    },
+    /// A client went away.
+    Gone {
+        /// The client.
+        id: ClientId,
+    },
+    /// SIGINT or SIGTERM: shut down.
+    Signal,
+}
+
+/// Per-client state kept by the control loop.
+pub struct Client {
+    out: Sender<String>,
+    /// Whether `qmp_capabilities` was executed (command mode).
+    pub negotiated: bool,
+    /// Descriptors named with `getfd`.
+    pub fds: HashMap<String, OwnedFd>,
+    /// Descriptors received but not yet named.
+    pub pending_fds: Vec<OwnedFd>,
+}
+
+/// The control loop's state.
+pub struct Control {
+    /// The daemon (taken at shutdown).
+    pub daemon: Daemon,
+    /// Connected clients.
+    pub clients: HashMap<ClientId, Client>,
+    /// announce-self timers.
+    pub announcer: Announcer,
+    /// Set by `quit`.
+    pub quit: bool,
+}
+
+/// A parsed `-qmp` option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `unix:PATH`.
+    Unix(String),
+    /// `tcp:HOST:PORT`.
+    Tcp(String),
+}
+
+/// Parses QEMU's `-qmp unix:PATH,server=on,wait=off` / `tcp:HOST:PORT,server=on,wait=off`
+/// (also the old spellings `server` and `nowait`).
+pub fn parse_endpoint(spec: &str) -> Result<Endpoint, CtlError> {
+    let mut parts = crate::cli::split_commas(spec).into_iter();
+    let head = parts.next().unwrap_or_default();
+    let (mut server, mut wait) = (false, true);
+    for p in parts {
+        match p.as_str() {
+            "server" | "server=on" => server = true,
+            "server=off" => server = false,
+            "nowait" | "wait=off" => wait = false,
+            "wait=on" => wait = true,
+            other => {
+                return Err(CtlError::Invalid(format!(
+                    "-qmp {spec}: unknown option '{other}'"
+                )));
+            }
+        }
+    }
+    if !server {
+        return Err(CtlError::Invalid(format!(
+            "-qmp {spec}: pollswitch only listens for QMP clients: add server=on"
+        )));
+    }
+    if wait {
+        return Err(CtlError::Invalid(format!(
+            "-qmp {spec}: wait=on (waiting for a client before starting) is not supported: add wait=off"
+        )));
+    }
+    if let Some(p) = head.strip_prefix("unix:") {
+        Ok(Endpoint::Unix(p.to_string()))
+    } else if let Some(a) = head.strip_prefix("tcp:") {
+        Ok(Endpoint::Tcp(a.to_string()))
+    } else {
+        Err(CtlError::Invalid(format!(
+            "-qmp {spec}: expected unix:PATH or tcp:HOST:PORT"
+        )))
+    }
+}
+
+static NEXT_CLIENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn spawn_writer<W: Write + Send + 'static>(
+    mut w: W,
+    on_error: impl FnOnce() + Send + 'static,
+) -> Sender<String> {
+    let (tx, rx) = channel::<String>();
+    std::thread::spawn(move || {
+        for line in rx {
+            if w.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+        on_error();
+    });
+    tx
+}
+
+/// Reads a client's bytes until it goes away; `recv` returns bytes read and any
+/// descriptors that came with them.
+fn reader_loop(
+    id: ClientId,
+    ctl: Sender<Msg>,
+    mut recv: impl FnMut(&mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)>,
+) {
+    let mut splitter = Splitter::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let (n, fds) = match recv(&mut buf) {
+            Ok((0, _)) | Err(_) => break,
+            Ok(x) => x,
+        };
+        if !fds.is_empty() && ctl.send(Msg::Fds { id, fds }).is_err() {
+            return;
+        }
+        splitter.push(&buf[..n]);
+        for input in splitter.drain() {
+            if ctl.send(Msg::Input { id, input }).is_err() {
+                return;
+            }
+        }
+        if splitter.pending() > MAX_REQUEST {
+            let _ = ctl.send(Msg::Input {
+                id,
+                input: Input::Error(format!(
+                    "JSON parse error, request exceeds {MAX_REQUEST} bytes"
+                )),
+            });
+            break;
+        }
+    }
+    let _ = ctl.send(Msg::Gone { id });
+}
+
+/// Binds every endpoint and starts accepting clients in the background.
+pub fn listen(endpoints: &[Endpoint], ctl: &Sender<Msg>) -> Result<(), CtlError> {
+    for ep in endpoints {
+        match ep {
+            Endpoint::Unix(path) => {
+                let _ = std::fs::remove_file(path);
+                let l = UnixListener::bind(path).map_err(|e| {
+                    CtlError::Invalid(format!("-qmp unix:{path}: cannot listen: {e}"))
+                })?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| CtlError::Invalid(format!("-qmp unix:{path}: chmod: {e}")))?;
+                let ctl = ctl.clone();
+                std::thread::spawn(move || {
+                    for s in l.incoming().flatten() {
+                        start_unix_client(s, ctl.clone());
+                    }
+                });
+            }
+            Endpoint::Tcp(addr) => {
+                let l = TcpListener::bind(addr.as_str()).map_err(|e| {
+                    CtlError::Invalid(format!("-qmp tcp:{addr}: cannot listen: {e}"))
+                })?;
+                let ctl = ctl.clone();
+                std::thread::spawn(move || {
+                    for s in l.incoming().flatten() {
+                        start_tcp_client(s, ctl.clone());
+                    }
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn start_unix_client(s: UnixStream, ctl: Sender<Msg>) {
+    let id = NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (Ok(w), Ok(closer)) = (s.try_clone(), s.try_clone()) else {
+        return;
+    };
+    let out = spawn_writer(w, move || {
+        let _ = closer.shutdown(std::net::Shutdown::Both);
+    });
+    if ctl.send(Msg::Connected { id, out }).is_err() {
+        return;
+    }
+    std::thread::spawn(move || reader_loop(id, ctl, |buf| recv_with_fds(&s, buf)));
+}
+
+fn start_tcp_client(s: TcpStream, ctl: Sender<Msg>) {
+    let id = NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _ = s.set_nodelay(true);
+    let (Ok(w), Ok(closer), Ok(mut r)) = (s.try_clone(), s.try_clone(), s.try_clone()) else {
+        return;
+    };
+    let out = spawn_writer(w, move || {
+        let _ = closer.shutdown(std::net::Shutdown::Both);
+    });
+    if ctl.send(Msg::Connected { id, out }).is_err() {
+        return;
+    }
+    std::thread::spawn(move || reader_loop(id, ctl, |buf| r.read(buf).map(|n| (n, Vec::new()))));
+}
+
+impl Control {
+    /// Wraps the daemon.
+    pub fn new(daemon: Daemon) -> Control {
+        Control {
+            daemon,
+            clients: HashMap::new(),
+            announcer: Announcer::default(),
+            quit: false,
+        }
+    }
+
+    /// Sends a line to one client.
+    pub fn send(&self, id: ClientId, v: &Value) {
+        if let Some(c) = self.clients.get(&id) {
+            let _ = c.out.send(wire::line(v));
+        }
+    }
+
+    /// Sends an event to every client in command mode.
+    pub fn broadcast(&self, name: &str, data: Option<Value>) {
+        let line = wire::line(&wire::event(name, data));
+        for c in self.clients.values().filter(|c| c.negotiated) {
+            let _ = c.out.send(line.clone());
+        }
+    }
+
+    /// Handles one message; returns false when the loop should end.
+    pub fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Connected { id, out } => {
+                let _ = out.send(wire::line(&wire::greeting()));
+                self.clients.insert(
+                    id,
+                    Client {
+                        out,
+                        negotiated: false,
+                        fds: HashMap::new(),
+                        pending_fds: Vec::new(),
+                    },
+                );
+            }
+            Msg::Fds { id, fds } => {
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.pending_fds.extend(fds);
+                }
+            }
+            Msg::Input { id, input } => {
+                let reply = match input {
+                    Input::Value(v) => commands::execute(self, id, v),
+                    Input::Error(desc) => Some(wire::error("GenericError", &desc, None)),
+                };
+                if let Some(r) = reply {
+                    self.send(id, &r);
+                }
+                if self.quit {
+                    self.broadcast(
+                        "SHUTDOWN",
+                        Some(serde_json::json!({"guest": false, "reason": "host-qmp-quit"})),
+                    );
+                    return false;
+                }
+            }
+            Msg::Gone { id } => {
+                self.clients.remove(&id);
+            }
+            Msg::Signal => {
+                self.broadcast(
+                    "SHUTDOWN",
+                    Some(serde_json::json!({"guest": false, "reason": "host-signal"})),
+                );
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Runs until `quit` or a signal, firing announce timers on time.
+    pub fn run(&mut self, rx: &Receiver<Msg>) {
+        loop {
+            let next = self.announcer.next_deadline();
+            let msg = match next {
+                Some(t) => match rx.recv_timeout(t.saturating_duration_since(Instant::now())) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+                None => match rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => return,
+                },
+            };
+            if let Some(m) = msg {
+                if !self.handle(m) {
+                    return;
+                }
+            }
+            self.announcer.fire_due(&self.daemon, Instant::now());
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! QMP on the wire: splitting a client's byte stream into JSON values, and the shapes of
+//! what the server sends (greeting, return, error, event), each one line ending CRLF.
+
+use serde_json::{json, Map, Value};
+
+/// Largest request accepted; a client that sends more without completing a JSON value
+/// is told so and disconnected.
+pub const MAX_REQUEST: usize = 1 << 20;
+
+/// What the splitter found in the input.
+#[derive(Debug, PartialEq)]
+pub enum Input {
+    /// A complete JSON value.
+    Value(Value),
+    /// Bytes that are not JSON; the text is the error `desc` for the client.
+    Error(String),
+}
+
+/// Accumulates bytes and cuts complete JSON values out of them. After a syntax error the
+/// input up to the next newline is discarded, so one bad line does not poison the rest.
+#[derive(Debug, Default)]
+pub struct Splitter {
+    buf: Vec<u8>,
+}
+
+impl Splitter {
+    /// Adds bytes read from the client.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes held that do not yet form a value.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes every complete value (and error) now available.
+    pub fn drain(&mut self) -> Vec<Input> {
+        let mut out = Vec::new();
+        loop {
+            let start = self
+                .buf
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(self.buf.len());
+            self.buf.drain(..start);
+            if self.buf.is_empty() {
+                break;
+            }
+            let mut stream = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+            match stream.next() {
+                Some(Ok(v)) => {
+                    let used = stream.byte_offset();
+                    self.buf.drain(..used);
+                    out.push(Input::Value(v));
+                }
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(_)) => {
+                    let cut = self
+                        .buf
+                        .iter()
+                        .position(|b| *b == b'\n')
+                        .map_or(self.buf.len(), |i| i + 1);
+                    self.buf.drain(..cut);
+                    out.push(Input::Error("JSON parse error, expecting value".into()));
+                }
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+/// Serialises one message as a line.
+pub fn line(v: &Value) -> String {
+    let mut s = v.to_string();
+    s.push_str("\r\n");
+    s
+}
+
+/// The greeting: version and capabilities.
+pub fn greeting() -> Value {
+    let (major, minor, micro) = version();
+    json!({"QMP": {
+        "version": {
+            "qemu": {"micro": micro, "minor": minor, "major": major},
+            "package": format!("pollswitch {}", env!("CARGO_PKG_VERSION")),
+        },
+        "capabilities": [],
+    }})
+}
+
+/// pollswitch's own version as numbers.
+pub fn version() -> (u64, u64, u64) {
+    let mut it = env!("CARGO_PKG_VERSION")
+        .split('.')
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    )
+}
+
+fn with_id(mut m: Map<String, Value>, id: Option<&Value>) -> Value {
+    if let Some(id) = id {
+        m.insert("id".into(), id.clone());
+    }
+    Value::Object(m)
+}
+
+/// A success reply.
+pub fn ret(v: Value, id: Option<&Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("return".into(), v);
+    with_id(m, id)
+}
+
+/// An error reply.
+pub fn error(class: &str, desc: &str, id: Option<&Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("error".into(), json!({"class": class, "desc": desc}));
+    with_id(m, id)
+}
+
+/// An event with the current time.
+pub fn event(name: &str, data: Option<Value>) -> Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut m = Map::new();
+    m.insert(
+        "timestamp".into(),
+        json!({"seconds": now.as_secs(), "microseconds": now.subsec_micros()}),
+    );
+    m.insert("event".into(), Value::String(name.into()));
+    if let Some(d) = data {
+        m.insert("data".into(), d);
+    }
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_values_across_reads_and_lines() {
+        let mut s = Splitter::default();
+        s.push(b"{\"execute\": \"a\"}{\"exe");
+        assert_eq!(s.drain(), vec![Input::Value(json!({"execute": "a"}))]);
+        s.push(b"cute\":\n \"b\"}\r\n");
+        assert_eq!(s.drain(), vec![Input::Value(json!({"execute": "b"}))]);
+        assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn garbage_costs_one_line_only() {
+        let mut s = Splitter::default();
+        s.push(b"foo bar\n{\"execute\": \"c\"}\n");
+        let got = s.drain();
+        assert!(matches!(&got[0], Input::Error(e) if e.starts_with("JSON parse error")));
+        assert_eq!(got[1], Input::Value(json!({"execute": "c"})));
+    }
+
+    #[test]
+    fn shapes() {
+        assert_eq!(
+            line(&ret(json!({}), Some(&json!(7)))),
+            "{\"return\":{},\"id\":7}\r\n"
+        );
+        let e = error("GenericError", "x", None);
+        assert_eq!(e, json!({"error": {"class": "GenericError", "desc": "x"}}));
+        let ev = event("SHUTDOWN", Some(json!({"guest": false})));
+        assert!(ev["timestamp"]["seconds"].as_u64().unwrap() > 0);
+        assert!(greeting()["QMP"]["version"]["package"]
+            .as_str()
+            .unwrap()
+            .starts_with("pollswitch "));
+    }
+}
