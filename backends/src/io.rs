@@ -2,9 +2,11 @@
 //! one frame per read or write.
 //!
 //! ```text
-//!  rx: RX_SLOTS reads always posted, each into its own pool buffer
+//!  rx: one multishot recv/read over a ring of RX_RING lent pool buffers (the kernel
+//!      picks a buffer per frame; one request, one wait-queue entry on the socket)
+//!      or, where that is unavailable, RX_SLOTS single reads, each into its own buffer
 //!      completion → checks (size, virtio-net header, source) → ready queue → rx_burst
-//!                 → the slot is posted again with a fresh buffer
+//!                 → the buffer is replaced by a fresh one
 //!  tx: tx_burst turns each frame into a write/send that owns the buffer until its
 //!      completion; at most TX_SLOTS in flight, the rest stays with the caller
 //!  stop: one cancel for everything on the fd, then wait until no request is in flight
@@ -19,19 +21,33 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use io_uring::{opcode, types};
+use switch::bufring::BufRing;
 use switch::pool::HEADROOM;
 use switch::{DropReason, Io, Pkt};
 
 use crate::sys::RawAddr;
 
-/// Reads kept posted per port queue.
+/// Reads kept posted per port queue when multishot receive is not available.
 pub const RX_SLOTS: usize = 64;
+/// Buffers lent to the kernel per port queue for multishot receive.
+pub const RX_RING: u16 = 128;
 /// Writes in flight per port queue.
 pub const TX_SLOTS: usize = 256;
 
 const OP_RX: u8 = 1;
 const OP_TX: u8 = 2;
 const OP_CANCEL: u8 = 3;
+const OP_RX_MULTI: u8 = 4;
+const OP_TX_GSO: u8 = 5;
+
+/// Frames of one UDP GSO send (the kernel's UDP_MAX_SEGMENTS is at least 64).
+const GSO_MAX: usize = 64;
+/// GSO sends in flight per port queue.
+const GSO_SLOTS: usize = 64;
+/// Largest payload of one GSO send.
+const GSO_BYTES: usize = 65000;
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
 
 /// How a frame is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +82,8 @@ pub struct DgramConfig {
     pub dest: Option<SocketAddr>,
     /// Datagrams from this source are ignored (our own multicast send socket).
     pub ignore_src: Option<SocketAddr>,
+    /// Send runs of equal-length frames as one UDP GSO send (UDP sockets only).
+    pub gso: bool,
 }
 
 struct RxSlot {
@@ -75,10 +93,44 @@ struct RxSlot {
     msg: libc::msghdr,
 }
 
+/// Multishot receive state: the lent buffers, indexed by buffer id.
+struct MultiRx {
+    ring: BufRing,
+    bufs: Box<[Option<Pkt>]>,
+    missing: Vec<u16>,
+    armed: bool,
+    /// Frames received through it, to tell "unsupported" from a later failure.
+    frames: u64,
+}
+
+/// One UDP GSO send: a run of equal-length frames, each its own iovec, segmented by
+/// the kernel at `UDP_SEGMENT` bytes (so every frame leaves as its own datagram).
+struct GsoSlot {
+    pkts: Vec<Pkt>,
+    iov: Box<[libc::iovec; GSO_MAX]>,
+    msg: libc::msghdr,
+    cmsg: [u64; 4],
+    bytes: usize,
+}
+
 struct TxSlot {
     pkt: Option<Pkt>,
     len: usize,
     iov: [libc::iovec; 2],
+}
+
+/// Whether a datagram from `src` is our own, sent from `own`. The kernel may report a
+/// looped-back multicast datagram with source address 0.0.0.0 (no address of the
+/// outgoing interface qualifies), and a socket bound to any address does not know its
+/// source address; the port, unique to our send socket on this host, decides then.
+fn is_own(src: Option<SocketAddr>, own: Option<SocketAddr>) -> bool {
+    match (src, own) {
+        (Some(s), Some(o)) => {
+            s.port() == o.port()
+                && (s.ip() == o.ip() || s.ip().is_unspecified() || o.ip().is_unspecified())
+        }
+        _ => false,
+    }
 }
 
 /// Zeros: the virtio-net header of a frame without offloads.
@@ -97,6 +149,10 @@ pub struct DgramIo {
     inflight: usize,
     stopping: bool,
     cancel_sent: bool,
+    multi: Option<MultiRx>,
+    gso: Box<[GsoSlot]>,
+    gso_free: Vec<u32>,
+    gso_on: bool,
 }
 
 // SAFETY: the raw pointers inside the slots (iovecs, msghdrs) point only into this
@@ -127,6 +183,7 @@ impl DgramIo {
                 iov: [empty_iov; 2],
             })
             .collect();
+        let cfg_gso = cfg.gso && cfg.tx == TxMode::Send && cfg.vnet_hdr_len == 0;
         let dest = Box::new(
             cfg.dest
                 .as_ref()
@@ -144,6 +201,123 @@ impl DgramIo {
             inflight: 0,
             stopping: false,
             cancel_sent: false,
+            multi: None,
+            gso: (0..if cfg_gso { GSO_SLOTS } else { 0 })
+                .map(|_| GsoSlot {
+                    pkts: Vec::with_capacity(GSO_MAX),
+                    iov: Box::new([empty_iov; GSO_MAX]),
+                    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+                    msg: unsafe { std::mem::zeroed() },
+                    cmsg: [0; 4],
+                    bytes: 0,
+                })
+                .collect(),
+            gso_free: if cfg_gso {
+                (0..GSO_SLOTS as u32).rev().collect()
+            } else {
+                Vec::new()
+            },
+            gso_on: cfg_gso,
+        }
+    }
+
+    /// Starts receiving: multishot over a buffer ring when the mode and the kernel
+    /// allow, one request per buffer otherwise.
+    pub fn start(&mut self, io: &mut Io<'_>) {
+        if matches!(self.cfg.rx, RxMode::Recv | RxMode::Read) {
+            if let Some(ring) = io.buf_ring(RX_RING) {
+                self.multi = Some(MultiRx {
+                    ring,
+                    bufs: (0..RX_RING).map(|_| None).collect(),
+                    missing: (0..RX_RING).rev().collect(),
+                    armed: false,
+                    frames: 0,
+                });
+            }
+        }
+        self.post_rx(io);
+    }
+
+    /// Lends fresh buffers for the ids the kernel consumed, and (re)arms the multishot
+    /// request if it ended.
+    fn post_multi(&mut self, io: &mut Io<'_>) {
+        let hdr = self.cfg.vnet_hdr_len;
+        let want = (hdr + io.pool.max_frame() + 1) as u32;
+        let fd = types::Fd(self.fd.as_raw_fd());
+        let rx = self.cfg.rx;
+        let Some(m) = &mut self.multi else { return };
+        let mut added = false;
+        while let Some(&bid) = m.missing.last() {
+            let Some(pkt) = io.pool.alloc() else { break };
+            m.missing.pop();
+            // SAFETY: HEADROOM >= the largest header, so the start stays inside the
+            // buffer and `want` bytes from there fit.
+            let base = unsafe { io.pool.buf_ptr(&pkt).add(HEADROOM - hdr) };
+            // SAFETY: the buffer is owned by `bufs[bid]` until the kernel hands it back
+            // in a completion carrying `bid`, or the ring is unregistered.
+            unsafe { m.ring.push(base, want, bid) };
+            m.bufs[usize::from(bid)] = Some(pkt);
+            added = true;
+        }
+        if added {
+            m.ring.publish();
+        }
+        if m.armed || self.stopping || m.missing.len() == usize::from(RX_RING) {
+            return;
+        }
+        let bgid = m.ring.bgid();
+        let sqe = match rx {
+            RxMode::Read => opcode::ReadMulti::new(fd, want, bgid)
+                .offset(u64::MAX)
+                .build(),
+            _ => opcode::RecvMulti::new(fd, bgid).build(),
+        };
+        // SAFETY: the request writes only into buffers lent through the ring, which stay
+        // owned by `bufs` until returned.
+        unsafe { io.submit(sqe, OP_RX_MULTI, 0) };
+        m.armed = true;
+        self.inflight += 1;
+    }
+
+    fn complete_multi(&mut self, io: &mut Io<'_>, res: i32, flags: u32) {
+        let more = io_uring::cqueue::more(flags);
+        let bid = io_uring::cqueue::buffer_select(flags);
+        let Some(m) = &mut self.multi else { return };
+        if !more {
+            m.armed = false;
+            self.inflight = self.inflight.saturating_sub(1);
+        }
+        if let Some(bid) = bid {
+            let pkt = m.bufs.get_mut(usize::from(bid)).and_then(Option::take);
+            m.missing.push(bid);
+            if let Some(mut pkt) = pkt {
+                m.frames += 1;
+                if res >= 0 {
+                    self.accept_rx(io, &mut pkt, res as usize, false);
+                }
+                if pkt.is_empty() {
+                    io.pool.free(pkt);
+                } else {
+                    self.ready.push_back(pkt);
+                }
+            }
+        } else if res < 0 && !more {
+            let never_worked = m.frames == 0 && (res == -libc::EINVAL || res == -libc::EOPNOTSUPP);
+            if never_worked {
+                // The kernel cannot do multishot on this descriptor: lend nothing more,
+                // return the buffers, and post single reads instead.
+                if let Some(m) = self.multi.take() {
+                    for p in m.bufs.into_vec().into_iter().flatten() {
+                        io.pool.free(p);
+                    }
+                    io.drop_buf_ring(m.ring);
+                }
+            } else if res != -libc::ENOBUFS && res != -libc::ECANCELED && !self.stopping {
+                io.counters.count_drop(DropReason::IoError, 1);
+            }
+        }
+        if !self.stopping {
+            self.post_rx(io);
         }
     }
 
@@ -155,6 +329,10 @@ impl DgramIo {
     /// Posts reads on every free slot (as far as the pool has buffers).
     pub fn post_rx(&mut self, io: &mut Io<'_>) {
         if self.stopping {
+            return;
+        }
+        if self.multi.is_some() {
+            self.post_multi(io);
             return;
         }
         let hdr = self.cfg.vnet_hdr_len;
@@ -206,9 +384,12 @@ impl DgramIo {
 
     /// Moves up to `max` ready frames to `out`.
     pub fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
-        // Slots are reposted on completion; one stays free only when the pool ran dry.
-        if !self.rx_free.is_empty() {
-            self.post_rx(io);
+        // Buffers are replaced on completion; one stays missing only when the pool ran
+        // dry, and a multishot request ends when the kernel ran out of buffers.
+        match &self.multi {
+            Some(m) if !m.armed || !m.missing.is_empty() => self.post_rx(io),
+            None if !self.rx_free.is_empty() => self.post_rx(io),
+            _ => {}
         }
         let n = max.min(self.ready.len());
         out.extend(self.ready.drain(..n));
@@ -220,7 +401,77 @@ impl DgramIo {
         if self.stopping {
             return 0;
         }
-        let n = pkts.len().min(self.tx_free.len());
+        if self.gso_on {
+            return self.tx_burst_gso(io, pkts);
+        }
+        self.tx_singles(io, pkts, usize::MAX)
+    }
+
+    /// Groups runs of equal-length frames into GSO sends; a frame without an equal
+    /// neighbour goes alone.
+    fn tx_burst_gso(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
+        let mut sent = 0;
+        while !pkts.is_empty() {
+            let len = io.pool.bytes(&pkts[0]).len();
+            let max_run = GSO_MAX.min(GSO_BYTES / len.max(1));
+            let run = pkts
+                .iter()
+                .take(max_run)
+                .take_while(|p| io.pool.bytes(p).len() == len)
+                .count();
+            if run < 2 {
+                if self.tx_singles(io, pkts, 1) == 0 {
+                    break;
+                }
+                sent += 1;
+                continue;
+            }
+            let Some(i) = self.gso_free.pop() else { break };
+            let slot = &mut self.gso[i as usize];
+            slot.pkts.clear();
+            slot.pkts.extend(pkts.drain(..run));
+            for (v, p) in slot.iov.iter_mut().zip(&slot.pkts) {
+                let d = io.pool.bytes(p);
+                *v = libc::iovec {
+                    iov_base: d.as_ptr() as *mut libc::c_void,
+                    iov_len: d.len(),
+                };
+            }
+            slot.bytes = run * len;
+            slot.cmsg = [0; 4];
+            // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+            slot.msg = unsafe { std::mem::zeroed() };
+            slot.msg.msg_iov = slot.iov.as_mut_ptr();
+            slot.msg.msg_iovlen = run;
+            if self.cfg.dest.is_some() {
+                slot.msg.msg_name = (&mut self.dest.storage as *mut libc::sockaddr_storage).cast();
+                slot.msg.msg_namelen = self.dest.len;
+            }
+            slot.msg.msg_control = slot.cmsg.as_mut_ptr().cast();
+            // SAFETY: CMSG_* compute offsets inside `cmsg` (32 bytes, room for one header
+            // and a u16, which is CMSG_SPACE(2) = 24 bytes) and write only there.
+            unsafe {
+                slot.msg.msg_controllen = libc::CMSG_SPACE(2) as usize;
+                let c = libc::CMSG_FIRSTHDR(&slot.msg);
+                (*c).cmsg_level = SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+                libc::CMSG_DATA(c).cast::<u16>().write_unaligned(len as u16);
+            }
+            let sqe = opcode::SendMsg::new(types::Fd(self.fd.as_raw_fd()), &slot.msg).build();
+            // SAFETY: the slot owns the frames' references and its msghdr, iovecs and
+            // control data (boxed slots, never reallocated) until the completion; the
+            // destination is boxed too.
+            unsafe { io.submit(sqe, OP_TX_GSO, i) };
+            self.inflight += 1;
+            sent += run;
+        }
+        sent
+    }
+
+    /// One write or send per frame, for at most `limit` frames.
+    fn tx_singles(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>, limit: usize) -> usize {
+        let n = pkts.len().min(self.tx_free.len()).min(limit);
         let fd = types::Fd(self.fd.as_raw_fd());
         let hdr = self.cfg.vnet_hdr_len;
         for pkt in pkts.drain(..n) {
@@ -273,7 +524,31 @@ impl DgramIo {
     }
 
     /// Handles a completion of one of our requests.
-    pub fn complete(&mut self, io: &mut Io<'_>, op: u8, tag: u32, res: i32) {
+    pub fn complete(&mut self, io: &mut Io<'_>, op: u8, tag: u32, res: i32, flags: u32) {
+        if op == OP_RX_MULTI {
+            self.complete_multi(io, res, flags);
+            return;
+        }
+        if op == OP_TX_GSO {
+            self.inflight = self.inflight.saturating_sub(1);
+            let slot = &mut self.gso[tag as usize];
+            let n = slot.pkts.len() as u64;
+            if res >= 0 {
+                io.counters.tx(n, slot.bytes as u64);
+            } else if res == -libc::ECANCELED {
+                io.counters.count_drop(DropReason::TxFull, n);
+            } else {
+                // The path cannot segment (an MTU below the frame size, no UDP GSO):
+                // these frames are lost, later ones go one send each.
+                io.counters.count_drop(DropReason::IoError, n);
+                self.gso_on = false;
+            }
+            for p in slot.pkts.drain(..) {
+                io.pool.free(p);
+            }
+            self.gso_free.push(tag);
+            return;
+        }
         self.inflight = self.inflight.saturating_sub(1);
         match op {
             OP_RX => {
@@ -284,13 +559,14 @@ impl DgramIo {
                 let truncated =
                     self.cfg.rx == RxMode::RecvMsg && slot.msg.msg_flags & libc::MSG_TRUNC != 0;
                 let from_self = self.cfg.rx == RxMode::RecvMsg
-                    && self.cfg.ignore_src.is_some()
-                    && RawAddr {
-                        storage: slot.name.storage,
-                        len: slot.msg.msg_namelen,
-                    }
-                    .to_std()
-                        == self.cfg.ignore_src;
+                    && is_own(
+                        RawAddr {
+                            storage: slot.name.storage,
+                            len: slot.msg.msg_namelen,
+                        }
+                        .to_std(),
+                        self.cfg.ignore_src,
+                    );
                 self.rx_free.push(tag);
                 if res < 0 {
                     if res != -libc::ECANCELED && !self.stopping {
@@ -364,6 +640,12 @@ impl DgramIo {
             io.pool.free(p);
         }
         if self.inflight == 0 {
+            if let Some(m) = self.multi.take() {
+                for p in m.bufs.into_vec().into_iter().flatten() {
+                    io.pool.free(p);
+                }
+                io.drop_buf_ring(m.ring);
+            }
             return true;
         }
         if !self.cancel_sent {
@@ -377,5 +659,32 @@ impl DgramIo {
             self.cancel_sent = true;
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_multicast_datagrams_are_recognised() {
+        let own: SocketAddr = "0.0.0.0:4000".parse().unwrap();
+        let bound: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        for (src, o, want) in [
+            ("0.0.0.0:4000", own, true),
+            ("127.0.0.1:4000", own, true),
+            ("127.0.0.1:4001", own, false),
+            ("10.0.0.1:4000", bound, true),
+            ("10.0.0.2:4000", bound, false),
+            ("0.0.0.0:4000", bound, true),
+        ] {
+            assert_eq!(
+                is_own(Some(src.parse().unwrap()), Some(o)),
+                want,
+                "{src} vs {o}"
+            );
+        }
+        assert!(!is_own(None, Some(own)));
+        assert!(!is_own(Some(own), None));
     }
 }

@@ -208,6 +208,7 @@ pub fn open(cfg: TapConfig) -> Result<(Vec<TapQueue>, String), Error> {
         vnet_hdr_len: if vnet { VNET_HDR_LEN } else { 0 },
         dest: None,
         ignore_src: None,
+        gso: false,
     };
     let qs = fds
         .into_iter()
@@ -226,7 +227,7 @@ impl Backend for TapQueue {
     }
 
     fn start(&mut self, io: &mut Io<'_>) {
-        self.io.post_rx(io);
+        self.io.start(io);
     }
 
     fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
@@ -237,8 +238,8 @@ impl Backend for TapQueue {
         self.io.tx_burst(io, pkts)
     }
 
-    fn complete(&mut self, io: &mut Io<'_>, op: u8, tag: u32, res: i32, _flags: u32) {
-        self.io.complete(io, op, tag, res);
+    fn complete(&mut self, io: &mut Io<'_>, op: u8, tag: u32, res: i32, flags: u32) {
+        self.io.complete(io, op, tag, res, flags);
     }
 
     fn stop(&mut self, io: &mut Io<'_>) -> bool {

@@ -73,6 +73,17 @@ impl<'a> Io<'a> {
         }
     }
 
+    /// A registered provided-buffer ring of `entries` (power of two) for multishot
+    /// receives; `None` when the kernel cannot (fall back to one request per buffer).
+    pub fn buf_ring(&mut self, entries: u16) -> Option<crate::bufring::BufRing> {
+        self.uring.buf_ring(entries)
+    }
+
+    /// Unregisters a buffer ring once no request of its group is in flight.
+    pub fn drop_buf_ring(&mut self, r: crate::bufring::BufRing) {
+        self.uring.drop_buf_ring(r);
+    }
+
     /// Bits OR-ed into the `op` of every request submitted from now on: lets a backend
     /// with several descriptors tell their completions apart while reusing one engine.
     pub fn set_op_bits(&mut self, bits: u8) {

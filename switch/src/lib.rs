@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod bufring;
 pub mod counters;
 pub mod error;
 pub mod loopback;

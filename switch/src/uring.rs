@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use io_uring::{squeue, types, IoUring};
 
+use crate::bufring::BufRing;
+
 /// Slot value of requests that belong to the worker itself.
 pub const WORKER_SLOT: u32 = u32::MAX;
 
@@ -56,6 +58,8 @@ pub struct Uring {
     ring: IoUring,
     fixed: bool,
     deferred: bool,
+    free_bgids: Vec<u16>,
+    next_bgid: u16,
 }
 
 const SQ_ENTRIES: u32 = 1024;
@@ -84,7 +88,40 @@ impl Uring {
             ring,
             fixed: false,
             deferred,
+            free_bgids: Vec::new(),
+            next_bgid: 0,
         })
+    }
+
+    /// Makes and registers a provided-buffer ring of `entries` buffers. `None` when the
+    /// kernel refuses (the caller falls back to one request per buffer).
+    pub fn buf_ring(&mut self, entries: u16) -> Option<BufRing> {
+        let bgid = self.free_bgids.pop().unwrap_or_else(|| {
+            self.next_bgid += 1;
+            self.next_bgid
+        });
+        let r = BufRing::new(entries, bgid)?;
+        // SAFETY: the memory is owned by `r`, which the caller keeps until it hands it
+        // back to `drop_buf_ring` (after which the kernel no longer reads it).
+        let ok = unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(r.addr(), entries, bgid, 0)
+        };
+        match ok {
+            Ok(()) => Some(r),
+            Err(_) => {
+                self.free_bgids.push(bgid);
+                None
+            }
+        }
+    }
+
+    /// Unregisters a buffer ring; call once no request uses its group any more.
+    pub fn drop_buf_ring(&mut self, r: BufRing) {
+        let _ = self.ring.submitter().unregister_buf_ring(r.bgid());
+        self.free_bgids.push(r.bgid());
+        drop(r);
     }
 
     /// Registers one memory region as fixed buffer 0 (the packet pool), so reads and

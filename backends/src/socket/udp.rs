@@ -58,6 +58,7 @@ impl UdpPort {
             vnet_hdr_len: 0,
             dest: Some(remote),
             ignore_src: None,
+            gso: true,
         };
         Ok(UdpPort {
             rx: DgramIo::new(s.into(), cfg),
@@ -86,7 +87,9 @@ impl UdpPort {
         let r = udp_socket(&group)?;
         r.set_reuse_address(true)
             .map_err(sock_err("set SO_REUSEADDR on", group))?;
-        let bind = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, g.port()));
+        // Bound to the group itself (as QEMU does), so datagrams of other groups that
+        // other sockets joined on the same port are not delivered here.
+        let bind = group;
         r.bind(&bind.into()).map_err(sock_err("bind", bind))?;
         r.join_multicast_v4(g.ip(), &iface)
             .map_err(sock_err("join multicast group", group))?;
@@ -121,6 +124,7 @@ impl UdpPort {
                 vnet_hdr_len: 0,
                 dest: None,
                 ignore_src: own,
+                gso: false,
             },
         );
         let tx = DgramIo::new(
@@ -131,6 +135,7 @@ impl UdpPort {
                 vnet_hdr_len: 0,
                 dest: Some(group),
                 ignore_src: None,
+                gso: true,
             },
         );
         Ok(UdpPort {
@@ -152,6 +157,7 @@ impl UdpPort {
                     vnet_hdr_len: 0,
                     dest: None,
                     ignore_src: None,
+                    gso: true,
                 },
             ),
             tx: None,
@@ -172,7 +178,7 @@ impl Backend for UdpPort {
     }
 
     fn start(&mut self, io: &mut Io<'_>) {
-        self.rx.post_rx(io);
+        self.rx.start(io);
     }
 
     fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
@@ -188,13 +194,13 @@ impl Backend for UdpPort {
         self.rx.tx_burst(io, pkts)
     }
 
-    fn complete(&mut self, io: &mut Io<'_>, op: u8, tag: u32, res: i32, _flags: u32) {
+    fn complete(&mut self, io: &mut Io<'_>, op: u8, tag: u32, res: i32, flags: u32) {
         if op & TX_SIDE != 0 {
             if let Some(t) = &mut self.tx {
-                t.complete(io, op & !TX_SIDE, tag, res);
+                t.complete(io, op & !TX_SIDE, tag, res, flags);
             }
         } else {
-            self.rx.complete(io, op, tag, res);
+            self.rx.complete(io, op, tag, res, flags);
         }
     }
 
