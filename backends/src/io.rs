@@ -27,10 +27,23 @@ use switch::{DropReason, Io, Pkt};
 
 use crate::sys::RawAddr;
 
-/// Reads kept posted per port queue when multishot receive is not available.
+/// Reads kept posted per port queue when multishot receive is not available (at most).
 pub const RX_SLOTS: usize = 64;
-/// Buffers lent to the kernel per port queue for multishot receive.
+/// Buffers lent to the kernel per port queue for multishot receive (at most).
 pub const RX_RING: u16 = 128;
+
+/// How many receive buffers one port queue may hold: at most 1/32 of the pool (so that
+/// a small pool still serves many ports and leaves room for frames in flight), at least
+/// 8, a power of two, capped at `max`.
+pub fn rx_budget(pool_buffers: u32, max: usize) -> usize {
+    let share = (pool_buffers / 32).max(8) as usize;
+    let pow2 = if share.is_power_of_two() {
+        share
+    } else {
+        share.next_power_of_two() / 2
+    };
+    pow2.min(max)
+}
 /// Writes in flight per port queue.
 pub const TX_SLOTS: usize = 256;
 
@@ -224,12 +237,15 @@ impl DgramIo {
     /// Starts receiving: multishot over a buffer ring when the mode and the kernel
     /// allow, one request per buffer otherwise.
     pub fn start(&mut self, io: &mut Io<'_>) {
+        let slots = rx_budget(io.pool.count(), RX_SLOTS);
+        self.rx_free.retain(|&i| (i as usize) < slots);
         if matches!(self.cfg.rx, RxMode::Recv | RxMode::Read) {
-            if let Some(ring) = io.buf_ring(RX_RING) {
+            let n = rx_budget(io.pool.count(), usize::from(RX_RING)) as u16;
+            if let Some(ring) = io.buf_ring(n) {
                 self.multi = Some(MultiRx {
                     ring,
-                    bufs: (0..RX_RING).map(|_| None).collect(),
-                    missing: (0..RX_RING).rev().collect(),
+                    bufs: (0..n).map(|_| None).collect(),
+                    missing: (0..n).rev().collect(),
                     armed: false,
                     frames: 0,
                 });
@@ -262,7 +278,7 @@ impl DgramIo {
         if added {
             m.ring.publish();
         }
-        if m.armed || self.stopping || m.missing.len() == usize::from(RX_RING) {
+        if m.armed || self.stopping || m.missing.len() == m.bufs.len() {
             return;
         }
         let bgid = m.ring.bgid();
@@ -665,6 +681,16 @@ impl DgramIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receive_budget_scales_with_the_pool() {
+        assert_eq!(rx_budget(64, 128), 8);
+        assert_eq!(rx_budget(2048, 128), 64);
+        assert_eq!(rx_budget(3000, 128), 64);
+        assert_eq!(rx_budget(16384, 128), 128);
+        assert_eq!(rx_budget(16384, 64), 64);
+        assert_eq!(rx_budget(1 << 20, 128), 128);
+    }
 
     #[test]
     fn own_multicast_datagrams_are_recognised() {
