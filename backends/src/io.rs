@@ -2,9 +2,10 @@
 //! one frame per read or write.
 //!
 //! ```text
-//!  rx: one multishot recv/read over a ring of RX_RING lent pool buffers (the kernel
-//!      picks a buffer per frame; one request, one wait-queue entry on the socket)
-//!      or, where that is unavailable, RX_SLOTS single reads, each into its own buffer
+//!  rx: one multishot read/recv/recvmsg over a ring of lent pool buffers (the kernel
+//!      picks a buffer per frame; one request, one wait-queue entry on the descriptor,
+//!      frames in arrival order) or, where the kernel cannot, single reads each into
+//!      its own buffer (several in flight: a burst may then complete out of order)
 //!      completion → checks (size, virtio-net header, source) → ready queue → rx_burst
 //!                 → the buffer is replaced by a fresh one
 //!  tx: tx_burst turns each frame into a write/send that owns the buffer until its
@@ -106,8 +107,16 @@ struct RxSlot {
     msg: libc::msghdr,
 }
 
+/// Bytes in front of the payload in a multishot recvmsg buffer: the kernel's
+/// `io_uring_recvmsg_out` (16 bytes), then room for the source address as large as the
+/// template's `msg_namelen` (a sockaddr_in6), no control data.
+const RECVMSG_NAME: usize = std::mem::size_of::<libc::sockaddr_in6>();
+const RECVMSG_LEAD: usize = 16 + RECVMSG_NAME;
+
 /// Multishot receive state: the lent buffers, indexed by buffer id.
 struct MultiRx {
+    /// For recvmsg: the header template (name length, no control) the kernel reads.
+    tmpl: Box<libc::msghdr>,
     ring: BufRing,
     bufs: Box<[Option<Pkt>]>,
     missing: Vec<u16>,
@@ -239,10 +248,14 @@ impl DgramIo {
     pub fn start(&mut self, io: &mut Io<'_>) {
         let slots = rx_budget(io.pool.count(), RX_SLOTS);
         self.rx_free.retain(|&i| (i as usize) < slots);
-        if matches!(self.cfg.rx, RxMode::Recv | RxMode::Read) {
+        {
             let n = rx_budget(io.pool.count(), usize::from(RX_RING)) as u16;
             if let Some(ring) = io.buf_ring(n) {
+                // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+                let mut tmpl: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+                tmpl.msg_namelen = RECVMSG_NAME as libc::socklen_t;
                 self.multi = Some(MultiRx {
+                    tmpl,
                     ring,
                     bufs: (0..n).map(|_| None).collect(),
                     missing: (0..n).rev().collect(),
@@ -256,8 +269,17 @@ impl DgramIo {
 
     /// Lends fresh buffers for the ids the kernel consumed, and (re)arms the multishot
     /// request if it ended.
+    /// Bytes the kernel writes in front of a frame: the virtio-net header of a tap, the
+    /// recvmsg header and source address of a socket that needs the sender.
+    fn lead(&self) -> usize {
+        match self.cfg.rx {
+            RxMode::RecvMsg => RECVMSG_LEAD,
+            _ => self.cfg.vnet_hdr_len,
+        }
+    }
+
     fn post_multi(&mut self, io: &mut Io<'_>) {
-        let hdr = self.cfg.vnet_hdr_len;
+        let hdr = self.lead();
         let want = (hdr + io.pool.max_frame() + 1) as u32;
         let fd = types::Fd(self.fd.as_raw_fd());
         let rx = self.cfg.rx;
@@ -286,7 +308,8 @@ impl DgramIo {
             RxMode::Read => opcode::ReadMulti::new(fd, want, bgid)
                 .offset(u64::MAX)
                 .build(),
-            _ => opcode::RecvMulti::new(fd, bgid).build(),
+            RxMode::RecvMsg => opcode::RecvMsgMulti::new(fd, &*m.tmpl, bgid).build(),
+            RxMode::Recv => opcode::RecvMulti::new(fd, bgid).build(),
         };
         // SAFETY: the request writes only into buffers lent through the ring, which stay
         // owned by `bufs` until returned.
@@ -308,8 +331,12 @@ impl DgramIo {
             m.missing.push(bid);
             if let Some(mut pkt) = pkt {
                 m.frames += 1;
-                if res >= 0 {
+                if res >= 0 && self.cfg.rx == RxMode::RecvMsg {
+                    self.accept_recvmsg(io, &mut pkt, res as usize);
+                } else if res >= 0 {
                     self.accept_rx(io, &mut pkt, res as usize, false);
+                } else {
+                    pkt.set_span(HEADROOM, 0);
                 }
                 if pkt.is_empty() {
                     io.pool.free(pkt);
@@ -618,6 +645,33 @@ impl DgramIo {
             }
             _ => {}
         }
+    }
+
+    /// Unpacks a multishot recvmsg buffer (`io_uring_recvmsg_out`, source address,
+    /// payload), ignores our own datagrams, then checks the frame.
+    fn accept_recvmsg(&self, io: &mut Io<'_>, pkt: &mut Pkt, n: usize) {
+        let buf = io.pool.buf_mut(pkt);
+        let out = &buf[HEADROOM - RECVMSG_LEAD..HEADROOM];
+        let word = |i: usize| u32::from_ne_bytes([out[i], out[i + 1], out[i + 2], out[i + 3]]);
+        let (namelen, flags) = (word(0) as usize, word(12) as i32);
+        let mut name = RawAddr::empty();
+        let nl = namelen.min(RECVMSG_NAME);
+        // SAFETY: copies at most RECVMSG_NAME bytes into a sockaddr_storage (128 bytes)
+        // from the name area of the buffer, which is RECVMSG_NAME bytes long.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                out[16..16 + nl].as_ptr(),
+                (&mut name.storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                nl,
+            )
+        };
+        name.len = nl as libc::socklen_t;
+        if is_own(name.to_std(), self.cfg.ignore_src) {
+            pkt.set_span(HEADROOM, 0);
+            return;
+        }
+        let payload = n.saturating_sub(RECVMSG_LEAD);
+        self.accept_rx(io, pkt, payload, flags & libc::MSG_TRUNC != 0);
     }
 
     /// Checks a received frame of `n` bytes (header included) and sets its span, or

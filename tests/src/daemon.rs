@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -189,6 +189,83 @@ impl Daemon {
             .0;
         (status, c.stderr.clone())
     }
+
+    /// Stops the daemon like [`Daemon::stop`] and checks that it shut down cleanly:
+    /// exit status 0 and the final pool line `pollswitch: pool: F of T buffers free`
+    /// with every buffer back (F = T, and T the size announced at start). Returns all of
+    /// stderr.
+    ///
+    /// # Panics
+    /// When any of that does not hold; the message has the whole stderr.
+    pub fn stop_clean(self) -> String {
+        let (status, stderr) = self.stop();
+        assert_clean_exit(status, &stderr);
+        stderr
+    }
+
+    /// Runs `target/<profile>/pollswitch args...` to completion, for arguments that make
+    /// it exit by itself (`--help`, a bad option, a netdev that cannot open), and returns
+    /// its output. A daemon still running after [`STARTUP_TIMEOUT`] is killed (exit
+    /// status 137), so a test expecting an error fails rather than hangs.
+    ///
+    /// # Panics
+    /// When the binary is missing or `timeout` (coreutils) cannot be run.
+    pub fn run_to_exit(args: &[&str]) -> Output {
+        let bin = bin_path("pollswitch");
+        Command::new("timeout")
+            .arg("-s")
+            .arg("KILL")
+            .arg(STARTUP_TIMEOUT.as_secs().to_string())
+            .arg(&bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap_or_else(|e| panic!("run timeout {} {args:?}: {e}", bin.display()))
+    }
+}
+
+/// Checks what a daemon said and did at exit: status 0, and the pool line
+/// `pollswitch: pool: F of T buffers free` with F = T = the N of the start line
+/// `pollswitch: pool of N buffers`.
+///
+/// # Panics
+/// When the status is not 0, a line is missing, or a buffer leaked.
+pub fn assert_clean_exit(status: ExitStatus, stderr: &str) {
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "pollswitch did not exit cleanly ({status}); stderr:\n{stderr}"
+    );
+    let announced = stderr.lines().find_map(|l| {
+        l.strip_prefix("pollswitch: pool of ")?
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    let last = stderr.lines().rev().find_map(|l| {
+        let rest = l.strip_prefix("pollswitch: pool: ")?;
+        let mut w = rest.split_whitespace();
+        let free = w.next()?.parse::<u64>().ok()?;
+        (w.next()? == "of").then_some(())?;
+        let total = w.next()?.parse::<u64>().ok()?;
+        Some((free, total))
+    });
+    let Some((free, total)) = last else {
+        panic!("no 'pollswitch: pool: F of T buffers free' line at exit; stderr:\n{stderr}");
+    };
+    assert_eq!(
+        free,
+        total,
+        "{} buffer(s) leaked; stderr:\n{stderr}",
+        total - free
+    );
+    assert_eq!(
+        Some(total),
+        announced,
+        "the pool at exit is not the pool announced at start; stderr:\n{stderr}"
+    );
 }
 
 impl std::fmt::Debug for Daemon {
@@ -290,6 +367,38 @@ mod tests {
             msg.contains("exited early") && msg.contains("bad option -x"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn clean_exit_needs_status_zero_and_every_buffer() {
+        let ok = ExitStatus::from_raw(0);
+        let good = "pollswitch: pool of 64 buffers of 9344 bytes\npollswitch: ready\n\
+                    pollswitch: pool: 64 of 64 buffers free\n";
+        assert_clean_exit(ok, good);
+        let bad = [
+            (ok, good.replace("64 of 64", "63 of 64"), "leaked"),
+            (
+                ok,
+                good.replace("pool: 64 of 64", "pool: 32 of 32"),
+                "not the pool",
+            ),
+            (
+                ok,
+                good.replace("pool: 64 of 64 buffers free", ""),
+                "no 'pollswitch",
+            ),
+            (
+                ExitStatus::from_raw(2 << 8),
+                good.to_string(),
+                "did not exit cleanly",
+            ),
+        ];
+        for (status, stderr, why) in bad {
+            let err =
+                std::panic::catch_unwind(|| assert_clean_exit(status, &stderr)).expect_err(why);
+            let msg = err.downcast_ref::<String>().unwrap();
+            assert!(msg.contains(why), "{msg}");
+        }
     }
 
     #[test]

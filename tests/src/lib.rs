@@ -11,6 +11,7 @@
 //!    │          │ taps / sockets
 //!    │          ▼
 //!    ├──► Netns (ip netns, lo up, IPv6 off) ◄── move_link_into(tap)
+//!    │      └── Netns::enter: sockets made inside it (UdpEnd, RawSock on a tap)
 //!    ├──► QemuPeer (qemu-system-x86_64 -M none, netdevs on a hub, QMP)
 //!    ├──► VdeSwitch (vde_switch -d) ◄── VdePort (raw request_v3 client)
 //!    └──► UdpEnd (127.0.0.1 datagrams, one Ethernet frame each)
@@ -37,13 +38,15 @@ mod daemon;
 mod netns;
 mod qemu;
 mod qmp;
+mod raw;
 mod udp;
 mod vde;
 
-pub use daemon::{Daemon, READY, STOP_TIMEOUT};
+pub use daemon::{assert_clean_exit, Daemon, READY, STOP_TIMEOUT};
 pub use netns::{move_link_into, Netns};
 pub use qemu::QemuPeer;
 pub use qmp::{QmpClient, QMP_TIMEOUT};
+pub use raw::RawSock;
 pub use udp::{UdpEnd, MAX_DATAGRAM};
 pub use vde::{VdePort, VdeSwitch};
 
@@ -209,7 +212,7 @@ fn check_output(what: &str, out: Output) -> String {
 }
 
 /// Sends signal `sig` (a name such as `"TERM"`, `"KILL"`) to `pid` with procps' `kill`,
-/// which keeps this crate free of `unsafe`. Returns whether the signal was delivered.
+/// which needs no `unsafe`. Returns whether the signal was delivered.
 fn signal(pid: u32, sig: &str) -> bool {
     Command::new("kill")
         .arg(format!("-{sig}"))

@@ -6,6 +6,8 @@
 //! moved in with [`move_link_into`]; the kernel deletes or returns them when the namespace
 //! goes.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -90,6 +92,40 @@ impl Netns {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {args:?} in netns {}: {e}", self.name))
+    }
+
+    /// Runs `f` on a new thread that has entered the namespace (`setns`), and returns
+    /// its result. Sockets and other kernel objects that `f` creates belong to the
+    /// namespace for their whole life, so they can be returned and used from any thread:
+    /// this is how a test gets a UDP socket on the loopback of a namespace, or a raw
+    /// socket on a link moved into it ([`crate::RawSock::open_in`]). Only that thread
+    /// switches; the test process stays where it is. Paths under `/sys` still show the
+    /// namespace the process started in (nothing is remounted): ask the kernel
+    /// (`if_nametoindex`, sockets) rather than sysfs from inside `f`.
+    ///
+    /// # Panics
+    /// When the namespace cannot be opened or entered (not root), or when `f` panics
+    /// (the panic is passed on).
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        std::thread::scope(|s| {
+            let t = s.spawn(|| {
+                // SAFETY: setns only reads the descriptor, which `ns` keeps open for the
+                // duration of the call; it changes this (new, short-lived) thread alone.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    panic!(
+                        "setns into netns {}: {}",
+                        self.name,
+                        std::io::Error::last_os_error()
+                    );
+                }
+                f()
+            });
+            t.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     /// Ids of the processes inside the namespace (`ip netns pids`).
@@ -184,6 +220,31 @@ mod tests {
         drop(ns);
         let status = child.wait().unwrap();
         assert!(!status.success(), "sleep was killed: {status}");
+    }
+
+    #[test]
+    fn sockets_made_inside_belong_to_the_namespace() {
+        let ns = Netns::new();
+        let inside = ns.enter(|| std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        let port = inside.local_addr().unwrap().port();
+        inside
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        // The same address on this namespace's loopback is not the socket made inside.
+        let outside = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        outside.send_to(b"out", ("127.0.0.1", port)).unwrap();
+        let sender = ns.enter(|| std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        sender.send_to(b"in", ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 8];
+        let (n, _) = inside.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"in");
+        assert!(inside.recv_from(&mut buf).is_err(), "nothing else arrives");
+        // A link made inside is visible to a thread inside only.
+        let links = ns.enter(|| run_ok("ip", &["-o", "link"]));
+        assert_eq!(links.lines().count(), 1, "only lo inside: {links}");
+        let err = std::panic::catch_unwind(|| ns.enter(|| panic!("boom inside")))
+            .expect_err("a panic inside is passed on");
+        assert_eq!(err.downcast_ref::<&str>(), Some(&"boom inside"));
     }
 
     #[test]

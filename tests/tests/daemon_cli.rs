@@ -1,0 +1,330 @@
+//! The daemon's command line and life cycle: what it refuses (exit status 1, with a
+//! message naming the culprit), what it prints, and how it stops (SIGTERM or SIGINT:
+//! exit status 0 with every pool buffer free).
+
+mod common;
+
+use std::net::{TcpListener, UdpSocket};
+use std::process::Output;
+use std::time::Duration;
+
+use common::{expect_frame, mac, Args, BCAST, ETH_EXP};
+use tests::{
+    assert_clean_exit, frame, free_tcp_port, run, unique, wait_until, Daemon, UdpEnd, READY,
+};
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs the daemon with `args` (after the usual test options) and checks that it
+/// refuses them: exit status 1, never ready, and a message containing every one of
+/// `needles`. Returns stderr.
+fn refused(args: &[&str], needles: &[&str]) -> String {
+    let base = Args::new();
+    let mut all = base.strs();
+    all.extend_from_slice(args);
+    let out = Daemon::run_to_exit(&all);
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "pollswitch {args:?}: exit status ({}); stderr:\n{err}",
+        out.status
+    );
+    assert!(
+        !err.contains(READY),
+        "pollswitch {args:?} said it was ready:\n{err}"
+    );
+    for n in needles {
+        assert!(
+            err.contains(n),
+            "pollswitch {args:?}: the message does not mention {n:?}:\n{err}"
+        );
+    }
+    err
+}
+
+fn link_exists(ifname: &str) -> bool {
+    run("ip", &["link", "show", "dev", ifname]).status.success()
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    for flag in ["--help", "-help", "-h"] {
+        let out = Daemon::run_to_exit(&[flag]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {}", stderr(&out));
+        for word in [
+            "Usage",
+            "-netdev",
+            "-cores",
+            "-poll-us",
+            "-pool-size",
+            "-max-frame",
+        ] {
+            assert!(
+                text.contains(word),
+                "{flag} does not mention {word}:\n{text}"
+            );
+        }
+    }
+    for flag in ["-version", "--version", "-V"] {
+        let out = Daemon::run_to_exit(&[flag]);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {}", stderr(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("pollswitch "),
+            "{flag}: {:?}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn unknown_options_and_bad_values_are_refused_by_name() {
+    refused(&["-bogus"], &["-bogus"]);
+    refused(&["--no-such-option", "1"], &["--no-such-option"]);
+    refused(&["stray"], &["stray"]);
+    refused(&["-netdev"], &["-netdev"]);
+    refused(&["-poll-us", "soon"], &["-poll-us", "soon"]);
+    refused(&["-pool-size", "0"], &["-pool-size"]);
+    refused(&["-max-frame", "65536"], &["-max-frame", "65536"]);
+    refused(&["-max-frame", "13"], &["-max-frame", "13"]);
+    refused(&["-cores", "x"], &["-cores"]);
+    refused(&["-netdev", "hubport,id=h,hubid=0,bogus=1"], &["bogus"]);
+    refused(&["-netdev", "hubport,hubid=0"], &["id"]);
+    refused(&["-netdev", "hubport,id=h,hubid=zero"], &["hubid"]);
+}
+
+#[test]
+fn unknown_netdev_type_is_refused() {
+    refused(&["-netdev", "bogus,id=x"], &["bogus"]);
+    refused(&["-netdev", "id=x"], &["type"]);
+}
+
+#[test]
+fn unsupported_options_are_refused_saying_why() {
+    let t = unique("pcv");
+    let spec = format!("tap,id=tv,ifname={t},script=no,downscript=no,vhost=on");
+    let err = refused(&["-netdev", &spec], &["tv", "vhost"]);
+    assert!(err.contains("not supported"), "{err}");
+    assert!(!link_exists(&t), "a refused tap was left behind");
+    refused(
+        &["-netdev", "tap,id=tf,script=no,downscript=no,vhostforce=on"],
+        &["tf", "vhost"],
+    );
+    refused(&["-netdev", "tap,id=tb,br=br0"], &["tb", "br"]);
+    // Types this host can never run: the message says what they would need.
+    refused(&["-netdev", "netmap,id=nm,ifname=eth0"], &["nm", "netmap"]);
+    refused(
+        &["-netdev", "vhost-vdpa,id=vd,vhostdev=/dev/vhost-vdpa-0"],
+        &["vd", "vhost-vdpa"],
+    );
+}
+
+#[test]
+fn duplicate_id_is_refused() {
+    refused(
+        &[
+            "-netdev",
+            "hubport,id=dup,hubid=0",
+            "-netdev",
+            "hubport,id=dup,hubid=1",
+        ],
+        &["Duplicate", "dup"],
+    );
+    let t = unique("pcd");
+    refused(
+        &[
+            "-netdev",
+            &format!("tap,id=same,ifname={t},script=no,downscript=no"),
+            "-netdev",
+            "socket,id=same,udp=127.0.0.1:9,localaddr=127.0.0.1:0",
+        ],
+        &["Duplicate", "same"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !link_exists(&t)),
+        "tap {t} left behind"
+    );
+}
+
+#[test]
+fn bad_socket_options_are_refused() {
+    refused(&["-netdev", "socket,id=s0"], &["s0"]);
+    refused(
+        &[
+            "-netdev",
+            "socket,id=s1,listen=127.0.0.1:1,connect=127.0.0.1:2",
+        ],
+        &["s1"],
+    );
+    refused(
+        &["-netdev", "socket,id=s2,udp=127.0.0.1:9"],
+        &["s2", "localaddr"],
+    );
+    refused(
+        &["-netdev", "socket,id=s3,mcast=10.1.2.3:5000"],
+        &["s3", "10.1.2.3"],
+    );
+    refused(&["-netdev", "socket,id=s4,listen=nonsense"], &["s4"]);
+    refused(
+        &["-netdev", "hubport,id=h,hubid=0,netdev=nosuch"],
+        &["h", "nosuch"],
+    );
+}
+
+#[test]
+fn netdev_that_cannot_open_fails_startup_and_earlier_ports_go() {
+    // Nothing listens on the connect= port; the tap made before it must not survive.
+    let t = unique("pco");
+    let closed = free_tcp_port();
+    let err = refused(
+        &[
+            "-netdev",
+            &format!("tap,id=t0,ifname={t},script=no,downscript=no"),
+            "-netdev",
+            &format!("socket,id=conn1,connect=127.0.0.1:{closed}"),
+        ],
+        &["conn1"],
+    );
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert!(
+        wait_until(Duration::from_secs(10), || !link_exists(&t)),
+        "tap {t} left behind after a failed start"
+    );
+    // listen= on a port already listened on.
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    refused(
+        &[
+            "-netdev",
+            &format!("socket,id=lis2,listen=127.0.0.1:{port}"),
+        ],
+        &["lis2"],
+    );
+    // udp= with a local address already taken.
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    refused(
+        &[
+            "-netdev",
+            &format!("socket,id=udp3,udp=127.0.0.1:9,localaddr=127.0.0.1:{port}"),
+        ],
+        &["udp3"],
+    );
+    // fd= naming a descriptor the daemon does not have.
+    refused(&["-netdev", "socket,id=fd4,fd=77"], &["fd4"]);
+    refused(&["-netdev", "tap,id=fd5,fd=78"], &["fd5"]);
+    // script= that does not exist.
+    let t = unique("pcs");
+    refused(
+        &[
+            "-netdev",
+            &format!("tap,id=scr6,ifname={t},script=/nonexistent/ifup,downscript=no"),
+        ],
+        &["scr6", "/nonexistent/ifup"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !link_exists(&t)),
+        "tap {t} left behind after a failed script"
+    );
+}
+
+#[test]
+fn startup_lines_describe_the_configuration() {
+    let d = Args::new()
+        .opt("-pool-size", "300")
+        .opt("-max-frame", "1600")
+        .opt("-poll-us", "20")
+        .netdev("hubport,id=h0,hubid=0")
+        .start();
+    let err = d.stderr_text();
+    assert!(err.contains("pollswitch: pool of 300 buffers"), "{err}");
+    assert!(err.contains("max frame 1600"), "{err}");
+    assert!(err.contains("poll-us 20"), "{err}");
+    assert!(
+        err.contains("pollswitch: ready (1 netdev(s), 1 worker(s))"),
+        "{err}"
+    );
+    let out = d.stop_clean();
+    assert!(
+        out.contains("pollswitch: pool: 300 of 300 buffers free"),
+        "{out}"
+    );
+}
+
+#[test]
+fn defaults_start_and_stop_cleanly() {
+    // No options at all but -poll-us 0 (no busy polling on a 2-core machine): the
+    // default pool, default placement, no ports.
+    let d = Args::bare().opt("-poll-us", "0").start();
+    assert!(
+        d.stderr_text().contains("pool of 16384 buffers"),
+        "{}",
+        d.stderr_text()
+    );
+    assert!(
+        d.stderr_text().contains("max frame 9216"),
+        "{}",
+        d.stderr_text()
+    );
+    d.stop_clean();
+}
+
+#[test]
+fn sigint_stops_like_sigterm() {
+    let (mut a, mut b) = (UdpEnd::new(), UdpEnd::new());
+    let d = Args::new().udp("a", 0, &mut a).udp("b", 0, &mut b).start();
+    let f = frame(BCAST, mac(1), ETH_EXP, 1514, 1);
+    a.send(&f);
+    expect_frame(&b, &f, "a to b");
+    assert!(run("kill", &["-INT", &d.pid().to_string()])
+        .status
+        .success());
+    assert!(
+        d.wait_for_stderr("buffers free", Duration::from_secs(10)),
+        "no pool line after SIGINT:\n{}",
+        d.stderr_text()
+    );
+    // Reap it (a TERM to a process already exiting changes nothing).
+    let (status, err) = d.stop();
+    assert_clean_exit(status, &err);
+}
+
+#[test]
+fn stop_during_traffic_returns_every_buffer() {
+    // SIGTERM while frames are still flowing in both directions: buffers in rings,
+    // in flight in the kernel, or waiting in ports must all come back.
+    let (mut a, mut b) = (UdpEnd::new(), UdpEnd::new());
+    let d = Args::new()
+        .opt("-poll-us", "20")
+        .udp("a", 0, &mut a)
+        .udp("b", 0, &mut b)
+        .start();
+    let pid = d.pid().to_string();
+    let f = frame(BCAST, mac(1), ETH_EXP, 1514, 1);
+    let g = frame(BCAST, mac(2), ETH_EXP, 9000, 2);
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        run("kill", &["-TERM", &pid]);
+    });
+    let deadline = std::time::Instant::now() + Duration::from_millis(600);
+    while std::time::Instant::now() < deadline {
+        for _ in 0..16 {
+            a.send(&f);
+            b.send(&g);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        let _ = a.drain(Duration::from_micros(100));
+        let _ = b.drain(Duration::from_micros(100));
+    }
+    stopper.join().unwrap();
+    assert!(
+        d.wait_for_stderr("buffers free", Duration::from_secs(10)),
+        "no pool line after SIGTERM:\n{}",
+        d.stderr_text()
+    );
+    let (status, err) = d.stop();
+    assert_clean_exit(status, &err);
+}
