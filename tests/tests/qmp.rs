@@ -918,3 +918,54 @@ asyncio.run(main(sys.argv[1]))
     );
     sut.d.stop_clean();
 }
+
+#[test]
+fn qmp_over_tcp_and_unix_at_once() {
+    let port = tests::free_tcp_port();
+    let tcp = format!("tcp:127.0.0.1:{port},server=on,wait=off");
+    let sut = start(&["-qmp", tcp.as_str()]);
+    let mut t = QmpClient::connect_tcp(("127.0.0.1", port)).expect("QMP over TCP");
+    t.negotiate();
+    let mut u = sut.client();
+    t.execute_ok(
+        "netdev_add",
+        json!({"id": "h0", "type": "hubport", "hubid": 0}),
+    );
+    t.execute_ok(
+        "netdev_add",
+        json!({"id": "n0", "type": "nic", "netdev": "h0"}),
+    );
+    // What one client did, the other sees; events reach both transports.
+    let r = u.execute_ok("query-rx-filter", json!({"name": "n0"}));
+    assert_eq!(r[0]["name"], "n0");
+    u.execute_ok(
+        "x-set-rx-filter",
+        json!({"name": "n0", "promiscuous": false}),
+    );
+    for c in [&mut t, &mut u] {
+        let ev = c
+            .next_event(Duration::from_secs(2))
+            .expect("event on both sockets");
+        assert_eq!(ev["event"], "NIC_RX_FILTER_CHANGED");
+    }
+    drop((t, u));
+    sut.d.stop_clean();
+}
+
+#[test]
+fn bad_qmp_options_fail_at_start() {
+    for (spec, needle) in [
+        ("unix:/tmp/x.sock", "server=on"),
+        ("unix:/tmp/x.sock,server=on", "wait=off"),
+        ("stdio,server=on,wait=off", "unix:PATH or tcp:HOST:PORT"),
+        (
+            "unix:/tmp/x.sock,server=on,wait=off,bogus=1",
+            "unknown option 'bogus=1'",
+        ),
+    ] {
+        let out = Daemon::run_to_exit(&["-cores", "0", "-qmp", spec]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{spec}: {err}");
+        assert!(err.contains(needle), "{spec}: {err}");
+    }
+}
