@@ -1,0 +1,670 @@
+//! Scenarios: one per file, all listed in [`SCENARIOS`]. Each starts the system under
+//! test and its peers itself, measures them alternately (A B C A B C …, so that a drift
+//! of the machine hits every system alike), and reports medians, ratios and the targets
+//! of the issue.
+//!
+//! ```text
+//!  for run in 0..runs:
+//!    for case in cases:                       (a system, maybe with a parameter)
+//!      start system ─► open endpoints ─► traffic::run ─► kernel drop counters ─► stop
+//!  summarize ─► ratios, targets ─► Report ─► JSON + table + SVG
+//! ```
+
+use std::fs;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::engine;
+use crate::error::{chain, PerfError, Result};
+use crate::netns::Netns;
+use crate::peer::{self, Running, SutOptions, Topology, UdpLink};
+use crate::report::{Cores, Machine, Report, Sample, Series};
+use crate::traffic::{self, Rate, Roles};
+
+pub mod idle;
+pub mod latency;
+pub mod scale;
+pub mod tap_hub;
+pub mod udp_hub;
+
+/// A scenario's entry in the registry.
+pub struct Scenario {
+    /// `pollswitch-perf bench NAME`.
+    pub name: &'static str,
+    /// One line for `pollswitch-perf list`.
+    pub about: &'static str,
+    /// The systems it measures unless `--systems` says otherwise.
+    pub systems: &'static [&'static str],
+    /// Measures and reports.
+    pub run: fn(&BenchOpts, &[&'static peer::System]) -> Result<Report>,
+    /// Draws the report.
+    pub plot: fn(&Report) -> String,
+}
+
+/// Every scenario, in the order `bench all` runs them.
+pub const SCENARIOS: &[Scenario] = &[
+    udp_hub::SCENARIO,
+    tap_hub::SCENARIO,
+    latency::SCENARIO,
+    idle::SCENARIO,
+    scale::SCENARIO,
+];
+
+/// The scenario called `name`.
+pub fn find(name: &str) -> Result<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<_> = SCENARIOS.iter().map(|s| s.name).collect();
+        PerfError::Usage(format!(
+            "no scenario {name:?}: one of {}, or all",
+            names.join(", ")
+        ))
+    })
+}
+
+/// Options every scenario takes.
+#[derive(Debug, Clone)]
+pub struct BenchOpts {
+    /// Rounds of the alternation.
+    pub runs: usize,
+    /// Measured window of each traffic run (idle: of each CPU sample).
+    pub duration: Duration,
+    /// Traffic before each window.
+    pub warmup: Duration,
+    /// Frame size (udp-hub, tap-hub, latency).
+    pub size: usize,
+    /// Rate for the throughput scenarios (default: max).
+    pub rate: Rate,
+    /// Rate of the latency scenario.
+    pub latency_rate: f64,
+    /// Frames per send call.
+    pub burst: usize,
+    /// Core of the generator.
+    pub gen_core: usize,
+    /// Core of a separate sink thread (default: the generator's loop receives).
+    pub sink_core: Option<usize>,
+    /// Cores of the system under test.
+    pub sut_cores: Vec<usize>,
+    /// Forwarding workers of pollswitch and testpmd.
+    pub workers: usize,
+    /// pollswitch `-poll-us` (idle sets its own).
+    pub poll_us: u32,
+    /// Systems to measure instead of the scenario's list.
+    pub systems: Option<Vec<String>>,
+    /// Port counts (scale).
+    pub ports: Vec<usize>,
+    /// Frame sizes (scale).
+    pub sizes: Vec<usize>,
+    /// The pollswitch binary.
+    pub pollswitch: PathBuf,
+    /// More arguments for the pollswitch daemon.
+    pub pollswitch_args: Vec<String>,
+    /// Whether the generator sends UDP bursts as one GSO send (see `engine::udp`).
+    pub gen_gso: bool,
+    /// Where JSON and SVG go.
+    pub out_dir: PathBuf,
+    /// The command line, for the report.
+    pub command_line: String,
+    /// Progress lines during each run.
+    pub progress: bool,
+}
+
+impl BenchOpts {
+    /// Defaults for this machine: generator on core 0, system on core 1, 5 runs of 5 s.
+    pub fn defaults() -> BenchOpts {
+        let online = crate::sys::online_cpus();
+        BenchOpts {
+            runs: 5,
+            duration: Duration::from_secs(5),
+            warmup: Duration::from_millis(500),
+            size: crate::frame::MIN_SIZE,
+            rate: Rate::Max,
+            latency_rate: 20_000.0,
+            burst: 32,
+            gen_core: 0,
+            sink_core: None,
+            sut_cores: vec![if online > 1 { 1 } else { 0 }],
+            workers: 1,
+            poll_us: 50,
+            systems: None,
+            ports: vec![2, 4, 8, 16, 32],
+            sizes: vec![64, 512, 1518, 9000],
+            pollswitch: default_pollswitch(),
+            pollswitch_args: Vec::new(),
+            gen_gso: true,
+            out_dir: PathBuf::from("perf-out"),
+            command_line: String::new(),
+            progress: false,
+        }
+    }
+
+    /// Shrinks everything for a smoke run of a few seconds.
+    pub fn quick(&mut self) {
+        self.runs = 1;
+        self.duration = Duration::from_millis(500);
+        self.warmup = Duration::from_millis(100);
+        self.ports = vec![2, 8];
+        self.sizes = vec![64, 9000];
+    }
+
+    /// The systems to measure for `scenario`, checked to exist and to have their
+    /// programs installed (a missing peer is an error, never a skip).
+    pub fn systems_for(&self, scenario: &Scenario) -> Result<Vec<&'static peer::System>> {
+        let names: Vec<String> = match &self.systems {
+            Some(list) => list.clone(),
+            None => scenario.systems.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut out = Vec::new();
+        for n in &names {
+            let sys = peer::find(n)?;
+            if !scenario.systems.contains(&sys.name) {
+                return Err(PerfError::Usage(format!(
+                    "scenario {} measures {}, not {n}",
+                    scenario.name,
+                    scenario.systems.join(", ")
+                )));
+            }
+            for program in sys.needs {
+                peer::require(program)?;
+            }
+            if sys.name == "pollswitch" {
+                peer::require(&self.pollswitch.to_string_lossy())?;
+            }
+            out.push(sys);
+        }
+        Ok(out)
+    }
+
+    /// How every system is run.
+    pub fn sut(&self, max_frame: usize) -> SutOptions {
+        SutOptions {
+            cores: self.sut_cores.clone(),
+            workers: self.workers,
+            poll_us: self.poll_us,
+            max_frame,
+            pollswitch: self.pollswitch.clone(),
+            pollswitch_args: self.pollswitch_args.clone(),
+        }
+    }
+
+    /// The traffic configuration for one run.
+    pub fn traffic(&self, rate: Rate, size: usize, dst: [u8; 6]) -> traffic::Config {
+        traffic::Config {
+            rate,
+            size,
+            duration: self.duration,
+            warmup: self.warmup,
+            burst: self.burst,
+            dst,
+            gen_core: Some(self.gen_core),
+            sink_core: self.sink_core,
+            progress: self.progress,
+            ..traffic::Config::default()
+        }
+    }
+
+    /// How cores were used, for the report.
+    pub fn cores(&self) -> Cores {
+        let mut used: Vec<usize> = self.sut_cores.clone();
+        used.push(self.gen_core);
+        used.extend(self.sink_core);
+        used.sort_unstable();
+        used.dedup();
+        let sink = match self.sink_core {
+            Some(c) => format!("sink thread on core {c}"),
+            None => "sink in the generator's loop (one thread)".into(),
+        };
+        Cores {
+            generator: Some(self.gen_core),
+            sink: self.sink_core,
+            system_under_test: self.sut_cores.clone(),
+            workers: self.workers,
+            used: used.len(),
+            online: crate::sys::online_cpus(),
+            note: format!(
+                "generator on core {}, {sink}; every system under test confined (taskset) to \
+                 core(s) {} with {} forwarding worker(s); {} of {} online cores used",
+                self.gen_core,
+                SutOptions::core_list(&self.sut_cores),
+                self.workers,
+                used.len(),
+                crate::sys::online_cpus()
+            ),
+        }
+    }
+
+    /// A report skeleton for `scenario`.
+    pub fn report(&self, scenario: &Scenario, params: serde_json::Value) -> Report {
+        let mut machine = Machine::probe();
+        machine.note_pollswitch(&self.pollswitch);
+        let mut notes = Vec::new();
+        if machine.busy_before_pct.iter().any(|&b| b > 20.0) {
+            notes.push(format!(
+                "the machine was not idle before this scenario (cores busy {:?} %)",
+                machine.busy_before_pct
+            ));
+        }
+        Report {
+            scenario: scenario.name.into(),
+            about: scenario.about.into(),
+            tool: format!("pollswitch-perf {}", env!("CARGO_PKG_VERSION")),
+            command: self.command_line.clone(),
+            started_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            machine,
+            cores: self.cores(),
+            params,
+            series: Vec::new(),
+            ratios: Vec::new(),
+            targets: Vec::new(),
+            notes,
+        }
+    }
+
+    /// Common parameters for the report.
+    pub fn params(&self) -> serde_json::Value {
+        json!({
+            "runs": self.runs,
+            "duration_s": self.duration.as_secs_f64(),
+            "warmup_s": self.warmup.as_secs_f64(),
+            "burst": self.burst,
+            "poll_us": self.poll_us,
+            "pollswitch_args": self.pollswitch_args,
+            "generator_udp_gso": self.gen_gso,
+            "frame_bytes_note": "frame sizes count the Ethernet frame without FCS",
+        })
+    }
+}
+
+/// `pollswitch` beside this executable (target/<profile>/), else on PATH.
+pub fn default_pollswitch() -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.pop();
+        }
+        let p = dir.join("pollswitch");
+        if p.is_file() {
+            return p;
+        }
+    }
+    PathBuf::from("pollswitch")
+}
+
+/// A loopback address with a port free right now.
+pub fn free_udp() -> Result<SocketAddr> {
+    let s = UdpSocket::bind("127.0.0.1:0").map_err(|source| PerfError::Socket {
+        what: "bind 127.0.0.1:0".into(),
+        source,
+    })?;
+    s.local_addr().map_err(|source| PerfError::Socket {
+        what: "local_addr".into(),
+        source,
+    })
+}
+
+/// `n` UDP hub links on fresh loopback ports.
+pub fn udp_links(n: usize) -> Result<Vec<UdpLink>> {
+    // Hold every socket until all are chosen, so no two links get the same port.
+    let mut held = Vec::new();
+    let mut addr = || -> Result<SocketAddr> {
+        let s = UdpSocket::bind("127.0.0.1:0").map_err(|source| PerfError::Socket {
+            what: "bind 127.0.0.1:0".into(),
+            source,
+        })?;
+        let a = s.local_addr().map_err(|source| PerfError::Socket {
+            what: "local_addr".into(),
+            source,
+        })?;
+        held.push(s);
+        Ok(a)
+    };
+    let mut links = Vec::new();
+    for _ in 0..n {
+        links.push(UdpLink {
+            own: addr()?,
+            gen: addr()?,
+        });
+    }
+    Ok(links)
+}
+
+/// Drops the kernel counted on the UDP socket bound to `port` (`/proc/net/udp`), and
+/// bytes queued to it.
+pub fn udp_socket_drops(port: u16) -> Option<(u64, u64)> {
+    let text = fs::read_to_string("/proc/net/udp").ok()?;
+    udp_drops_from(&text, port)
+}
+
+fn udp_drops_from(text: &str, port: u16) -> Option<(u64, u64)> {
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 13 {
+            continue;
+        }
+        let local_port = f[1]
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        if local_port == Some(port) {
+            let rxq = f[4]
+                .split_once(':')
+                .and_then(|(_, r)| u64::from_str_radix(r, 16).ok())
+                .unwrap_or(0);
+            return Some((f[f.len() - 1].parse().ok()?, rxq));
+        }
+    }
+    None
+}
+
+/// Where the kernel dropped frames around a system: the sockets or interfaces at both
+/// ends of every port. Read while the system still runs.
+pub fn kernel_drops(topology: &Topology) -> Vec<String> {
+    let mut out = Vec::new();
+    match topology {
+        Topology::UdpHub(links) => {
+            for (i, l) in links.iter().enumerate() {
+                if let Some((d, _)) = udp_socket_drops(l.own.port()) {
+                    out.push(format!("port {i}: system's socket {} dropped {d}", l.own));
+                }
+                if let Some((d, _)) = udp_socket_drops(l.gen.port()) {
+                    out.push(format!("port {i}: tool's socket {} dropped {d}", l.gen));
+                }
+            }
+        }
+        Topology::TapHub { ports, .. } => {
+            for (i, p) in ports.iter().enumerate() {
+                if let Some((rx, rxd, tx, txd)) = Netns::borrow(&p.netns).link_counters(&p.ifname) {
+                    out.push(format!(
+                        "port {i}: {} (tool side) tx {tx} tx_dropped {txd} rx {rx} rx_dropped {rxd}",
+                        p.ifname
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What one traffic measurement needs besides the system.
+pub struct Job<'a> {
+    /// What the system builds.
+    pub topology: &'a Topology,
+    /// Which of its ports send and receive.
+    pub roles: &'a Roles,
+    /// The traffic.
+    pub cfg: &'a traffic::Config,
+    /// How the system runs.
+    pub sut: &'a SutOptions,
+    /// Whether UDP endpoints send with GSO.
+    pub gen_gso: bool,
+}
+
+/// One traffic measurement: start `system` on the job's topology, run its traffic,
+/// read the kernel's drop counters, stop the system. `command` receives the command
+/// line that started it.
+pub fn measure(system: &peer::System, job: &Job<'_>, run: usize, command: &mut String) -> Sample {
+    let mut sample = Sample {
+        run,
+        ..Sample::default()
+    };
+    let Job {
+        topology,
+        roles,
+        cfg,
+        sut,
+        gen_gso,
+    } = *job;
+    let mut running: Box<dyn Running> = match (system.start)(topology, sut) {
+        Ok(r) => r,
+        Err(e) => {
+            sample.error = Some(format!("start: {}", chain(&e)));
+            return sample;
+        }
+    };
+    *command = running.command();
+    let result = (|| -> Result<traffic::Outcome> {
+        let mut ports = Vec::new();
+        for spec in running.endpoints() {
+            let spec = match (spec.starts_with("udp:"), gen_gso) {
+                (true, false) => format!("{spec},gso=off"),
+                _ => spec,
+            };
+            ports.push(engine::open(&spec)?);
+        }
+        let mut cfg = cfg.clone();
+        cfg.watch = running.pids();
+        traffic::run(ports, roles, &cfg)
+    })();
+    sample.diagnostics = kernel_drops(topology);
+    match result {
+        Ok(o) => {
+            let watched: Vec<f64> = o.cpu.watched_pct.iter().map(|(_, p)| *p).collect();
+            if !watched.is_empty() {
+                sample.sut_cpu_pct = Some(watched.iter().sum());
+            }
+            sample.outcome = Some(o);
+        }
+        Err(e) => sample.error = Some(format!("traffic: {}", chain(&e))),
+    }
+    match running.stop() {
+        Ok(notes) => sample.diagnostics.extend(notes),
+        Err(e) => {
+            let text = format!("stop: {}", chain(&e));
+            sample.error = Some(match sample.error.take() {
+                Some(prev) => format!("{prev}; {text}"),
+                None => text,
+            });
+        }
+    }
+    sample
+}
+
+/// Prints one line about a finished sample.
+pub fn say(label: &str, s: &Sample) {
+    match (&s.outcome, &s.error) {
+        (_, Some(e)) => eprintln!(
+            "  run {} {label}: FAILED: {}",
+            s.run,
+            e.lines().next().unwrap_or("")
+        ),
+        (Some(o), None) => eprintln!(
+            "  run {} {label}: sent {:.3} Mpps, received {:.3} Mpps, loss {:.2} %, p50 {:.1} µs, p99 {:.1} µs{}{}",
+            s.run,
+            o.tx_pps / 1e6,
+            o.rx_pps / 1e6,
+            o.loss_pct,
+            o.latency_us.p50,
+            o.latency_us.p99,
+            s.sut_cpu_pct
+                .map(|c| format!(", system CPU {c:.0} %"))
+                .unwrap_or_default(),
+            match (o.tool_rx_drops, o.bad_length) {
+                (0, 0) => String::new(),
+                (d, 0) => format!(", SINK DROPPED {d}"),
+                (d, b) => format!(", SINK DROPPED {d}, WRONG LENGTH {b}"),
+            } + &if o.cpu.other_pct > 10.0 {
+                format!(", other load {:.0} % of a core", o.cpu.other_pct)
+            } else {
+                String::new()
+            }
+        ),
+        (None, None) => eprintln!(
+            "  run {} {label}: idle CPU {:.3} % of a core",
+            s.run,
+            s.idle_cpu_pct.unwrap_or(f64::NAN)
+        ),
+    }
+}
+
+/// Ratios of pollswitch's median of `metric` to every other series' (`higher_better`:
+/// pollswitch ÷ peer; otherwise peer ÷ pollswitch, "times lower").
+pub fn ratios(
+    report: &Report,
+    ours: &str,
+    metric: &str,
+    f: impl Fn(&Series) -> f64,
+    higher_better: bool,
+) -> Vec<crate::report::Ratio> {
+    let Some(p) = report.series(ours) else {
+        return Vec::new();
+    };
+    let mine = f(p);
+    report
+        .series
+        .iter()
+        .filter(|s| s.label != ours && s.system != "pollswitch")
+        .map(|s| {
+            let theirs = f(s);
+            let (value, what) = if higher_better {
+                (mine / theirs, format!("{ours} ÷ {} ({metric})", s.label))
+            } else {
+                (
+                    theirs / mine,
+                    format!("{} ÷ {ours} ({metric}: times lower)", s.label),
+                )
+            };
+            crate::report::Ratio { what, value }
+        })
+        .collect()
+}
+
+/// A target met when `value >= goal` (or `<=` when `at_most`); a missing value misses it.
+pub fn target(goal: &str, value: f64, threshold: f64, at_most: bool) -> crate::report::Target {
+    let met = value.is_finite()
+        && if at_most {
+            value <= threshold
+        } else {
+            value >= threshold
+        };
+    crate::report::Target {
+        goal: goal.into(),
+        value,
+        met,
+    }
+}
+
+/// Three namespaces for a tap run: the system's, the generator's, the sink's.
+pub struct TapNamespaces {
+    pub sut: Netns,
+    pub gen: Netns,
+    pub sink: Netns,
+}
+
+impl TapNamespaces {
+    pub fn create() -> Result<TapNamespaces> {
+        Ok(TapNamespaces {
+            sut: Netns::create("pps")?,
+            gen: Netns::create("ppg")?,
+            sink: Netns::create("ppk")?,
+        })
+    }
+}
+
+/// The standard plot of a throughput scenario: received Mpps, loss, latency percentiles.
+pub fn plot_throughput(report: &Report, title: &str) -> String {
+    use crate::svg::{color, Bar, Svg};
+    let mut svg = Svg::new(1200.0, 470.0, title, &report.machine.line());
+    let bar =
+        |s: &Series, f: &dyn Fn(&crate::report::Summary) -> Option<crate::report::Stat>| Bar {
+            label: s.label.clone(),
+            value: f(&s.summary).map_or(f64::NAN, |x| x.median),
+            range: f(&s.summary).map(|x| (x.min, x.max)),
+            color: color(&s.system).into(),
+        };
+    let rx: Vec<Bar> = report
+        .series
+        .iter()
+        .map(|s| bar(s, &|m| m.rx_mpps))
+        .collect();
+    let loss: Vec<Bar> = report
+        .series
+        .iter()
+        .map(|s| bar(s, &|m| m.loss_pct))
+        .collect();
+    svg.bars(
+        (0.0, 55.0, 420.0, 390.0),
+        "received (median, min–max)",
+        "Mpps",
+        &rx,
+    );
+    svg.bars(
+        (420.0, 55.0, 300.0, 390.0),
+        "loss",
+        "% of frames sent",
+        &loss,
+    );
+    let groups: Vec<(String, Vec<f64>)> = report
+        .series
+        .iter()
+        .map(|s| {
+            let m = |f: fn(&crate::report::Summary) -> Option<crate::report::Stat>| {
+                f(&s.summary).map_or(f64::NAN, |x| x.median)
+            };
+            (
+                s.label.clone(),
+                vec![
+                    m(|x| x.p50_us),
+                    m(|x| x.p90_us),
+                    m(|x| x.p99_us),
+                    m(|x| x.p999_us),
+                ],
+            )
+        })
+        .collect();
+    svg.grouped(
+        (720.0, 55.0, 480.0, 390.0),
+        "one-way latency (median of runs)",
+        "µs (log)",
+        &["p50", "p90", "p99", "p99.9"],
+        &groups,
+    );
+    svg.footer(&report.command);
+    svg.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_udp_drops_parse() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+  12: 0100007F:A0F5 00000000:0000 07 00000000:00000200 00:00000000 00000000     0        0 1234 2 0000000000000000 77\n";
+        assert_eq!(udp_drops_from(text, 0xa0f5), Some((77, 0x200)));
+        assert_eq!(udp_drops_from(text, 1), None);
+    }
+
+    #[test]
+    fn links_get_distinct_ports() {
+        let links = udp_links(8).unwrap();
+        let mut ports: Vec<u16> = links
+            .iter()
+            .flat_map(|l| [l.own.port(), l.gen.port()])
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 16);
+    }
+
+    #[test]
+    fn scenarios_are_registered_once_and_know_their_systems() {
+        for s in SCENARIOS {
+            assert_eq!(SCENARIOS.iter().filter(|o| o.name == s.name).count(), 1);
+            for sys in s.systems {
+                assert!(peer::find(sys).is_ok(), "{} lists unknown {sys}", s.name);
+            }
+        }
+        assert!(find("udp-hub").is_ok() && find("nope").is_err());
+    }
+
+    #[test]
+    fn targets_and_missing_values() {
+        assert!(target("x", 3.5, 3.0, false).met);
+        assert!(!target("x", 2.5, 3.0, false).met);
+        assert!(target("x", 0.5, 1.0, true).met);
+        assert!(!target("x", f64::NAN, 1.0, true).met);
+    }
+}

@@ -1,0 +1,103 @@
+//! The crate's one error type: a variant per step of setting up or tearing down a
+//! measurement that can fail. The packet path never returns one (a frame that cannot be
+//! sent or parsed is a counter); only setup, peers and reporting do.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Everything that can stop a measurement from starting or finishing.
+#[derive(Debug, Error)]
+pub enum PerfError {
+    /// A command-line option or endpoint spec the tool cannot use.
+    #[error("{0}")]
+    Usage(String),
+    /// A program a peer needs is not installed.
+    #[error("{program} not found on PATH: {hint}")]
+    MissingTool {
+        /// The program looked for.
+        program: String,
+        /// How to install it.
+        hint: String,
+    },
+    /// Opening a socket for an endpoint (socket, bind, connect, setsockopt).
+    #[error("{what}")]
+    Socket {
+        /// The step and the endpoint.
+        what: String,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
+    /// A stream endpoint found no peer in time (no connection accepted or made).
+    #[error("{0}")]
+    Timeout(String),
+    /// A command run for setup (`ip`, `sysctl`, ...) failed.
+    #[error("`{command}` failed: {detail}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status and stderr, or the spawn error.
+        detail: String,
+    },
+    /// A peer or the system under test did not start or stopped on its own.
+    #[error("{system}: {detail}")]
+    Peer {
+        /// The system (`pollswitch`, `qemu`, ...).
+        system: String,
+        /// What went wrong, with what it printed.
+        detail: String,
+    },
+    /// Entering a network namespace.
+    #[error("enter netns {name}")]
+    Netns {
+        /// The namespace.
+        name: String,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading or writing a result file.
+    #[error("{}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl PerfError {
+    /// A [`PerfError::Socket`] for `what`, taking the error from `errno`.
+    pub fn socket(what: impl Into<String>) -> PerfError {
+        PerfError::Socket {
+            what: what.into(),
+            source: io::Error::last_os_error(),
+        }
+    }
+
+    /// A [`PerfError::Peer`].
+    pub fn peer(system: &str, detail: impl Into<String>) -> PerfError {
+        PerfError::Peer {
+            system: system.to_string(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Shorthand for results in this crate.
+pub type Result<T, E = PerfError> = std::result::Result<T, E>;
+
+/// The error and every source under it, joined with `: `, for one-line messages.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,406 @@
+//! CI smoke of pollswitch-perf: every scenario for real (`--quick`: one run of half a
+//! second per system), against the real peers and the real daemon, and the JSON it
+//! writes parsed and checked field by field. Nothing here skips: a missing peer, a
+//! daemon that is not built, a run that fails or a daemon that does not stop cleanly
+//! fails the test with the tool's own message.
+//!
+//! Needs root (namespaces, taps), the peers `scripts/setup-host` installs plus
+//! dpdk-testpmd, and `cargo build --workspace` first (the daemon binary lives beside
+//! this test's pollswitch-perf).
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+const TOOL: &str = env!("CARGO_BIN_EXE_pollswitch-perf");
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!(
+            "pollswitch-perf-smoke-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create scratch dir");
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tool(args: &[&str]) -> Output {
+    Command::new(TOOL)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run pollswitch-perf")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn num(v: &Value, what: &str) -> f64 {
+    v.as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {v}"))
+}
+
+/// Runs `bench NAME --quick` and returns its parsed JSON, after checking the fields
+/// every report has.
+fn bench(name: &str, extra: &[&str]) -> Value {
+    let out = Scratch::new(name);
+    let dir = out.0.to_str().expect("utf-8 temp dir").to_string();
+    let mut args = vec!["bench", name, "--quick", "--out", &dir];
+    args.extend_from_slice(extra);
+    let o = tool(&args);
+    assert!(o.status.success(), "bench {name} failed:\n{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("| system"),
+        "no table printed:\n{}",
+        text(&o)
+    );
+    let json_path = out.0.join(format!("{name}.json"));
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(&json_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", json_path.display())),
+    )
+    .unwrap_or_else(|e| panic!("{}: not JSON: {e}", json_path.display()));
+    let svg = std::fs::read_to_string(out.0.join(format!("{name}.svg"))).expect("svg written");
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "svg: {svg:.200}"
+    );
+    assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+
+    // The report reads back and redraws.
+    std::fs::remove_file(out.0.join(format!("{name}.svg"))).unwrap();
+    let replot = tool(&["plot", json_path.to_str().unwrap()]);
+    assert!(replot.status.success(), "plot {name}:\n{}", text(&replot));
+    let again = std::fs::read_to_string(out.0.join(format!("{name}.svg"))).expect("svg redrawn");
+    assert_eq!(again, svg, "the plot is a function of the JSON alone");
+
+    assert_eq!(report["scenario"], name);
+    assert!(report["command"].as_str().unwrap().contains("--quick"));
+    for key in ["kernel", "os", "cpu_model", "load_average"] {
+        assert!(
+            !report["machine"][key].as_str().unwrap_or("").is_empty(),
+            "machine.{key} missing: {}",
+            report["machine"]
+        );
+    }
+    assert!(num(&report["machine"]["cpus_online"], "cpus_online") >= 1.0);
+    let cores = &report["cores"];
+    assert!(num(&cores["used"], "cores.used") >= 1.0);
+    assert!(cores["note"].as_str().unwrap().contains("core"));
+    assert!(report["targets"].is_array() && report["ratios"].is_array());
+    for t in report["targets"].as_array().unwrap() {
+        assert!(t["goal"].is_string() && t["met"].is_boolean(), "target {t}");
+    }
+    let series = report["series"].as_array().expect("series");
+    assert!(!series.is_empty());
+    for s in series {
+        let samples = s["samples"].as_array().expect("samples");
+        assert_eq!(samples.len(), 1, "one quick run: {s}");
+        for x in samples {
+            assert!(
+                x["error"].is_null(),
+                "{} failed: {}",
+                s["label"],
+                x["error"]
+            );
+        }
+        assert_eq!(s["summary"]["runs_ok"], 1);
+    }
+    report
+}
+
+/// Checks a traffic sample's outcome: frames went through and were measured.
+fn check_traffic(report: &Value) {
+    for s in report["series"].as_array().unwrap() {
+        let label = s["label"].as_str().unwrap();
+        let o = &s["samples"][0]["outcome"];
+        let sent = num(&o["sent"], "sent");
+        let received = num(&o["received"], "received");
+        assert!(sent > 0.0, "{label}: nothing sent: {o}");
+        assert!(received > 0.0, "{label}: nothing received: {o}");
+        assert!(received <= num(&o["expected"], "expected"), "{label}: {o}");
+        let loss = num(&o["loss_pct"], "loss_pct");
+        assert!((0.0..=100.0).contains(&loss));
+        let l = &o["latency_us"];
+        let p: Vec<f64> = ["min", "p50", "p90", "p99", "p999", "max"]
+            .iter()
+            .map(|k| num(&l[*k], k))
+            .collect();
+        assert!(
+            p[0] > 0.0 && p.windows(2).all(|w| w[0] <= w[1]),
+            "{label}: percentiles {l}"
+        );
+        assert_eq!(num(&l["count"], "count"), received);
+        assert!(num(&o["rx_pps"], "rx_pps") > 0.0);
+        assert!(o["cpu"]["cores_busy_pct"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty()));
+        assert!(s["summary"]["rx_mpps"]["median"].is_number());
+    }
+}
+
+fn systems(report: &Value) -> Vec<String> {
+    report["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["system"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn udp_hub() {
+    let r = bench("udp-hub", &[]);
+    assert_eq!(systems(&r), ["pollswitch", "qemu", "vde"]);
+    check_traffic(&r);
+    assert_eq!(r["ratios"].as_array().unwrap().len(), 2, "{}", r["ratios"]);
+    assert_eq!(r["targets"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn tap_hub() {
+    let r = bench("tap-hub", &[]);
+    assert_eq!(systems(&r), ["pollswitch", "bridge", "testpmd", "qemu"]);
+    check_traffic(&r);
+    assert_eq!(r["targets"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn latency() {
+    let r = bench("latency", &["--latency-rate", "5000"]);
+    check_traffic(&r);
+    let labels: Vec<&str> = r["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "pollswitch (udp)",
+            "qemu (udp)",
+            "vde (udp)",
+            "pollswitch (tap)",
+            "bridge (tap)",
+            "testpmd (tap)",
+            "qemu (tap)"
+        ]
+    );
+    for s in r["series"].as_array().unwrap() {
+        let sent = num(&s["samples"][0]["outcome"]["sent"], "sent");
+        // 5000 frames/s for 0.5 s, give or take the pacing's edges.
+        assert!(
+            (1500.0..=3500.0).contains(&sent),
+            "{}: sent {sent}",
+            s["label"]
+        );
+    }
+}
+
+#[test]
+fn idle() {
+    let r = bench("idle", &[]);
+    let series = r["series"].as_array().unwrap();
+    assert_eq!(series.len(), 5, "3 poll-us values, qemu, vde");
+    for s in series {
+        let cpu = num(&s["samples"][0]["idle_cpu_pct"], "idle_cpu_pct");
+        assert!((0.0..=200.0).contains(&cpu), "{}: {cpu}", s["label"]);
+        let diag = s["samples"][0]["diagnostics"].to_string();
+        assert!(
+            diag.contains("forwarding check after the idle window"),
+            "{diag}"
+        );
+    }
+    assert_eq!(
+        r["targets"][0]["goal"]
+            .as_str()
+            .map(|g| g.contains("poll-us=0")),
+        Some(true)
+    );
+}
+
+#[test]
+fn scale() {
+    let r = bench("scale", &["--systems", "pollswitch,qemu"]);
+    let series = r["series"].as_array().unwrap();
+    // ports 2 and 8 at 64 bytes, then 9000 bytes at 2 ports; two systems each.
+    assert_eq!(series.len(), 6);
+    check_traffic(&r);
+    for s in series {
+        let ports = num(&s["params"]["ports"], "ports");
+        let o = &s["samples"][0]["outcome"];
+        assert_eq!(o["tx_ports"].as_array().unwrap().len() as f64, ports);
+        // Every port sends, and each frame is due at every other port.
+        let (sent, expected) = (num(&o["sent"], "sent"), num(&o["expected"], "expected"));
+        assert_eq!(expected, sent * (ports - 1.0), "{}", s["label"]);
+        assert_eq!(num(&o["size"], "size"), num(&s["params"]["size"], "size"));
+    }
+}
+
+#[test]
+fn missing_peer_fails_loudly() {
+    let o = Command::new(TOOL)
+        .args(["bench", "udp-hub", "--quick", "--systems", "qemu"])
+        .env("PATH", "/nonexistent")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not found on PATH"), "{err}");
+    let o = tool(&[
+        "bench",
+        "udp-hub",
+        "--quick",
+        "--pollswitch",
+        "/nonexistent/pollswitch",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cargo build --release -p ctl"));
+    let o = tool(&["bench", "no-such-scenario"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+fn free_udp() -> String {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
+/// The generator and sink straight into each other: the JSON on stdout and the
+/// counts it holds.
+#[test]
+fn run_prints_json_with_every_field() {
+    let sink = free_udp();
+    let o = tool(&[
+        "run",
+        "--tx",
+        &format!("udp:peer={sink}"),
+        "--rx",
+        &format!("udp:local={sink}"),
+        "--rate",
+        "10k",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.05",
+        "--json",
+        "-",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let json = &stdout[stdout.find('{').expect("JSON on stdout")..];
+    let v: Value = serde_json::from_str(json).expect("valid JSON");
+    for key in [
+        "sent",
+        "received",
+        "lost",
+        "loss_pct",
+        "reordered",
+        "duplicates",
+        "tx_pps",
+        "rx_pps",
+        "rx_gbps",
+        "latency_us",
+        "cpu",
+        "tool_rx_drops",
+        "bad_length",
+    ] {
+        assert!(!v[key].is_null(), "{key} missing in {v}");
+    }
+    assert_eq!(v["sent"], v["received"]);
+    assert_eq!(v["lost"], 0);
+    let sent = num(&v["sent"], "sent");
+    assert!((2000.0..=4000.0).contains(&sent), "10k/s for 0.3 s: {sent}");
+}
+
+/// A child killed on drop.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The TCP engine against QEMU's stream netdevs on a hub: both directions of the
+/// 4-byte length framing, through a real peer.
+#[test]
+fn tcp_engine_through_qemu_hub() {
+    let port = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    };
+    let (a, b) = (port(), port());
+    let qemu = Command::new("qemu-system-x86_64")
+        .args(["-M", "none", "-nodefaults", "-display", "none"])
+        .args(["-netdev", &format!("socket,id=a,listen={a}")])
+        .args(["-netdev", "hubport,id=ha,hubid=0,netdev=a"])
+        .args(["-netdev", &format!("socket,id=b,listen={b}")])
+        .args(["-netdev", "hubport,id=hb,hubid=0,netdev=b"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 not installed: run scripts/setup-host");
+    let _qemu = Kill(qemu);
+    // QEMU accepts one connection per listening netdev: no probing. The tool retries
+    // its connects until QEMU listens.
+    let o = tool(&[
+        "run",
+        "--tx",
+        &format!("tcp:connect={a}"),
+        "--rx",
+        &format!("tcp:connect={b}"),
+        "--size",
+        "1518",
+        "--rate",
+        "20k",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.1",
+        "--json",
+        "-",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let v: Value = serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap();
+    let (sent, received) = (num(&v["sent"], "sent"), num(&v["received"], "received"));
+    assert!(sent > 5000.0, "{v}");
+    // A stream does not lose: everything sent arrives, whole and in order.
+    assert_eq!(sent, received, "{v}");
+    assert_eq!(
+        (v["reordered"].clone(), v["bad_length"].clone()),
+        (0.into(), 0.into())
+    );
+    let gbps = num(&v["rx_pps"], "rx_pps") * 1518.0 * 8.0 / 1e9;
+    assert!((num(&v["rx_gbps"], "rx_gbps") - gbps).abs() < 1e-9, "{v}");
+}
