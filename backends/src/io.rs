@@ -53,11 +53,12 @@ const OP_TX: u8 = 2;
 const OP_CANCEL: u8 = 3;
 const OP_RX_MULTI: u8 = 4;
 const OP_TX_GSO: u8 = 5;
+const OP_POLL: u8 = 6;
 
 /// Frames of one UDP GSO send (the kernel's UDP_MAX_SEGMENTS is at least 64).
 const GSO_MAX: usize = 64;
-/// GSO sends in flight per port queue.
-const GSO_SLOTS: usize = 64;
+/// GSO sends in flight per port queue (with GSO_MAX, bounds the frames in flight).
+const GSO_SLOTS: usize = 16;
 /// Largest payload of one GSO send.
 const GSO_BYTES: usize = 65000;
 const SOL_UDP: libc::c_int = 17;
@@ -72,6 +73,11 @@ pub enum RxMode {
     Recv,
     /// `recvmsg(2)` with the source address: sockets that must ignore one sender.
     RecvMsg,
+    /// Non-blocking `read(2)` by the worker, woken by a multishot io_uring poll: for
+    /// devices whose driver cannot read without blocking as io_uring asks (taps), where
+    /// io_uring would hand reads to kernel worker threads that run them in parallel,
+    /// out of order.
+    ReadSync,
 }
 
 /// How a frame is written.
@@ -81,6 +87,10 @@ pub enum TxMode {
     Write,
     /// `send(2)` of the frame, to the fixed destination when one is set.
     Send,
+    /// `writev(2)` straight from the worker, for devices whose driver cannot write
+    /// without blocking as io_uring asks (taps): io_uring would hand each write to a
+    /// kernel worker thread, costing a thread hop and, with several, the frames' order.
+    WriteSync,
 }
 
 /// Settings of a [`DgramIo`].
@@ -172,6 +182,7 @@ pub struct DgramIo {
     stopping: bool,
     cancel_sent: bool,
     multi: Option<MultiRx>,
+    poll_armed: bool,
     gso: Box<[GsoSlot]>,
     gso_free: Vec<u32>,
     gso_on: bool,
@@ -224,6 +235,7 @@ impl DgramIo {
             stopping: false,
             cancel_sent: false,
             multi: None,
+            poll_armed: false,
             gso: (0..if cfg_gso { GSO_SLOTS } else { 0 })
                 .map(|_| GsoSlot {
                     pkts: Vec::with_capacity(GSO_MAX),
@@ -248,6 +260,12 @@ impl DgramIo {
     pub fn start(&mut self, io: &mut Io<'_>) {
         let slots = rx_budget(io.pool.count(), RX_SLOTS);
         self.rx_free.retain(|&i| (i as usize) < slots);
+        if self.cfg.rx == RxMode::ReadSync {
+            // Reads happen in rx_burst; never block the worker in one.
+            let _ = crate::sys::set_nonblocking(std::os::fd::AsFd::as_fd(&self.fd));
+            self.arm_poll(io);
+            return;
+        }
         {
             let n = rx_budget(io.pool.count(), usize::from(RX_RING)) as u16;
             if let Some(ring) = io.buf_ring(n) {
@@ -285,7 +303,11 @@ impl DgramIo {
         let rx = self.cfg.rx;
         let Some(m) = &mut self.multi else { return };
         let mut added = false;
-        while let Some(&bid) = m.missing.last() {
+        // Lent plus ready buffers stay within the budget: when rx_burst falls behind, the
+        // backlog waits in the kernel's socket queue (and overflows there, counted by the
+        // kernel) instead of growing inside the switch to the size of the pool.
+        while m.missing.len() > self.ready.len() {
+            let Some(&bid) = m.missing.last() else { break };
             let Some(pkt) = io.pool.alloc() else { break };
             m.missing.pop();
             // SAFETY: HEADROOM >= the largest header, so the start stays inside the
@@ -305,7 +327,8 @@ impl DgramIo {
         }
         let bgid = m.ring.bgid();
         let sqe = match rx {
-            RxMode::Read => opcode::ReadMulti::new(fd, want, bgid)
+            // ReadSync never posts requests (start returns before).
+            RxMode::Read | RxMode::ReadSync => opcode::ReadMulti::new(fd, want, bgid)
                 .offset(u64::MAX)
                 .build(),
             RxMode::RecvMsg => opcode::RecvMsgMulti::new(fd, &*m.tmpl, bgid).build(),
@@ -397,7 +420,7 @@ impl DgramIo {
                         .offset(u64::MAX)
                         .build()
                 }
-                RxMode::Read => opcode::Read::new(fd, base, want as u32)
+                RxMode::Read | RxMode::ReadSync => opcode::Read::new(fd, base, want as u32)
                     .offset(u64::MAX)
                     .build(),
                 RxMode::Recv => opcode::Recv::new(fd, base, want as u32).build(),
@@ -426,7 +449,66 @@ impl DgramIo {
     }
 
     /// Moves up to `max` ready frames to `out`.
+    /// Arms the multishot readiness poll that wakes the worker for ReadSync.
+    fn arm_poll(&mut self, io: &mut Io<'_>) {
+        if self.stopping || self.poll_armed {
+            return;
+        }
+        let sqe = opcode::PollAdd::new(types::Fd(self.fd.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build();
+        // SAFETY: a poll request points to no memory of ours.
+        unsafe { io.submit(sqe, OP_POLL, 0) };
+        self.poll_armed = true;
+        self.inflight += 1;
+    }
+
+    /// Reads ready frames straight from the descriptor until it has none or `max`.
+    fn read_sync(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
+        let hdr = self.cfg.vnet_hdr_len;
+        let want = hdr + io.pool.max_frame() + 1;
+        let mut n = 0;
+        while n < max {
+            let Some(mut pkt) = io.pool.alloc() else {
+                io.counters.count_drop(DropReason::NoBuffer, 1);
+                break;
+            };
+            // SAFETY: HEADROOM >= the header, and `want` bytes from there fit in the
+            // buffer, which we own exclusively.
+            let r = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    io.pool.buf_ptr(&pkt).add(HEADROOM - hdr).cast(),
+                    want,
+                )
+            };
+            if r < 0 {
+                io.pool.free(pkt);
+                let e = std::io::Error::last_os_error().raw_os_error();
+                if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
+                    io.counters.count_drop(DropReason::IoError, 1);
+                }
+                break;
+            }
+            self.accept_rx(io, &mut pkt, r as usize, false);
+            if pkt.is_empty() {
+                io.pool.free(pkt);
+            } else {
+                out.push(pkt);
+                n += 1;
+            }
+        }
+        n
+    }
+
     pub fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
+        if self.cfg.rx == RxMode::ReadSync {
+            if self.stopping {
+                return 0;
+            }
+            self.arm_poll(io);
+            return self.read_sync(io, out, max);
+        }
         // Buffers are replaced on completion; one stays missing only when the pool ran
         // dry, and a multishot request ends when the kernel ran out of buffers.
         match &self.multi {
@@ -447,7 +529,49 @@ impl DgramIo {
         if self.gso_on {
             return self.tx_burst_gso(io, pkts);
         }
+        if self.cfg.tx == TxMode::WriteSync {
+            return self.tx_sync(io, pkts);
+        }
         self.tx_singles(io, pkts, usize::MAX)
+    }
+
+    /// Writes each frame with one `writev` (header iovec first when there is one).
+    fn tx_sync(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
+        let hdr = self.cfg.vnet_hdr_len;
+        let (mut ok, mut bytes) = (0u64, 0u64);
+        let n = pkts.len();
+        for p in pkts.drain(..) {
+            let d = io.pool.bytes(&p);
+            let iov = [
+                libc::iovec {
+                    iov_base: ZERO_VNET_HDR.as_ptr() as *mut libc::c_void,
+                    iov_len: hdr,
+                },
+                libc::iovec {
+                    iov_base: d.as_ptr() as *mut libc::c_void,
+                    iov_len: d.len(),
+                },
+            ];
+            let (first, cnt) = if hdr > 0 { (0, 2) } else { (1, 1) };
+            // SAFETY: both iovecs point at live memory of the stated lengths (a static
+            // header and the frame, whose reference we hold until after the call).
+            let r = unsafe { libc::writev(self.fd.as_raw_fd(), iov[first..].as_ptr(), cnt) };
+            if r >= 0 {
+                ok += 1;
+                bytes += d.len() as u64;
+            } else {
+                let e = std::io::Error::last_os_error().raw_os_error();
+                let why = if e == Some(libc::EAGAIN) {
+                    DropReason::TxFull
+                } else {
+                    DropReason::IoError
+                };
+                io.counters.count_drop(why, 1);
+            }
+            io.pool.free(p);
+        }
+        io.counters.tx(ok, bytes);
+        n
     }
 
     /// Groups runs of equal-length frames into GSO sends; a frame without an equal
@@ -543,7 +667,8 @@ impl DgramIo {
                             .offset(u64::MAX)
                             .build()
                     }
-                    TxMode::Write => opcode::Write::new(fd, ptr, len as u32)
+                    // WriteSync never reaches here (tx_burst writes those itself).
+                    TxMode::Write | TxMode::WriteSync => opcode::Write::new(fd, ptr, len as u32)
                         .offset(u64::MAX)
                         .build(),
                     TxMode::Send if self.cfg.dest.is_some() => {
@@ -570,6 +695,13 @@ impl DgramIo {
     pub fn complete(&mut self, io: &mut Io<'_>, op: u8, tag: u32, res: i32, flags: u32) {
         if op == OP_RX_MULTI {
             self.complete_multi(io, res, flags);
+            return;
+        }
+        if op == OP_POLL {
+            if !io_uring::cqueue::more(flags) {
+                self.poll_armed = false;
+                self.inflight = self.inflight.saturating_sub(1);
+            }
             return;
         }
         if op == OP_TX_GSO {

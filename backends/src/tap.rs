@@ -5,7 +5,11 @@
 //!     (creates the interface, or attaches to an existing persistent one)
 //!  TUNSETOFFLOAD 0: the kernel hands us whole, checksummed frames, never GSO batches
 //!  script ifname            when `script=` names one ("no" or absent: none)
-//!  ... frames: one read/write per frame through io_uring (datagram engine) ...
+//!  ... frames: the worker reads (non-blocking, until empty) and writes each frame
+//!      itself; a multishot io_uring poll wakes it when the tap has frames ...
+//!      (io_uring's own reads and writes of a tap go to kernel worker threads, since
+//!      the tap driver cannot do them without blocking: a thread hop per frame, and
+//!      frames reordered between parallel workers — measured, so not used)
 //!  downscript ifname        when the port goes away
 //! ```
 //!
@@ -203,8 +207,8 @@ pub fn open(cfg: TapConfig) -> Result<(Vec<TapQueue>, String), Error> {
         downscript: script_of(&cfg.downscript).map(str::to_string),
     });
     let dcfg = DgramConfig {
-        rx: RxMode::Read,
-        tx: TxMode::Write,
+        rx: RxMode::ReadSync,
+        tx: TxMode::WriteSync,
         vnet_hdr_len: if vnet { VNET_HDR_LEN } else { 0 },
         dest: None,
         ignore_src: None,

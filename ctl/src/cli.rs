@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::qapi::{Netdev, QapiError};
 
 /// Default for `-poll-us`: microseconds a worker busy-polls before sleeping.
-pub const DEFAULT_POLL_US: u32 = 50;
+pub const DEFAULT_POLL_US: u32 = 1000;
 /// Default for `-pool-size`: packet buffers preallocated.
 pub const DEFAULT_POOL_SIZE: u32 = 16384;
 /// Default for `-max-frame`: the largest frame, in bytes.
@@ -47,11 +47,12 @@ after '=' (-netdev=tap,id=t0).
                    (hostfwd=A,hostfwd=B). Booleans: on/off, yes/no, true/false, y/n.
                    Sizes take k, M, G, T suffixes. A JSON object
                    ('{\"type\": \"tap\", \"id\": \"t0\"}') is accepted too.
-  -cores LIST      Pin workers to these CPU cores, e.g. 1 or 0,2 or 1-3,5
-                   (default: not pinned).
+  -cores LIST      One worker pinned to each of these CPU cores, e.g. 1 or 0,2 or
+                   1-3,5 (default: one worker on the last core this process may use).
   -poll-us N       Microseconds a worker busy-polls idle ports before sleeping,
                    for ports without their own poll-us; 0 never busy-polls
-                   (default 50).
+                   (default 1000: a worker keeps its core while traffic flows and
+                   sleeps after 1 ms without a frame).
   -pool-size N     Packet buffers to preallocate (default 16384).
   -max-frame N     Largest frame in bytes, 64 to 65535 (default 9216).
   -qmp SPEC        Serve QMP on SPEC, as QEMU's -qmp: unix:PATH[,server=on,wait=off]
@@ -512,7 +513,7 @@ mod tests {
     fn defaults() {
         let a = parse(&[]).unwrap();
         assert_eq!(a, DaemonArgs::default());
-        assert_eq!(a.poll_us, 50);
+        assert_eq!(a.poll_us, 1000);
         assert_eq!(a.pool_size, 16384);
         assert_eq!(a.max_frame, 9216);
         assert!(a.netdevs.is_empty() && a.qmp.is_empty() && a.cores.is_none());

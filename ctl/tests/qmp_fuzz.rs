@@ -36,8 +36,24 @@ fn arb_json() -> impl Strategy<Value = Value> {
 /// Argument names the schema uses, so that generated arguments get past the first
 /// member often enough to reach the deeper checks.
 const KEYS: &[&str] = &[
-    "id", "type", "hubid", "netdev", "name", "up", "macaddr", "initial", "max", "rounds", "step",
-    "interfaces", "fdname", "command-line", "promiscuous", "unicast", "vlan-table", "enable",
+    "id",
+    "type",
+    "hubid",
+    "netdev",
+    "name",
+    "up",
+    "macaddr",
+    "initial",
+    "max",
+    "rounds",
+    "step",
+    "interfaces",
+    "fdname",
+    "command-line",
+    "promiscuous",
+    "unicast",
+    "vlan-table",
+    "enable",
 ];
 /// Netdev types whose creation touches nothing outside the daemon.
 const TYPES: &[&str] = &["hubport", "nic", "none", "bogus", "vde", "user", "netmap"];
@@ -46,7 +62,10 @@ fn arb_args() -> impl Strategy<Value = Map<String, Value>> {
     prop::collection::vec(
         (
             prop::sample::select(KEYS),
-            prop_oneof![arb_json(), prop::sample::select(TYPES).prop_map(Value::from)],
+            prop_oneof![
+                arb_json(),
+                prop::sample::select(TYPES).prop_map(Value::from)
+            ],
         ),
         0..6,
     )
@@ -54,7 +73,11 @@ fn arb_args() -> impl Strategy<Value = Map<String, Value>> {
 }
 
 fn arb_request() -> impl Strategy<Value = Value> {
-    let names: Vec<&str> = COMMANDS.iter().map(|(n, _)| *n).chain(["nope", ""]).collect();
+    let names: Vec<&str> = COMMANDS
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(["nope", ""])
+        .collect();
     (
         prop::sample::select(names),
         arb_args(),

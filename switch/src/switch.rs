@@ -46,7 +46,7 @@ impl Default for SwitchConfig {
             cores: vec![None],
             pool_size: 16384,
             max_frame: crate::pool::DEFAULT_MAX_FRAME,
-            default_poll_us: 50,
+            default_poll_us: 1000,
         }
     }
 }
@@ -125,6 +125,27 @@ pub struct Switch {
     info: StartInfo,
 }
 
+/// The default worker placement: one worker on the last core this process may run on,
+/// leaving the others to the kernel, the control thread and the rest of the host.
+pub fn default_cores() -> Vec<Option<usize>> {
+    let last = core_affinity::get_core_ids()
+        .and_then(|ids| ids.iter().map(|c| c.id).max())
+        .unwrap_or(0);
+    vec![Some(last)]
+}
+
+/// CPUs the host has, whatever this process's affinity mask allows (a daemon started
+/// under `taskset` may still be told to pin workers elsewhere; the kernel then decides).
+fn host_cpus() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| {
+            let last = s.trim().rsplit([',', '-']).next()?.parse::<usize>().ok()?;
+            Some(last + 1)
+        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 fn recv<T>(rx: &Receiver<T>, worker: usize) -> Result<T, SwitchError> {
     rx.recv_timeout(WORKER_TIMEOUT)
         .map_err(|_| SwitchError::WorkerGone(worker))
@@ -136,7 +157,7 @@ impl Switch {
         if cfg.cores.is_empty() {
             return Err(SwitchError::NoWorkers);
         }
-        let ncores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ncores = host_cpus();
         for c in cfg.cores.iter().flatten() {
             if *c >= ncores {
                 return Err(SwitchError::NoSuchCore(*c, ncores));

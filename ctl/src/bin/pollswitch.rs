@@ -11,13 +11,6 @@ use ctl::qmp::server::{listen, parse_endpoint, Control, Msg};
 use switch::pool::PageKind;
 use switch::SwitchConfig;
 
-/// Default worker placement: one worker on the last core, leaving core 0 to the
-/// kernel, the control thread and everything else on small machines.
-fn default_cores() -> Vec<Option<usize>> {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    vec![Some(n - 1)]
-}
-
 fn main() -> ExitCode {
     let args = match DaemonArgs::parse(std::env::args().skip(1)) {
         Ok(a) => a,
@@ -50,7 +43,7 @@ fn main() -> ExitCode {
     let cfg = SwitchConfig {
         cores: match &args.cores {
             Some(list) => list.iter().map(|c| Some(*c)).collect(),
-            None => default_cores(),
+            None => switch::switch::default_cores(),
         },
         pool_size: args.pool_size,
         max_frame: args.max_frame as usize,
