@@ -53,7 +53,8 @@ Bench options:
   --sink-core N       separate sink thread on this core (default: generator's loop)
   --sut-cores LIST    cores of the system under test, e.g. 1 or 2-5 (default 1)
   --workers N         pollswitch/testpmd forwarding workers (default 1)
-  --poll-us N         pollswitch -poll-us (default 50; idle sweeps its own)
+  --poll-us N         pollswitch -poll-us (default 1000, the daemon's own default;
+                      idle sweeps its own)
   --systems A,B       measure only these systems
   --ports LIST --sizes LIST   scale sweep (default 2,4,8,16,32 and 64,512,1518,9000)
   --pollswitch PATH   daemon binary (default: beside this program, else PATH)

@@ -25,6 +25,7 @@ use crate::report::{Cores, Machine, Report, Sample, Series};
 use crate::traffic::{self, Rate, Roles};
 
 pub mod idle;
+pub mod io_baseline;
 pub mod latency;
 pub mod scale;
 pub mod tap_hub;
@@ -51,6 +52,7 @@ pub const SCENARIOS: &[Scenario] = &[
     latency::SCENARIO,
     idle::SCENARIO,
     scale::SCENARIO,
+    io_baseline::SCENARIO,
 ];
 
 /// The scenario called `name`.
@@ -127,7 +129,7 @@ impl BenchOpts {
             sink_core: None,
             sut_cores: vec![if online > 1 { 1 } else { 0 }],
             workers: 1,
-            poll_us: 50,
+            poll_us: 1000,
             systems: None,
             ports: vec![2, 4, 8, 16, 32],
             sizes: vec![64, 512, 1518, 9000],

@@ -19,6 +19,7 @@ use crate::error::{PerfError, Result};
 use crate::netns::{wait_until, Netns};
 
 pub mod bridge;
+pub mod mmsg;
 pub mod pollswitch;
 mod process;
 pub mod qemu;
@@ -163,6 +164,7 @@ pub const SYSTEMS: &[System] = &[
     vde::SYSTEM,
     bridge::SYSTEM,
     testpmd::SYSTEM,
+    mmsg::SYSTEM,
 ];
 
 /// The system called `name`.
