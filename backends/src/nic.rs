@@ -205,13 +205,9 @@ impl Backend for NicPort {
         let mut n = 0;
         while n < max {
             let Some(f) = self.h.inject.pop() else { break };
-            match io.pool.alloc_copy(&f) {
-                Some(p) => {
-                    io.counters.rx(f.len());
-                    out.push(p);
-                    n += 1;
-                }
-                None => io.counters.count_drop(DropReason::NoBuffer, 1),
+            if let Some(p) = io.receive_copy(&f) {
+                out.push(p);
+                n += 1;
             }
         }
         n

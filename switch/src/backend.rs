@@ -113,6 +113,24 @@ impl<'a> Io<'a> {
         unsafe { self.uring.push(&sqe) };
     }
 
+    /// Copies a received frame into a new packet and counts it; a frame shorter than an
+    /// Ethernet header or longer than the maximum, or one the pool has no buffer for, is
+    /// counted as a drop instead and `None` returned.
+    pub fn receive_copy(&self, frame: &[u8]) -> Option<Pkt> {
+        let why = if frame.len() > self.pool.max_frame() {
+            DropReason::Oversize
+        } else if frame.len() < crate::pool::MIN_FRAME {
+            DropReason::Undersize
+        } else if let Some(p) = self.pool.alloc_copy(frame) {
+            self.counters.rx(frame.len());
+            return Some(p);
+        } else {
+            DropReason::NoBuffer
+        };
+        self.counters.count_drop(why, 1);
+        None
+    }
+
     /// Frees every packet in `pkts`, counting them as dropped for `why`.
     pub fn drop_all(&self, pkts: &mut Vec<Pkt>, why: DropReason) {
         self.counters.count_drop(why, pkts.len() as u64);

@@ -7,8 +7,7 @@ use std::sync::{Arc, OnceLock};
 use crossbeam_queue::ArrayQueue;
 
 use crate::backend::{Backend, Io, Waker};
-use crate::counters::DropReason;
-use crate::pool::{Pkt, MIN_FRAME};
+use crate::pool::Pkt;
 
 /// The test's side of a loopback port.
 #[derive(Clone)]
@@ -65,21 +64,9 @@ impl Backend for Loopback {
         let mut n = 0;
         while n < max {
             let Some(f) = self.h.inject.pop() else { break };
-            if f.len() > io.pool.max_frame() {
-                io.counters.count_drop(DropReason::Oversize, 1);
-                continue;
-            }
-            if f.len() < MIN_FRAME {
-                io.counters.count_drop(DropReason::Undersize, 1);
-                continue;
-            }
-            match io.pool.alloc_copy(&f) {
-                Some(p) => {
-                    io.counters.rx(f.len());
-                    out.push(p);
-                    n += 1;
-                }
-                None => io.counters.count_drop(DropReason::NoBuffer, 1),
+            if let Some(p) = io.receive_copy(&f) {
+                out.push(p);
+                n += 1;
             }
         }
         n

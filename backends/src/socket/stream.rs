@@ -278,17 +278,8 @@ impl StreamPort {
             if self.rx_len - at < 4 + len {
                 break;
             }
-            let frame = &self.rxbuf[at + 4..at + 4 + len];
-            if len < switch::pool::MIN_FRAME {
-                io.counters.count_drop(DropReason::Undersize, 1);
-            } else {
-                match io.pool.alloc_copy(frame) {
-                    Some(p) => {
-                        io.counters.rx(len);
-                        self.ready.push_back(p);
-                    }
-                    None => io.counters.count_drop(DropReason::NoBuffer, 1),
-                }
+            if let Some(p) = io.receive_copy(&self.rxbuf[at + 4..at + 4 + len]) {
+                self.ready.push_back(p);
             }
             at += 4 + len;
         }

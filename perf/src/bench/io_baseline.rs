@@ -4,10 +4,10 @@
 
 use serde_json::json;
 
-use super::{plot_throughput, ratios, say, target, udp_hub, BenchOpts, Scenario};
+use super::{alternate, plot_throughput, ratios, target, udp_hub, BenchOpts, Scenario};
 use crate::error::Result;
 use crate::peer;
-use crate::report::{Report, Series};
+use crate::report::Report;
 
 /// Registry entry.
 pub const SCENARIO: Scenario = Scenario {
@@ -23,21 +23,9 @@ fn run(opts: &BenchOpts, systems: &[&'static peer::System]) -> Result<Report> {
     params["size"] = json!(opts.size);
     params["rate"] = json!(opts.rate.label());
     let mut report = opts.report(&SCENARIO, params);
-    let mut series: Vec<Series> = systems
-        .iter()
-        .map(|s| Series::new(s.name, s.name, json!({"ports": 2, "size": opts.size})))
-        .collect();
-    for run in 0..opts.runs {
-        for (sys, s) in systems.iter().zip(series.iter_mut()) {
-            let sample = udp_hub::measure_once(sys, opts, opts.rate, run, &mut s.command);
-            say(&s.label, &sample);
-            s.samples.push(sample);
-        }
-    }
-    for s in series.iter_mut() {
-        s.summarize();
-    }
-    report.series = series;
+    report.series = alternate(opts, systems, |sys, o, run, cmd| {
+        udp_hub::measure_once(sys, o, o.rate, run, cmd)
+    });
     report.ratios = ratios(
         &report,
         "pollswitch",

@@ -465,6 +465,31 @@ pub fn measure(system: &peer::System, job: &Job<'_>, run: usize, command: &mut S
 }
 
 /// Prints one line about a finished sample.
+/// Measures every system `opts.runs` times, alternating (A B C A B C ...), each with
+/// `measure_once(system, opts, run, command)`, and returns one summarized series per
+/// system (two-port scenarios: the series' params say so).
+pub fn alternate(
+    opts: &BenchOpts,
+    systems: &[&'static peer::System],
+    measure_once: impl Fn(&peer::System, &BenchOpts, usize, &mut String) -> Sample,
+) -> Vec<Series> {
+    let mut series: Vec<Series> = systems
+        .iter()
+        .map(|s| Series::new(s.name, s.name, json!({"ports": 2, "size": opts.size})))
+        .collect();
+    for run in 0..opts.runs {
+        for (sys, s) in systems.iter().zip(series.iter_mut()) {
+            let sample = measure_once(sys, opts, run, &mut s.command);
+            say(&s.label, &sample);
+            s.samples.push(sample);
+        }
+    }
+    for s in series.iter_mut() {
+        s.summarize();
+    }
+    series
+}
+
 pub fn say(label: &str, s: &Sample) {
     match (&s.outcome, &s.error) {
         (_, Some(e)) => eprintln!(

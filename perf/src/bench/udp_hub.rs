@@ -13,12 +13,12 @@
 use serde_json::json;
 
 use crate::bench::{
-    measure, plot_throughput, ratios, say, target, udp_links, BenchOpts, Job, Scenario,
+    alternate, measure, plot_throughput, ratios, target, udp_links, BenchOpts, Job, Scenario,
 };
 use crate::error::Result;
 use crate::frame;
 use crate::peer::{self, Topology};
-use crate::report::{Report, Sample, Series};
+use crate::report::{Report, Sample};
 use crate::traffic::{Rate, Roles};
 
 /// Registry entry.
@@ -69,21 +69,9 @@ fn run(opts: &BenchOpts, systems: &[&'static peer::System]) -> Result<Report> {
     params["size"] = json!(opts.size);
     params["rate"] = json!(opts.rate.label());
     let mut report = opts.report(&SCENARIO, params);
-    let mut series: Vec<Series> = systems
-        .iter()
-        .map(|s| Series::new(s.name, s.name, json!({"ports": 2, "size": opts.size})))
-        .collect();
-    for run in 0..opts.runs {
-        for (sys, s) in systems.iter().zip(series.iter_mut()) {
-            let sample = measure_once(sys, opts, opts.rate, run, &mut s.command);
-            say(&s.label, &sample);
-            s.samples.push(sample);
-        }
-    }
-    for s in series.iter_mut() {
-        s.summarize();
-    }
-    report.series = series;
+    report.series = alternate(opts, systems, |sys, o, run, cmd| {
+        measure_once(sys, o, o.rate, run, cmd)
+    });
     report.ratios = ratios(
         &report,
         "pollswitch",
