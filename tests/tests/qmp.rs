@@ -79,6 +79,18 @@ fn udp_port(c: &mut QmpClient, id: &str, hub: i32) -> UdpEnd {
     end
 }
 
+/// A NIC `id` with address `mac`, peered with a new hubport `hp` on hub `hub`.
+fn nic_on_hub(c: &mut QmpClient, id: &str, hp: &str, hub: i32, mac: &str) {
+    c.execute_ok(
+        "netdev_add",
+        json!({"id": hp, "type": "hubport", "hubid": hub}),
+    );
+    c.execute_ok(
+        "netdev_add",
+        json!({"id": id, "type": "nic", "netdev": hp, "macaddr": mac}),
+    );
+}
+
 fn stats(c: &mut QmpClient) -> Value {
     c.execute_ok("x-query-stats", Value::Null)
 }
@@ -425,14 +437,7 @@ fn nic_rx_filter_query_and_event() {
     let sut = start(&[]);
     let mut c = sut.client();
     let s = udp_port(&mut c, "s", 0);
-    c.execute_ok(
-        "netdev_add",
-        json!({"id": "hn", "type": "hubport", "hubid": 0}),
-    );
-    c.execute_ok(
-        "netdev_add",
-        json!({"id": "n0", "type": "nic", "netdev": "hn", "macaddr": "52:54:00:00:00:0a"}),
-    );
+    nic_on_hub(&mut c, "n0", "hn", 0, "52:54:00:00:00:0a");
     generic(
         &c.execute("query-rx-filter", json!({"name": "s"})),
         "net client(s) isn't a NIC",
@@ -534,22 +539,8 @@ fn announce_self_sends_qemu_rarp_on_schedule_and_ids_replace() {
     let sut = start(&[]);
     let mut c = sut.client();
     let s = udp_port(&mut c, "s", 0);
-    c.execute_ok(
-        "netdev_add",
-        json!({"id": "hn", "type": "hubport", "hubid": 0}),
-    );
-    c.execute_ok(
-        "netdev_add",
-        json!({"id": "n0", "type": "nic", "netdev": "hn", "macaddr": "52:54:00:12:34:56"}),
-    );
-    c.execute_ok(
-        "netdev_add",
-        json!({"id": "hm", "type": "hubport", "hubid": 0}),
-    );
-    c.execute_ok(
-        "netdev_add",
-        json!({"id": "n1", "type": "nic", "netdev": "hm", "macaddr": "52:54:00:12:34:57"}),
-    );
+    nic_on_hub(&mut c, "n0", "hn", 0, "52:54:00:12:34:56");
+    nic_on_hub(&mut c, "n1", "hm", 0, "52:54:00:12:34:57");
     let t0 = Instant::now();
     c.execute_ok(
         "announce-self",
