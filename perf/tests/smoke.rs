@@ -37,6 +37,14 @@ impl Drop for Scratch {
     }
 }
 
+/// The smoke tests measure traffic: two at once on a 2-core machine starve each other's
+/// generators (a run then sends too little to judge). Each takes this lock first.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tool(args: &[&str]) -> Output {
     Command::new(TOOL)
         .args(args)
@@ -170,6 +178,7 @@ fn systems(report: &Value) -> Vec<String> {
 
 #[test]
 fn udp_hub() {
+    let _serial = serial();
     let r = bench("udp-hub", &[]);
     assert_eq!(systems(&r), ["pollswitch", "qemu", "vde"]);
     check_traffic(&r);
@@ -179,6 +188,7 @@ fn udp_hub() {
 
 #[test]
 fn tap_hub() {
+    let _serial = serial();
     let r = bench("tap-hub", &[]);
     assert_eq!(systems(&r), ["pollswitch", "bridge", "testpmd", "qemu"]);
     check_traffic(&r);
@@ -187,6 +197,7 @@ fn tap_hub() {
 
 #[test]
 fn latency() {
+    let _serial = serial();
     let r = bench("latency", &["--latency-rate", "5000"]);
     check_traffic(&r);
     let labels: Vec<&str> = r["series"]
@@ -220,6 +231,7 @@ fn latency() {
 
 #[test]
 fn idle() {
+    let _serial = serial();
     let r = bench("idle", &[]);
     let series = r["series"].as_array().unwrap();
     assert_eq!(series.len(), 5, "3 poll-us values, qemu, vde");
@@ -242,6 +254,7 @@ fn idle() {
 
 #[test]
 fn scale() {
+    let _serial = serial();
     let r = bench("scale", &["--systems", "pollswitch,qemu"]);
     let series = r["series"].as_array().unwrap();
     // ports 2 and 8 at 64 bytes, then 9000 bytes at 2 ports; two systems each.
@@ -260,6 +273,7 @@ fn scale() {
 
 #[test]
 fn missing_peer_fails_loudly() {
+    let _serial = serial();
     let o = Command::new(TOOL)
         .args(["bench", "udp-hub", "--quick", "--systems", "qemu"])
         .env("PATH", "/nonexistent")
@@ -294,6 +308,7 @@ fn free_udp() -> String {
 /// counts it holds.
 #[test]
 fn run_prints_json_with_every_field() {
+    let _serial = serial();
     let sink = free_udp();
     let o = tool(&[
         "run",
@@ -351,6 +366,7 @@ impl Drop for Kill {
 /// 4-byte length framing, through a real peer.
 #[test]
 fn tcp_engine_through_qemu_hub() {
+    let _serial = serial();
     let port = || {
         TcpListener::bind("127.0.0.1:0")
             .unwrap()
