@@ -1,15 +1,18 @@
-//! The io_uring engine shared by every datagram-like port (a tap queue, a UDP socket):
-//! one frame per read or write.
+//! The engine shared by every datagram-like port (a UDP socket, a tap queue): one frame
+//! per datagram or read.
 //!
 //! ```text
-//!  rx: one multishot read/recv/recvmsg over a ring of lent pool buffers (the kernel
-//!      picks a buffer per frame; one request, one wait-queue entry on the descriptor,
-//!      frames in arrival order) or, where the kernel cannot, single reads each into
+//!  sockets, rx: one multishot recv/recvmsg over a ring of lent pool buffers (the kernel
+//!      picks a buffer per frame; one request, one wait-queue entry on the socket,
+//!      frames in arrival order) or, where the kernel cannot, single recvs each into
 //!      its own buffer (several in flight: a burst may then complete out of order)
-//!      completion → checks (size, virtio-net header, source) → ready queue → rx_burst
+//!      completion → checks (size, source) → ready queue → rx_burst
 //!                 → the buffer is replaced by a fresh one
-//!  tx: tx_burst turns each frame into a write/send that owns the buffer until its
-//!      completion; at most TX_SLOTS in flight, the rest stays with the caller
+//!  sockets, tx: runs of equal-length frames as one UDP GSO sendmsg, other frames one
+//!      send each; each request owns its buffers until its completion; what does not
+//!      fit in the slots stays with the caller
+//!  taps (ReadSync/WriteSync): the worker reads until empty and writes with writev
+//!      itself; a multishot io_uring poll wakes it
 //!  stop: one cancel for everything on the fd, then wait until no request is in flight
 //! ```
 //!
@@ -67,8 +70,6 @@ const UDP_SEGMENT: libc::c_int = 103;
 /// How a frame is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RxMode {
-    /// `read(2)` (ReadFixed into the registered pool when available): taps.
-    Read,
     /// `recv(2)`: sockets whose sender does not matter.
     Recv,
     /// `recvmsg(2)` with the source address: sockets that must ignore one sender.
@@ -83,8 +84,6 @@ pub enum RxMode {
 /// How a frame is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxMode {
-    /// `write(2)` of the frame (WriteFixed when the pool is registered).
-    Write,
     /// `send(2)` of the frame, to the fixed destination when one is set.
     Send,
     /// `writev(2)` straight from the worker, for devices whose driver cannot write
@@ -148,7 +147,6 @@ struct GsoSlot {
 struct TxSlot {
     pkt: Option<Pkt>,
     len: usize,
-    iov: [libc::iovec; 2],
 }
 
 /// Whether a datagram from `src` is our own, sent from `own`. The kernel may report a
@@ -210,11 +208,7 @@ impl DgramIo {
             })
             .collect();
         let tx = (0..TX_SLOTS)
-            .map(|_| TxSlot {
-                pkt: None,
-                len: 0,
-                iov: [empty_iov; 2],
-            })
+            .map(|_| TxSlot { pkt: None, len: 0 })
             .collect();
         let cfg_gso = cfg.gso && cfg.tx == TxMode::Send && cfg.vnet_hdr_len == 0;
         let dest = Box::new(
@@ -327,12 +321,9 @@ impl DgramIo {
         }
         let bgid = m.ring.bgid();
         let sqe = match rx {
-            // ReadSync never posts requests (start returns before).
-            RxMode::Read | RxMode::ReadSync => opcode::ReadMulti::new(fd, want, bgid)
-                .offset(u64::MAX)
-                .build(),
             RxMode::RecvMsg => opcode::RecvMsgMulti::new(fd, &*m.tmpl, bgid).build(),
-            RxMode::Recv => opcode::RecvMulti::new(fd, bgid).build(),
+            // ReadSync never posts requests (start returns before).
+            RxMode::Recv | RxMode::ReadSync => opcode::RecvMulti::new(fd, bgid).build(),
         };
         // SAFETY: the request writes only into buffers lent through the ring, which stay
         // owned by `bufs` until returned.
@@ -415,15 +406,8 @@ impl DgramIo {
             let fd = types::Fd(self.fd.as_raw_fd());
             let slot = &mut self.rx[i as usize];
             let sqe = match self.cfg.rx {
-                RxMode::Read if io.fixed_buffers() => {
-                    opcode::ReadFixed::new(fd, base, want as u32, 0)
-                        .offset(u64::MAX)
-                        .build()
-                }
-                RxMode::Read | RxMode::ReadSync => opcode::Read::new(fd, base, want as u32)
-                    .offset(u64::MAX)
-                    .build(),
-                RxMode::Recv => opcode::Recv::new(fd, base, want as u32).build(),
+                // ReadSync never posts requests (start returns before).
+                RxMode::Recv | RxMode::ReadSync => opcode::Recv::new(fd, base, want as u32).build(),
                 RxMode::RecvMsg => {
                     slot.iov = libc::iovec {
                         iov_base: base.cast(),
@@ -636,55 +620,26 @@ impl DgramIo {
         sent
     }
 
-    /// One write or send per frame, for at most `limit` frames.
+    /// One send per frame, for at most `limit` frames.
     fn tx_singles(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>, limit: usize) -> usize {
         let n = pkts.len().min(self.tx_free.len()).min(limit);
         let fd = types::Fd(self.fd.as_raw_fd());
-        let hdr = self.cfg.vnet_hdr_len;
         for pkt in pkts.drain(..n) {
             let i = self.tx_free.pop().expect("counted above");
             let data = io.pool.bytes(&pkt);
-            let (ptr, len) = (data.as_ptr(), data.len());
-            let slot = &mut self.tx[i as usize];
-            let sqe = if hdr > 0 {
-                slot.iov = [
-                    libc::iovec {
-                        iov_base: ZERO_VNET_HDR.as_ptr() as *mut libc::c_void,
-                        iov_len: hdr,
-                    },
-                    libc::iovec {
-                        iov_base: ptr as *mut libc::c_void,
-                        iov_len: len,
-                    },
-                ];
-                opcode::Writev::new(fd, slot.iov.as_ptr(), 2)
-                    .offset(u64::MAX)
-                    .build()
-            } else {
-                match self.cfg.tx {
-                    TxMode::Write if io.fixed_buffers() => {
-                        opcode::WriteFixed::new(fd, ptr, len as u32, 0)
-                            .offset(u64::MAX)
-                            .build()
-                    }
-                    // WriteSync never reaches here (tx_burst writes those itself).
-                    TxMode::Write | TxMode::WriteSync => opcode::Write::new(fd, ptr, len as u32)
-                        .offset(u64::MAX)
-                        .build(),
-                    TxMode::Send if self.cfg.dest.is_some() => {
-                        opcode::Send::new(fd, ptr, len as u32)
-                            .dest_addr((&self.dest.storage as *const libc::sockaddr_storage).cast())
-                            .dest_addr_len(self.dest.len)
-                            .build()
-                    }
-                    TxMode::Send => opcode::Send::new(fd, ptr, len as u32).build(),
-                }
+            let (ptr, len) = (data.as_ptr(), data.len() as u32);
+            let sqe = match self.cfg.dest {
+                Some(_) => opcode::Send::new(fd, ptr, len)
+                    .dest_addr((&self.dest.storage as *const libc::sockaddr_storage).cast())
+                    .dest_addr_len(self.dest.len)
+                    .build(),
+                None => opcode::Send::new(fd, ptr, len).build(),
             };
+            let slot = &mut self.tx[i as usize];
             slot.pkt = Some(pkt);
-            slot.len = len;
+            slot.len = len as usize;
             // SAFETY: the slot owns a reference to the buffer until the completion; the
-            // iovecs and the destination live in boxed storage that does not move; the
-            // header is a static.
+            // destination lives in boxed storage that does not move.
             unsafe { io.submit(sqe, OP_TX, i) };
             self.inflight += 1;
         }

@@ -72,19 +72,16 @@ impl Daemon {
         self.netdevs.iter_mut().find(|n| n.config.id == id)
     }
 
+    /// The first of 52:54:00:12:34:56, :57, ... that no NIC uses.
     fn free_mac(&self) -> Mac {
-        let mut m = DEFAULT_MAC;
-        for i in 0..=u16::MAX {
-            let v = u32::from(DEFAULT_MAC[4]) << 8 | u32::from(DEFAULT_MAC[5]);
-            let v = v.wrapping_add(u32::from(i));
-            m[3] = DEFAULT_MAC[3].wrapping_add((v >> 16) as u8);
-            m[4] = (v >> 8) as u8;
-            m[5] = v as u8;
-            if !self.macs.contains(&m) {
-                break;
-            }
-        }
-        m
+        let base = u32::from_be_bytes([0, DEFAULT_MAC[3], DEFAULT_MAC[4], DEFAULT_MAC[5]]);
+        (0..0x0100_0000u32)
+            .map(|i| {
+                let [_, a, b, c] = (base.wrapping_add(i) & 0x00ff_ffff).to_be_bytes();
+                [DEFAULT_MAC[0], DEFAULT_MAC[1], DEFAULT_MAC[2], a, b, c]
+            })
+            .find(|m| !self.macs.contains(m))
+            .unwrap_or(DEFAULT_MAC)
     }
 
     /// Creates a netdev (the one path for `-netdev` and `netdev_add`).

@@ -95,12 +95,6 @@ impl<'a> Io<'a> {
         Waker(self.waker.clone())
     }
 
-    /// Whether the pool is registered with the ring as fixed buffer 0 (use ReadFixed /
-    /// WriteFixed with `buf_index` 0).
-    pub fn fixed_buffers(&self) -> bool {
-        self.uring.fixed()
-    }
-
     /// Queues an io_uring request for this port; its completion comes back to
     /// [`Backend::complete`] with the same `op` and `tag` (24 bits).
     ///

@@ -85,7 +85,6 @@ pub enum PageKind {
 pub struct Pool {
     _region: MmapMut,
     base: *mut u8,
-    region_len: usize,
     buf_size: usize,
     count: u32,
     max_frame: usize,
@@ -155,11 +154,9 @@ impl Pool {
         // The mapping does not move when `region` does; the pointer stays valid for the
         // life of the pool, which owns the mapping.
         let base = region.as_mut_ptr();
-        let region_len = region.len();
         Ok(Pool {
             _region: region,
             base,
-            region_len,
             buf_size,
             count,
             max_frame,
@@ -189,14 +186,6 @@ impl Pool {
     pub fn pages(&self) -> PageKind {
         self.pages
     }
-    /// The region as one iovec, for io_uring buffer registration.
-    pub fn region_iovec(&self) -> libc::iovec {
-        libc::iovec {
-            iov_base: self.base.cast(),
-            iov_len: self.region_len,
-        }
-    }
-
     /// Takes a free buffer; the packet starts at [`HEADROOM`] with length 0.
     pub fn alloc(&self) -> Option<Pkt> {
         let idx = self.free.pop()?;

@@ -108,8 +108,6 @@ pub struct WorkerInfo {
 pub struct StartInfo {
     /// Pool pages.
     pub pages: PageKind,
-    /// Whether every worker registered the pool with io_uring.
-    pub fixed_buffers: bool,
     /// Whether every worker's ring defers completions (DEFER_TASKRUN).
     pub deferred: bool,
 }
@@ -189,7 +187,6 @@ impl Switch {
         let mut workers = Vec::with_capacity(n);
         let mut info = StartInfo {
             pages: pool.pages(),
-            fixed_buffers: true,
             deferred: true,
         };
         for (i, (outbound, inbound)) in producers.into_iter().zip(consumers).enumerate() {
@@ -209,7 +206,6 @@ impl Switch {
                 .map_err(SwitchError::Spawn)?;
             let started =
                 recv(&srx, i)?.map_err(|source| SwitchError::Uring { worker: i, source })?;
-            info.fixed_buffers &= started.fixed_buffers;
             info.deferred &= started.deferred;
             workers.push(WorkerHandle {
                 shared: shared[i].clone(),

@@ -56,7 +56,6 @@ pub struct Completion {
 /// The worker's ring.
 pub struct Uring {
     ring: IoUring,
-    fixed: bool,
     deferred: bool,
     free_bgids: Vec<u16>,
     next_bgid: u16,
@@ -86,7 +85,6 @@ impl Uring {
         };
         Ok(Uring {
             ring,
-            fixed: false,
             deferred,
             free_bgids: Vec::new(),
             next_bgid: 0,
@@ -122,22 +120,6 @@ impl Uring {
         let _ = self.ring.submitter().unregister_buf_ring(r.bgid());
         self.free_bgids.push(r.bgid());
         drop(r);
-    }
-
-    /// Registers one memory region as fixed buffer 0 (the packet pool), so reads and
-    /// writes into it skip the per-request page pinning. Returns whether it worked.
-    ///
-    /// # Safety
-    /// The region must stay mapped for as long as the ring exists.
-    pub unsafe fn register_region(&mut self, region: libc::iovec) -> bool {
-        // SAFETY: the caller keeps the region mapped for the life of the ring.
-        self.fixed = unsafe { self.ring.submitter().register_buffers(&[region]) }.is_ok();
-        self.fixed
-    }
-
-    /// Whether the pool is registered as fixed buffer 0.
-    pub fn fixed(&self) -> bool {
-        self.fixed
     }
 
     /// Whether completions are deferred to our own enter calls (DEFER_TASKRUN).

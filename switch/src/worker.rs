@@ -187,7 +187,6 @@ pub(crate) struct WorkerSetup {
 
 /// What a worker reports when it has started.
 pub(crate) struct Started {
-    pub fixed_buffers: bool,
     pub deferred: bool,
 }
 
@@ -198,17 +197,14 @@ impl Worker {
         if let Some(core) = setup.shared.core {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
-        let mut uring = match Uring::new() {
+        let uring = match Uring::new() {
             Ok(u) => u,
             Err(e) => {
                 let _ = started.send(Err(e));
                 return;
             }
         };
-        // SAFETY: the pool (and so its region) outlives the worker, which holds an Arc.
-        unsafe { uring.register_region(setup.pool.region_iovec()) };
         let _ = started.send(Ok(Started {
-            fixed_buffers: uring.fixed(),
             deferred: uring.deferred(),
         }));
         let mut w = Worker {

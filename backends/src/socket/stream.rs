@@ -73,6 +73,15 @@ fn sock_err(what: &'static str, addr: &SocketAddr) -> impl FnOnce(std::io::Error
     move |source| Error::Socket { what, addr, source }
 }
 
+fn tcp_socket(addr: &SocketAddr) -> Result<Socket, Error> {
+    Socket::new(
+        Domain::for_address(*addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )
+    .map_err(sock_err("socket", addr))
+}
+
 impl StreamPort {
     fn new(
         listener: Option<OwnedFd>,
@@ -113,12 +122,7 @@ impl StreamPort {
         max_frame: usize,
         poll_us: Option<u32>,
     ) -> Result<StreamPort, Error> {
-        let s = Socket::new(
-            Domain::for_address(addr),
-            Type::STREAM.cloexec(),
-            Some(Protocol::TCP),
-        )
-        .map_err(sock_err("socket", &addr))?;
+        let s = tcp_socket(&addr)?;
         s.set_reuse_address(true)
             .map_err(sock_err("set SO_REUSEADDR on", &addr))?;
         s.bind(&addr.into()).map_err(sock_err("bind", &addr))?;
@@ -132,12 +136,7 @@ impl StreamPort {
         max_frame: usize,
         poll_us: Option<u32>,
     ) -> Result<StreamPort, Error> {
-        let s = Socket::new(
-            Domain::for_address(addr),
-            Type::STREAM.cloexec(),
-            Some(Protocol::TCP),
-        )
-        .map_err(sock_err("socket", &addr))?;
+        let s = tcp_socket(&addr)?;
         s.connect(&addr.into())
             .map_err(sock_err("connect to", &addr))?;
         let _ = s.set_tcp_nodelay(true);

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     let pool = daemon.switch().pool().clone();
     let info = daemon.switch().info().clone();
     eprintln!(
-        "pollswitch: pool of {} buffers of {} bytes on {} pages; io_uring: {}{}",
+        "pollswitch: pool of {} buffers of {} bytes on {} pages; io_uring: {}",
         pool.count(),
         pool.buf_size(),
         if info.pages == PageKind::Huge {
@@ -67,15 +67,10 @@ fn main() -> ExitCode {
         } else {
             "normal (no huge pages available)"
         },
-        if info.fixed_buffers {
-            "registered buffers"
-        } else {
-            "plain buffers"
-        },
         if info.deferred {
-            ", deferred task running"
+            "deferred task running"
         } else {
-            ""
+            "task running on every completion (no DEFER_TASKRUN)"
         },
     );
     let cores: Vec<String> = cfg
