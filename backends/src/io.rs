@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use io_uring::{opcode, types};
-use switch::bufring::BufRing;
+use switch::bufring::RxRing;
 use switch::pool::HEADROOM;
 use switch::{DropReason, Io, Pkt};
 
@@ -48,8 +48,17 @@ pub fn rx_budget(pool_buffers: u32, max: usize) -> usize {
     };
     pow2.min(max)
 }
-/// Writes in flight per port queue.
+/// Single sends in flight per port queue (at most).
 pub const TX_SLOTS: usize = 256;
+/// Frames in flight on send per port queue, single and GSO sends together (at most).
+pub const TX_MAX: usize = 128;
+
+/// Frames one port queue may have in flight on send, which is what a stalled socket can
+/// hold of the pool: 1/64 of the pool, between two bursts and [`TX_MAX`] (a breath can
+/// hand a port a burst from each of several sources).
+pub fn tx_budget(pool_buffers: u32) -> usize {
+    ((pool_buffers / 64) as usize).clamp(2 * switch::BURST, TX_MAX)
+}
 
 const OP_RX: u8 = 1;
 const OP_TX: u8 = 2;
@@ -122,13 +131,13 @@ struct RxSlot {
 const RECVMSG_NAME: usize = std::mem::size_of::<libc::sockaddr_in6>();
 const RECVMSG_LEAD: usize = 16 + RECVMSG_NAME;
 
-/// Multishot receive state: the lent buffers, indexed by buffer id.
+/// Multishot receive state: the ring that lends the buffers.
 struct MultiRx {
     /// For recvmsg: the header template (name length, no control) the kernel reads.
     tmpl: Box<libc::msghdr>,
-    ring: BufRing,
-    bufs: Box<[Option<Pkt>]>,
-    missing: Vec<u16>,
+    ring: RxRing,
+    /// Most buffers lent plus ready frames (the port's receive budget).
+    budget: usize,
     armed: bool,
     /// Frames received through it, to tell "unsupported" from a later failure.
     frames: u64,
@@ -177,6 +186,11 @@ pub struct DgramIo {
     tx: Box<[TxSlot]>,
     tx_free: Vec<u32>,
     inflight: usize,
+    /// Frames in single and GSO sends in flight (at most `tx_cap`).
+    tx_frames: usize,
+    tx_cap: usize,
+    /// Frames of a GSO send the path refused, to go again one by one.
+    retry: Vec<Pkt>,
     stopping: bool,
     cancel_sent: bool,
     multi: Option<MultiRx>,
@@ -226,6 +240,9 @@ impl DgramIo {
             tx,
             tx_free: (0..TX_SLOTS as u32).rev().collect(),
             inflight: 0,
+            tx_frames: 0,
+            tx_cap: 16,
+            retry: Vec::new(),
             stopping: false,
             cancel_sent: false,
             multi: None,
@@ -252,7 +269,8 @@ impl DgramIo {
     /// Starts receiving: multishot over a buffer ring when the mode and the kernel
     /// allow, one request per buffer otherwise.
     pub fn start(&mut self, io: &mut Io<'_>) {
-        let slots = rx_budget(io.pool.count(), RX_SLOTS);
+        self.tx_cap = tx_budget(io.pool().count());
+        let slots = rx_budget(io.pool().count(), RX_SLOTS);
         self.rx_free.retain(|&i| (i as usize) < slots);
         if self.cfg.rx == RxMode::ReadSync {
             // Reads happen in rx_burst; never block the worker in one.
@@ -261,16 +279,15 @@ impl DgramIo {
             return;
         }
         {
-            let n = rx_budget(io.pool.count(), usize::from(RX_RING)) as u16;
-            if let Some(ring) = io.buf_ring(n) {
+            let n = rx_budget(io.pool().count(), usize::from(RX_RING)) as u16;
+            if let Some(ring) = io.rx_ring(n) {
                 // SAFETY: msghdr is plain data; all-zero is a valid empty header.
                 let mut tmpl: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
                 tmpl.msg_namelen = RECVMSG_NAME as libc::socklen_t;
                 self.multi = Some(MultiRx {
                     tmpl,
                     ring,
-                    bufs: (0..n).map(|_| None).collect(),
-                    missing: (0..n).rev().collect(),
+                    budget: usize::from(n),
                     armed: false,
                     frames: 0,
                 });
@@ -292,31 +309,28 @@ impl DgramIo {
 
     fn post_multi(&mut self, io: &mut Io<'_>) {
         let hdr = self.lead();
-        let want = (hdr + io.pool.max_frame() + 1) as u32;
+        let want = (hdr + io.pool().max_frame() + 1) as u32;
         let fd = types::Fd(self.fd.as_raw_fd());
         let rx = self.cfg.rx;
         let Some(m) = &mut self.multi else { return };
+        let mut lent = io.lent(&m.ring);
         let mut added = false;
         // Lent plus ready buffers stay within the budget: when rx_burst falls behind, the
         // backlog waits in the kernel's socket queue (and overflows there, counted by the
         // kernel) instead of growing inside the switch to the size of the pool.
-        while m.missing.len() > self.ready.len() {
-            let Some(&bid) = m.missing.last() else { break };
-            let Some(pkt) = io.pool.alloc() else { break };
-            m.missing.pop();
-            // SAFETY: HEADROOM >= the largest header, so the start stays inside the
-            // buffer and `want` bytes from there fit.
-            let base = unsafe { io.pool.buf_ptr(&pkt).add(HEADROOM - hdr) };
-            // SAFETY: the buffer is owned by `bufs[bid]` until the kernel hands it back
-            // in a completion carrying `bid`, or the ring is unregistered.
-            unsafe { m.ring.push(base, want, bid) };
-            m.bufs[usize::from(bid)] = Some(pkt);
+        while lent + self.ready.len() < m.budget {
+            let Some(pkt) = io.alloc() else { break };
+            if let Err(pkt) = io.lend(&m.ring, pkt, hdr, want) {
+                io.free(pkt);
+                break;
+            }
+            lent += 1;
             added = true;
         }
         if added {
-            m.ring.publish();
+            io.publish(&m.ring);
         }
-        if m.armed || self.stopping || m.missing.len() == m.bufs.len() {
+        if m.armed || self.stopping || lent == 0 {
             return;
         }
         let bgid = m.ring.bgid();
@@ -325,11 +339,13 @@ impl DgramIo {
             // ReadSync never posts requests (start returns before).
             RxMode::Recv | RxMode::ReadSync => opcode::RecvMulti::new(fd, bgid).build(),
         };
-        // SAFETY: the request writes only into buffers lent through the ring, which stay
-        // owned by `bufs` until returned.
-        unsafe { io.submit(sqe, OP_RX_MULTI, 0) };
-        m.armed = true;
-        self.inflight += 1;
+        // SAFETY: the request writes only into buffers lent through the ring, which stays
+        // registered (and owns them) until `stop` releases it after the request's final
+        // completion; the template is boxed and lives as long.
+        if unsafe { io.submit(sqe, OP_RX_MULTI, 0) } {
+            m.armed = true;
+            self.inflight += 1;
+        }
     }
 
     fn complete_multi(&mut self, io: &mut Io<'_>, res: i32, flags: u32) {
@@ -341,9 +357,7 @@ impl DgramIo {
             self.inflight = self.inflight.saturating_sub(1);
         }
         if let Some(bid) = bid {
-            let pkt = m.bufs.get_mut(usize::from(bid)).and_then(Option::take);
-            m.missing.push(bid);
-            if let Some(mut pkt) = pkt {
+            if let Some(mut pkt) = io.take(&m.ring, bid) {
                 m.frames += 1;
                 if res >= 0 && self.cfg.rx == RxMode::RecvMsg {
                     self.accept_recvmsg(io, &mut pkt, res as usize);
@@ -353,7 +367,7 @@ impl DgramIo {
                     pkt.set_span(HEADROOM, 0);
                 }
                 if pkt.is_empty() {
-                    io.pool.free(pkt);
+                    io.free(pkt);
                 } else {
                     self.ready.push_back(pkt);
                 }
@@ -364,17 +378,38 @@ impl DgramIo {
                 // The kernel cannot do multishot on this descriptor: lend nothing more,
                 // return the buffers, and post single reads instead.
                 if let Some(m) = self.multi.take() {
-                    for p in m.bufs.into_vec().into_iter().flatten() {
-                        io.pool.free(p);
-                    }
-                    io.drop_buf_ring(m.ring);
+                    io.release_rx_ring(m.ring);
                 }
-            } else if res != -libc::ENOBUFS && res != -libc::ECANCELED && !self.stopping {
+            } else if res == -libc::ENOBUFS {
+                // Every lent buffer was in use: re-armed below once some are back.
+                io.count_enobufs();
+            } else if res != -libc::ECANCELED && !self.stopping {
                 io.counters.count_drop(DropReason::IoError, 1);
+                io.count_op_error();
             }
         }
         if !self.stopping {
             self.post_rx(io);
+        }
+    }
+
+    /// The most pool buffers this queue holds at once on receive: lent plus ready.
+    pub fn rx_held(&self, pool_buffers: u32) -> usize {
+        match self.cfg.rx {
+            // Read into a fresh buffer and handed on in the same breath.
+            RxMode::ReadSync => 0,
+            _ => {
+                rx_budget(pool_buffers, usize::from(RX_RING)).max(rx_budget(pool_buffers, RX_SLOTS))
+            }
+        }
+    }
+
+    /// The most pool buffers this queue holds at once on send: frames in flight.
+    pub fn tx_held(&self, pool_buffers: u32) -> usize {
+        match self.cfg.tx {
+            // Written and freed in the same breath.
+            TxMode::WriteSync => 0,
+            TxMode::Send => tx_budget(pool_buffers),
         }
     }
 
@@ -393,16 +428,19 @@ impl DgramIo {
             return;
         }
         let hdr = self.cfg.vnet_hdr_len;
-        let want = hdr + io.pool.max_frame() + 1;
+        let want = hdr + io.pool().max_frame() + 1;
         while let Some(&i) = self.rx_free.last() {
-            let Some(pkt) = io.pool.alloc() else {
+            let Some(mut pkt) = io.alloc() else {
                 // Retried on the next rx_burst; not a drop, nothing was lost yet.
                 break;
             };
-            self.rx_free.pop();
+            let Some(start) = io.pool().buf_ptr(&mut pkt) else {
+                io.free(pkt);
+                break;
+            };
             // SAFETY: HEADROOM >= the largest header (12), so the start stays inside the
             // buffer, and `want` bytes from there fit (buf_size >= HEADROOM + max + 1).
-            let base = unsafe { io.pool.buf_ptr(&pkt).add(HEADROOM - hdr) };
+            let base = unsafe { start.add(HEADROOM - hdr) };
             let fd = types::Fd(self.fd.as_raw_fd());
             let slot = &mut self.rx[i as usize];
             let sqe = match self.cfg.rx {
@@ -424,10 +462,15 @@ impl DgramIo {
                     opcode::RecvMsg::new(fd, &mut slot.msg).build()
                 }
             };
-            slot.pkt = Some(pkt);
-            // SAFETY: the buffer is owned by the slot until the completion, and the
-            // slot's msghdr/iovec live in a boxed array that is never reallocated.
-            unsafe { io.submit(sqe, OP_RX, i) };
+            // SAFETY: the buffer is owned by the slot until the completion (the handle
+            // is stored below and untouched until then), and the slot's msghdr/iovec
+            // live in a boxed array that is never reallocated.
+            if !unsafe { io.submit(sqe, OP_RX, i) } {
+                io.free(pkt);
+                break;
+            }
+            self.rx_free.pop();
+            self.rx[i as usize].pkt = Some(pkt);
             self.inflight += 1;
         }
     }
@@ -442,32 +485,32 @@ impl DgramIo {
             .multi(true)
             .build();
         // SAFETY: a poll request points to no memory of ours.
-        unsafe { io.submit(sqe, OP_POLL, 0) };
-        self.poll_armed = true;
-        self.inflight += 1;
+        if unsafe { io.submit(sqe, OP_POLL, 0) } {
+            self.poll_armed = true;
+            self.inflight += 1;
+        }
     }
 
     /// Reads ready frames straight from the descriptor until it has none or `max`.
     fn read_sync(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
         let hdr = self.cfg.vnet_hdr_len;
-        let want = hdr + io.pool.max_frame() + 1;
+        let want = hdr + io.pool().max_frame() + 1;
         let mut n = 0;
         while n < max {
-            let Some(mut pkt) = io.pool.alloc() else {
+            let Some(mut pkt) = io.alloc() else {
                 io.counters.count_drop(DropReason::NoBuffer, 1);
                 break;
             };
-            // SAFETY: HEADROOM >= the header, and `want` bytes from there fit in the
-            // buffer, which we own exclusively.
-            let r = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    io.pool.buf_ptr(&pkt).add(HEADROOM - hdr).cast(),
-                    want,
-                )
+            let Some(start) = io.pool().buf_ptr(&mut pkt) else {
+                io.free(pkt);
+                break;
             };
+            // SAFETY: HEADROOM >= the header, and `want` bytes from there fit in the
+            // buffer, which we own exclusively (`buf_ptr` checked) for the call.
+            let r =
+                unsafe { libc::read(self.fd.as_raw_fd(), start.add(HEADROOM - hdr).cast(), want) };
             if r < 0 {
-                io.pool.free(pkt);
+                io.free(pkt);
                 let e = std::io::Error::last_os_error().raw_os_error();
                 if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
                     io.counters.count_drop(DropReason::IoError, 1);
@@ -476,7 +519,7 @@ impl DgramIo {
             }
             self.accept_rx(io, &mut pkt, r as usize, false);
             if pkt.is_empty() {
-                io.pool.free(pkt);
+                io.free(pkt);
             } else {
                 out.push(pkt);
                 n += 1;
@@ -495,10 +538,12 @@ impl DgramIo {
         }
         // Buffers are replaced on completion; one stays missing only when the pool ran
         // dry, and a multishot request ends when the kernel ran out of buffers.
-        match &self.multi {
-            Some(m) if !m.armed || !m.missing.is_empty() => self.post_rx(io),
-            None if !self.rx_free.is_empty() => self.post_rx(io),
-            _ => {}
+        let want_more = match &mut self.multi {
+            Some(m) => !m.armed || io.lent(&m.ring) + self.ready.len() < m.budget,
+            None => !self.rx_free.is_empty(),
+        };
+        if want_more {
+            self.post_rx(io);
         }
         let n = max.min(self.ready.len());
         out.extend(self.ready.drain(..n));
@@ -509,6 +554,14 @@ impl DgramIo {
     pub fn tx_burst(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
         if self.stopping {
             return 0;
+        }
+        if !self.retry.is_empty() {
+            // Frames of a refused GSO send go first, one send each, in order.
+            let mut retry = std::mem::take(&mut self.retry);
+            self.tx_singles(io, &mut retry, usize::MAX);
+            if !retry.is_empty() {
+                io.drop_all(&mut retry, DropReason::TxFull);
+            }
         }
         if self.gso_on {
             return self.tx_burst_gso(io, pkts);
@@ -524,8 +577,9 @@ impl DgramIo {
         let hdr = self.cfg.vnet_hdr_len;
         let (mut ok, mut bytes) = (0u64, 0u64);
         let n = pkts.len();
+        let pool = io.pool();
         for p in pkts.drain(..) {
-            let d = io.pool.bytes(&p);
+            let d = pool.bytes(&p);
             let iov = [
                 libc::iovec {
                     iov_base: ZERO_VNET_HDR.as_ptr() as *mut libc::c_void,
@@ -552,7 +606,7 @@ impl DgramIo {
                 };
                 io.counters.count_drop(why, 1);
             }
-            io.pool.free(p);
+            io.free(p);
         }
         io.counters.tx(ok, bytes);
         n
@@ -562,13 +616,15 @@ impl DgramIo {
     /// neighbour goes alone.
     fn tx_burst_gso(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
         let mut sent = 0;
+        let pool = io.pool();
         while !pkts.is_empty() {
-            let len = io.pool.bytes(&pkts[0]).len();
-            let max_run = GSO_MAX.min(GSO_BYTES / len.max(1));
+            let len = pool.bytes(&pkts[0]).len();
+            let room = self.tx_cap.saturating_sub(self.tx_frames);
+            let max_run = GSO_MAX.min(GSO_BYTES / len.max(1)).min(room);
             let run = pkts
                 .iter()
                 .take(max_run)
-                .take_while(|p| io.pool.bytes(p).len() == len)
+                .take_while(|p| pool.bytes(p).len() == len)
                 .count();
             if run < 2 {
                 if self.tx_singles(io, pkts, 1) == 0 {
@@ -582,7 +638,7 @@ impl DgramIo {
             slot.pkts.clear();
             slot.pkts.extend(pkts.drain(..run));
             for (v, p) in slot.iov.iter_mut().zip(&slot.pkts) {
-                let d = io.pool.bytes(p);
+                let d = pool.bytes(p);
                 *v = libc::iovec {
                     iov_base: d.as_ptr() as *mut libc::c_void,
                     iov_len: d.len(),
@@ -613,8 +669,17 @@ impl DgramIo {
             // SAFETY: the slot owns the frames' references and its msghdr, iovecs and
             // control data (boxed slots, never reallocated) until the completion; the
             // destination is boxed too.
-            unsafe { io.submit(sqe, OP_TX_GSO, i) };
+            if !unsafe { io.submit(sqe, OP_TX_GSO, i) } {
+                // Not queued: the frames go back to the caller, in order.
+                let slot = &mut self.gso[i as usize];
+                for (k, p) in slot.pkts.drain(..).enumerate() {
+                    pkts.insert(k, p);
+                }
+                self.gso_free.push(i);
+                break;
+            }
             self.inflight += 1;
+            self.tx_frames += run;
             sent += run;
         }
         sent
@@ -622,11 +687,17 @@ impl DgramIo {
 
     /// One send per frame, for at most `limit` frames.
     fn tx_singles(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>, limit: usize) -> usize {
-        let n = pkts.len().min(self.tx_free.len()).min(limit);
+        let n = pkts
+            .len()
+            .min(self.tx_free.len())
+            .min(limit)
+            .min(self.tx_cap.saturating_sub(self.tx_frames));
         let fd = types::Fd(self.fd.as_raw_fd());
-        for pkt in pkts.drain(..n) {
-            let i = self.tx_free.pop().expect("counted above");
-            let data = io.pool.bytes(&pkt);
+        let pool = io.pool();
+        let mut sent = 0;
+        while sent < n {
+            let Some(&i) = self.tx_free.last() else { break };
+            let data = pool.bytes(&pkts[0]);
             let (ptr, len) = (data.as_ptr(), data.len() as u32);
             let sqe = match self.cfg.dest {
                 Some(_) => opcode::Send::new(fd, ptr, len)
@@ -635,15 +706,20 @@ impl DgramIo {
                     .build(),
                 None => opcode::Send::new(fd, ptr, len).build(),
             };
+            // SAFETY: the slot takes the frame's reference below and keeps it until
+            // the completion; the destination lives in boxed storage that does not move.
+            if !unsafe { io.submit(sqe, OP_TX, i) } {
+                break;
+            }
+            self.tx_free.pop();
             let slot = &mut self.tx[i as usize];
-            slot.pkt = Some(pkt);
+            slot.pkt = Some(pkts.remove(0));
             slot.len = len as usize;
-            // SAFETY: the slot owns a reference to the buffer until the completion; the
-            // destination lives in boxed storage that does not move.
-            unsafe { io.submit(sqe, OP_TX, i) };
             self.inflight += 1;
+            self.tx_frames += 1;
+            sent += 1;
         }
-        n
+        sent
     }
 
     /// Handles a completion of one of our requests.
@@ -661,20 +737,22 @@ impl DgramIo {
         }
         if op == OP_TX_GSO {
             self.inflight = self.inflight.saturating_sub(1);
-            let slot = &mut self.gso[tag as usize];
+            let Some(slot) = self.gso.get_mut(tag as usize) else {
+                return;
+            };
             let n = slot.pkts.len() as u64;
+            self.tx_frames = self.tx_frames.saturating_sub(slot.pkts.len());
             if res >= 0 {
                 io.counters.tx(n, slot.bytes as u64);
-            } else if res == -libc::ECANCELED {
-                io.counters.count_drop(DropReason::TxFull, n);
+                io.free_all(&mut slot.pkts);
+            } else if res == -libc::ECANCELED || self.stopping {
+                io.drop_all(&mut slot.pkts, DropReason::TxFull);
             } else {
-                // The path cannot segment (an MTU below the frame size, no UDP GSO):
-                // these frames are lost, later ones go one send each.
-                io.counters.count_drop(DropReason::IoError, n);
+                // The path cannot segment this run (an MTU below the frame size): the
+                // frames go again one send each, and so do later ones.
                 self.gso_on = false;
-            }
-            for p in slot.pkts.drain(..) {
-                io.pool.free(p);
+                io.count_op_error();
+                self.retry.append(&mut slot.pkts);
             }
             self.gso_free.push(tag);
             return;
@@ -701,14 +779,15 @@ impl DgramIo {
                 if res < 0 {
                     if res != -libc::ECANCELED && !self.stopping {
                         io.counters.count_drop(DropReason::IoError, 1);
+                        io.count_op_error();
                     }
-                    io.pool.free(pkt);
+                    io.free(pkt);
                 } else if from_self {
-                    io.pool.free(pkt);
+                    io.free(pkt);
                 } else {
                     self.accept_rx(io, &mut pkt, res as usize, truncated);
                     match pkt.is_empty() {
-                        true => io.pool.free(pkt),
+                        true => io.free(pkt),
                         false => self.ready.push_back(pkt),
                     }
                 }
@@ -717,16 +796,20 @@ impl DgramIo {
                 }
             }
             OP_TX => {
-                let slot = &mut self.tx[tag as usize];
+                let Some(slot) = self.tx.get_mut(tag as usize) else {
+                    return;
+                };
                 if let Some(pkt) = slot.pkt.take() {
+                    self.tx_frames = self.tx_frames.saturating_sub(1);
                     if res >= 0 {
                         io.counters.tx(1, slot.len as u64);
                     } else if res != -libc::ECANCELED {
                         io.counters.count_drop(DropReason::IoError, 1);
+                        io.count_op_error();
                     } else {
                         io.counters.count_drop(DropReason::TxFull, 1);
                     }
-                    io.pool.free(pkt);
+                    io.free(pkt);
                 }
                 self.tx_free.push(tag);
             }
@@ -737,7 +820,11 @@ impl DgramIo {
     /// Unpacks a multishot recvmsg buffer (`io_uring_recvmsg_out`, source address,
     /// payload), ignores our own datagrams, then checks the frame.
     fn accept_recvmsg(&self, io: &mut Io<'_>, pkt: &mut Pkt, n: usize) {
-        let buf = io.pool.buf_mut(pkt);
+        let pool = io.pool();
+        let Some(buf) = pool.buf_mut(pkt) else {
+            pkt.set_span(HEADROOM, 0);
+            return;
+        };
         let out = &buf[HEADROOM - RECVMSG_LEAD..HEADROOM];
         let word = |i: usize| u32::from_ne_bytes([out[i], out[i + 1], out[i + 2], out[i + 3]]);
         let (namelen, flags) = (word(0) as usize, word(12) as i32);
@@ -773,14 +860,17 @@ impl DgramIo {
         if hdr > 0 {
             // virtio_net_hdr: flags (u8), gso_type (u8), ... We turned offloads off, so
             // a GSO frame here is not one we can pass on unchanged.
-            let gso_type = io.pool.buf_mut(pkt)[HEADROOM - hdr + 1];
+            let gso_type = io
+                .pool()
+                .buf_mut(pkt)
+                .map_or(u8::MAX, |b| b[HEADROOM - hdr + 1]);
             if gso_type != 0 {
                 io.counters.count_drop(DropReason::Offload, 1);
                 return;
             }
         }
         let len = n - hdr;
-        if truncated || len > io.pool.max_frame() {
+        if truncated || len > io.pool().max_frame() {
             io.counters.count_drop(DropReason::Oversize, 1);
         } else if len < switch::pool::MIN_FRAME {
             io.counters.count_drop(DropReason::Undersize, 1);
@@ -794,14 +884,13 @@ impl DgramIo {
     pub fn stop(&mut self, io: &mut Io<'_>) -> bool {
         self.stopping = true;
         for p in self.ready.drain(..) {
-            io.pool.free(p);
+            io.free(p);
         }
+        io.free_all(&mut self.retry);
         if self.inflight == 0 {
             if let Some(m) = self.multi.take() {
-                for p in m.bufs.into_vec().into_iter().flatten() {
-                    io.pool.free(p);
-                }
-                io.drop_buf_ring(m.ring);
+                // No request of the group is in flight any more.
+                io.release_rx_ring(m.ring);
             }
             return true;
         }
@@ -811,9 +900,10 @@ impl DgramIo {
             )
             .build();
             // SAFETY: a cancel request points to no memory of ours.
-            unsafe { io.submit(sqe, OP_CANCEL, 0) };
-            self.inflight += 1;
-            self.cancel_sent = true;
+            if unsafe { io.submit(sqe, OP_CANCEL, 0) } {
+                self.inflight += 1;
+                self.cancel_sent = true;
+            }
         }
         false
     }

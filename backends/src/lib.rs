@@ -10,6 +10,7 @@
 pub mod error;
 pub mod io;
 pub mod nic;
+pub mod null;
 pub mod socket;
 pub mod sys;
 pub mod tap;

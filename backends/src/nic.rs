@@ -216,15 +216,16 @@ impl Backend for NicPort {
     fn tx_burst(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
         let n = pkts.len();
         let (mut ok, mut bytes) = (0u64, 0u64);
+        let pool = io.pool();
         for p in pkts.drain(..) {
-            let data = io.pool.bytes(&p);
+            let data = pool.bytes(&p);
             if self.filter.accepts(data) {
                 ok += 1;
                 bytes += data.len() as u64;
             } else {
                 io.counters.count_drop(DropReason::Filtered, 1);
             }
-            io.pool.free(p);
+            io.free(p);
         }
         io.counters.tx(ok, bytes);
         n

@@ -250,6 +250,10 @@ impl Backend for TapQueue {
         self.io.stop(io)
     }
 
+    fn max_held(&self, pool: &switch::Pool) -> usize {
+        self.io.rx_held(pool.count()) + self.io.tx_held(pool.count())
+    }
+
     fn poll_us(&self) -> Option<u32> {
         self.poll_us
     }

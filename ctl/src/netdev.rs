@@ -19,6 +19,7 @@ use switch::{Backend, ClientSpec, SpecKind};
 use crate::error::CtlError;
 use crate::qapi::{
     Netdev, NetdevHubPortOptions, NetdevOpts, NetdevSocketOptions, NetdevTapOptions,
+    NetdevXNullOptions,
 };
 
 /// Where `fd=NAME` descriptors come from: names passed with QMP `getfd`, or (on the
@@ -76,6 +77,7 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
         NetdevOpts::Hubport(o) => hubport(o),
         NetdevOpts::Tap(o) => (tap(&nd.id, o, env)?, None),
         NetdevOpts::Socket(o) => (socket(&nd.id, o, env)?, None),
+        NetdevOpts::XNull(o) => (null(o, env)?, None),
         NetdevOpts::Nic(o) => {
             let mac = match &o.macaddr {
                 Some(m) => parse_mac(m)
@@ -108,6 +110,43 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
             nic: nic_out.is_some(),
         },
         nic: nic_out,
+    })
+}
+
+/// The `x-null` extension: an in-memory source/sink.
+fn null(o: &NetdevXNullOptions, env: &BuildEnv<'_>) -> Result<SpecKind, CtlError> {
+    use backends::null::{NullConfig, NullMode, NullPort};
+    let mode = match o.mode.as_deref() {
+        None => NullMode::Sink,
+        Some(m) => NullMode::from_name(m).ok_or_else(|| {
+            CtlError::Invalid(format!(
+                "Parameter 'mode' does not accept value '{m}' (source, sink or both)"
+            ))
+        })?,
+    };
+    let size = o.size.unwrap_or(64) as usize;
+    if !(switch::pool::MIN_FRAME..=env.max_frame).contains(&size) {
+        return Err(CtlError::Invalid(format!(
+            "x-null size {size} is outside 14..={} (the maximum frame)",
+            env.max_frame
+        )));
+    }
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let port = NullPort::new(
+        NullConfig {
+            mode,
+            size,
+            rate: o.rate.unwrap_or(0),
+            count: o.count.unwrap_or(0),
+            stall: o.stall.unwrap_or(false),
+            poll_us: o.poll_us,
+        },
+        id,
+    );
+    Ok(SpecKind::Port {
+        queues: vec![Box::new(port)],
+        poll_us: o.poll_us,
     })
 }
 

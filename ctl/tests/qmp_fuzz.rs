@@ -105,6 +105,7 @@ fn control() -> &'static std::sync::Mutex<Control> {
             pool_size: 512,
             max_frame: 1514,
             default_poll_us: 0,
+            ring_size: None,
         })
         .unwrap();
         let mut c = Control::new(d);

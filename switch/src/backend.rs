@@ -19,69 +19,128 @@ use std::time::Instant;
 
 use io_uring::squeue;
 
+use crate::bufring::RxRing;
 use crate::counters::{DropReason, PortCounters};
-use crate::pool::{Pkt, Pool};
-use crate::uring::{token, Uring};
-use crate::worker::WorkerShared;
+use crate::pool::{BufCache, Pkt, Pool};
+use crate::uring::{token, Uring, UringStats};
+use crate::wake::Bell;
 
 /// Frames moved per I/O call.
 pub const BURST: usize = 32;
 
 /// What a backend may use while the worker calls it.
 pub struct Io<'a> {
-    /// The packet pool.
-    pub pool: &'a Arc<Pool>,
+    pool: &'a Pool,
+    cache: &'a mut BufCache,
     /// This port's counters.
     pub counters: &'a PortCounters,
     /// When the current breath started.
     pub now: Instant,
     uring: &'a mut Uring,
+    stats: &'a UringStats,
     slot: u32,
-    waker: &'a Arc<WorkerShared>,
+    bell: &'a Arc<Bell>,
     op_bits: u8,
 }
 
 /// Wakes a sleeping worker from another thread: for ports whose frames arrive without a
-/// kernel completion (in-memory and shared-memory ports).
+/// kernel completion (in-memory and shared-memory ports). It goes through the worker's
+/// sleep/wake protocol ([`crate::wake`]), so a frame queued before `wake` is never
+/// slept on.
 #[derive(Clone, Debug)]
-pub struct Waker(Arc<WorkerShared>);
+pub struct Waker(Arc<Bell>);
 
 impl Waker {
-    /// Wakes the worker if it is asleep.
+    /// Tells the worker to poll its ports once more, waking it if it sleeps. Call it
+    /// after queueing the item.
     pub fn wake(&self) {
-        self.0.wake_if_sleeping();
+        self.0.kick();
     }
+}
+
+/// The worker's parts an [`Io`] lends out, gathered so the worker can make one per call.
+pub(crate) struct IoParts<'a> {
+    pub pool: &'a Pool,
+    pub cache: &'a mut BufCache,
+    pub uring: &'a mut Uring,
+    pub stats: &'a UringStats,
+    pub bell: &'a Arc<Bell>,
 }
 
 impl<'a> Io<'a> {
     pub(crate) fn new(
-        pool: &'a Arc<Pool>,
+        parts: IoParts<'a>,
         counters: &'a PortCounters,
-        uring: &'a mut Uring,
         slot: u32,
         now: Instant,
-        waker: &'a Arc<WorkerShared>,
     ) -> Io<'a> {
         Io {
-            pool,
+            pool: parts.pool,
+            cache: parts.cache,
             counters,
             now,
-            uring,
+            uring: parts.uring,
+            stats: parts.stats,
             slot,
-            waker,
+            bell: parts.bell,
             op_bits: 0,
         }
     }
 
-    /// A registered provided-buffer ring of `entries` (power of two) for multishot
-    /// receives; `None` when the kernel cannot (fall back to one request per buffer).
-    pub fn buf_ring(&mut self, entries: u16) -> Option<crate::bufring::BufRing> {
-        self.uring.buf_ring(entries)
+    /// The packet pool: read frames with [`Pool::bytes`], fill them with
+    /// [`Pool::buf_mut`]. The reference outlives this borrow of `Io`.
+    #[inline]
+    pub fn pool(&self) -> &'a Pool {
+        self.pool
     }
 
-    /// Unregisters a buffer ring once no request of its group is in flight.
-    pub fn drop_buf_ring(&mut self, r: crate::bufring::BufRing) {
-        self.uring.drop_buf_ring(r);
+    /// Takes a free buffer from the worker's cache.
+    #[inline]
+    pub fn alloc(&mut self) -> Option<Pkt> {
+        self.cache.alloc()
+    }
+
+    /// Returns one reference to the worker's cache.
+    #[inline]
+    pub fn free(&mut self, p: Pkt) {
+        self.cache.free(p);
+    }
+
+    /// A provided-buffer ring of `entries` (power of two) for multishot receives,
+    /// registered with this worker's io_uring; `None` when the kernel cannot (fall back
+    /// to one request per buffer).
+    pub fn rx_ring(&mut self, entries: u16) -> Option<RxRing> {
+        if !crate::uring::features().multishot_recv {
+            return None;
+        }
+        self.uring.rx_ring(entries)
+    }
+
+    /// Lends an exclusively owned packet to `ring` (its buffer from `HEADROOM - lead`,
+    /// at most `len` bytes); gives it back when it cannot.
+    pub fn lend(&mut self, ring: &RxRing, pkt: Pkt, lead: usize, len: u32) -> Result<(), Pkt> {
+        self.uring.lend(ring, self.pool, pkt, lead, len)
+    }
+
+    /// Makes what was lent to `ring` visible to the kernel.
+    pub fn publish(&mut self, ring: &RxRing) {
+        self.uring.publish(ring);
+    }
+
+    /// The packet the kernel filled, by the buffer id of a completion.
+    pub fn take(&mut self, ring: &RxRing, bid: u16) -> Option<Pkt> {
+        self.uring.take(ring, bid)
+    }
+
+    /// Buffers `ring` lends now.
+    pub fn lent(&mut self, ring: &RxRing) -> usize {
+        self.uring.lent(ring)
+    }
+
+    /// Ends a ring once no request of its group is in flight: it is unregistered and
+    /// every buffer it still lent comes back.
+    pub fn release_rx_ring(&mut self, ring: RxRing) {
+        self.uring.release_rx_ring(ring, self.cache);
     }
 
     /// Bits OR-ed into the `op` of every request submitted from now on: lets a backend
@@ -92,30 +151,43 @@ impl<'a> Io<'a> {
 
     /// A handle that wakes this port's worker from another thread.
     pub fn waker(&self) -> Waker {
-        Waker(self.waker.clone())
+        Waker(self.bell.clone())
+    }
+
+    /// Counts a multishot receive that ended for lack of buffers.
+    pub fn count_enobufs(&self) {
+        UringStats::bump(&self.stats.enobufs);
+    }
+
+    /// Counts a completion that reported an unexpected error.
+    pub fn count_op_error(&self) {
+        UringStats::bump(&self.stats.op_errors);
     }
 
     /// Queues an io_uring request for this port; its completion comes back to
-    /// [`Backend::complete`] with the same `op` and `tag` (24 bits).
+    /// [`Backend::complete`] with the same `op` and `tag` (24 bits). `false` when the
+    /// kernel would not take it (counted in the worker's stats): then nothing was
+    /// submitted and the caller keeps what the entry points to.
     ///
     /// # Safety
-    /// Every buffer, iovec and msghdr the entry points to must stay valid and untouched
-    /// until that completion is delivered.
-    pub unsafe fn submit(&mut self, sqe: squeue::Entry, op: u8, tag: u32) {
+    /// Every buffer, iovec, msghdr and provided-buffer ring the entry points to must
+    /// stay valid and untouched until that request's final completion is delivered.
+    #[must_use]
+    pub unsafe fn submit(&mut self, sqe: squeue::Entry, op: u8, tag: u32) -> bool {
         let sqe = sqe.user_data(token(self.slot, op | self.op_bits, tag));
         // SAFETY: forwarded from the caller's contract.
-        unsafe { self.uring.push(&sqe) };
+        unsafe { self.uring.push(&sqe, self.stats) }
     }
 
     /// Copies a received frame into a new packet and counts it; a frame shorter than an
     /// Ethernet header or longer than the maximum, or one the pool has no buffer for, is
     /// counted as a drop instead and `None` returned.
-    pub fn receive_copy(&self, frame: &[u8]) -> Option<Pkt> {
+    pub fn receive_copy(&mut self, frame: &[u8]) -> Option<Pkt> {
         let why = if frame.len() > self.pool.max_frame() {
             DropReason::Oversize
         } else if frame.len() < crate::pool::MIN_FRAME {
             DropReason::Undersize
-        } else if let Some(p) = self.pool.alloc_copy(frame) {
+        } else if let Some(p) = self.cache.alloc_copy(frame) {
             self.counters.rx(frame.len());
             return Some(p);
         } else {
@@ -125,18 +197,21 @@ impl<'a> Io<'a> {
         None
     }
 
+    /// Frees every packet in `pkts` (sent, or never a frame).
+    pub fn free_all(&mut self, pkts: &mut Vec<Pkt>) {
+        self.cache.free_all(pkts);
+    }
+
     /// Frees every packet in `pkts`, counting them as dropped for `why`.
-    pub fn drop_all(&self, pkts: &mut Vec<Pkt>, why: DropReason) {
+    pub fn drop_all(&mut self, pkts: &mut Vec<Pkt>, why: DropReason) {
         self.counters.count_drop(why, pkts.len() as u64);
-        for p in pkts.drain(..) {
-            self.pool.free(p);
-        }
+        self.cache.free_all(pkts);
     }
 
     /// Frees one packet, counting it as dropped for `why`.
-    pub fn drop_one(&self, p: Pkt, why: DropReason) {
+    pub fn drop_one(&mut self, p: Pkt, why: DropReason) {
         self.counters.count_drop(why, 1);
-        self.pool.free(p);
+        self.cache.free(p);
     }
 }
 
@@ -168,6 +243,13 @@ pub trait Backend: Send {
     /// buffer to the pool. Called repeatedly (completions in between) until it returns
     /// `true`, meaning nothing of this port is in flight any more.
     fn stop(&mut self, io: &mut Io<'_>) -> bool;
+
+    /// The most pool buffers this queue may hold at once between breaths (lent for
+    /// receive, ready, in flight on send). The switch reserves this many for the port
+    /// so that no port can starve another; the backend must keep to it.
+    fn max_held(&self, _pool: &Pool) -> usize {
+        0
+    }
 
     /// The port's own busy-poll time in microseconds, if it has one.
     fn poll_us(&self) -> Option<u32> {

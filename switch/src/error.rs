@@ -53,6 +53,20 @@ pub enum SwitchError {
         /// What it is connected to.
         user: String,
     },
+    /// The pool cannot also serve what a new port or worker would hold.
+    #[error(
+        "the packet pool is spoken for: this needs {need} buffers, {reserved} of {count} \
+         are already reserved by ports, worker rings and caches; delete a port or restart \
+         pollswitch with a larger -pool-size"
+    )]
+    PoolSpokenFor {
+        /// Buffers asked for.
+        need: u64,
+        /// Buffers reserved already.
+        reserved: u64,
+        /// Buffers in the pool.
+        count: u32,
+    },
     /// A worker did not answer in time (it is stuck or gone).
     #[error("worker {0} did not answer")]
     WorkerGone(usize),

@@ -17,11 +17,12 @@ pub mod ring;
 pub mod switch;
 pub mod topology;
 pub mod uring;
+pub mod wake;
 pub mod wire;
 pub mod worker;
 
 pub use backend::{Backend, Io, BURST};
 pub use counters::{CounterSnapshot, DropReason, PortCounters};
 pub use error::SwitchError;
-pub use pool::{Pkt, Pool};
+pub use pool::{BufCache, Pkt, Pool};
 pub use switch::{ClientSpec, SpecKind, Switch, SwitchConfig};

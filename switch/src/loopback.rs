@@ -75,17 +75,18 @@ impl Backend for Loopback {
     fn tx_burst(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
         let mut n = 0;
         let mut bytes = 0;
+        let pool = io.pool();
         for p in pkts.iter() {
             if self.h.captured.is_full() {
                 break;
             }
-            let f = io.pool.bytes(p).to_vec();
+            let f = pool.bytes(p).to_vec();
             bytes += f.len() as u64;
             let _ = self.h.captured.push(f);
             n += 1;
         }
         for p in pkts.drain(..n) {
-            io.pool.free(p);
+            io.free(p);
         }
         io.counters.tx(n as u64, bytes);
         n

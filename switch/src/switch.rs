@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BURST};
 use crate::counters::{CounterSnapshot, PortCounters};
 use crate::error::SwitchError;
-use crate::pool::{PageKind, Pool};
+use crate::pool::{PageKind, Pool, CACHE_MAX};
 use crate::ring::ring;
 use crate::topology::{ClientKind, Graph, PortId, QueueRef};
-use crate::worker::{Cmd, Hop, Worker, WorkerSetup, WorkerShared, XRING_SIZE};
+use crate::worker::{Cmd, Hop, Worker, WorkerSetup, WorkerShared, XRING_MAX};
 
 /// How long the control thread waits for a worker to answer.
 pub const WORKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +38,25 @@ pub struct SwitchConfig {
     pub max_frame: usize,
     /// Busy-poll time of ports that do not set their own, in microseconds.
     pub default_poll_us: u32,
+    /// Slots of each ring between two workers (`None`: sized to the pool by
+    /// [`ring_size`]).
+    pub ring_size: Option<usize>,
+}
+
+/// The default size of each ring between two workers: together the rings hold at most
+/// a quarter of the pool, each between 64 and [`XRING_MAX`] slots (a power of two).
+pub fn ring_size(pool: u32, workers: usize) -> usize {
+    let pairs = workers * workers.saturating_sub(1);
+    if pairs == 0 {
+        return 0;
+    }
+    let share = (pool as usize / 4 / pairs).max(1);
+    let pow2 = if share.is_power_of_two() {
+        share
+    } else {
+        share.next_power_of_two() / 2
+    };
+    pow2.clamp(64, XRING_MAX)
 }
 
 impl Default for SwitchConfig {
@@ -47,6 +66,7 @@ impl Default for SwitchConfig {
             pool_size: 16384,
             max_frame: crate::pool::DEFAULT_MAX_FRAME,
             default_poll_us: 1000,
+            ring_size: None,
         }
     }
 }
@@ -101,6 +121,9 @@ pub struct WorkerInfo {
     pub idle_ns: u64,
     /// Frames for ports removed while in flight.
     pub gone_drops: u64,
+    /// io_uring trouble: enter errors, queue-full flushes, refused requests, CQ
+    /// overflows, dropped completions, multishot ENOBUFS, failed operations.
+    pub uring: [(&'static str, u64); 7],
 }
 
 /// Facts about the data plane, for logs.
@@ -110,6 +133,12 @@ pub struct StartInfo {
     pub pages: PageKind,
     /// Whether every worker's ring defers completions (DEFER_TASKRUN).
     pub deferred: bool,
+    /// Whether the kernel has multishot receive over provided-buffer rings.
+    pub multishot: bool,
+    /// Slots of each ring between two workers.
+    pub ring_size: usize,
+    /// Buffers reserved for rings and worker caches at start.
+    pub reserved: u64,
 }
 
 /// The running data plane.
@@ -118,6 +147,8 @@ pub struct Switch {
     workers: Vec<WorkerHandle>,
     graph: Graph,
     counters: std::collections::HashMap<PortId, Arc<PortCounters>>,
+    /// Buffers reserved for each port queue (see [`Backend::max_held`]).
+    held: std::collections::HashMap<PortId, u64>,
     next_port: PortId,
     default_poll_us: u32,
     info: StartInfo,
@@ -163,6 +194,20 @@ impl Switch {
         }
         let pool = Arc::new(Pool::new(cfg.pool_size, cfg.max_frame)?);
         let n = cfg.cores.len();
+        let rsize = match cfg.ring_size {
+            Some(r) => r.max(2).next_power_of_two(),
+            None => ring_size(cfg.pool_size, n),
+        };
+        // What the data plane itself may hold: a full ring between every two workers
+        // and, with several workers, a full cache each (one worker's cache serves only
+        // its own ports, which are all there are).
+        let caches = if n > 1 {
+            n as u64 * u64::from(CACHE_MAX)
+        } else {
+            0
+        };
+        let fixed = (n * n.saturating_sub(1) * rsize) as u64 + caches;
+        pool.reserve(fixed)?;
         let shared: Vec<Arc<WorkerShared>> = cfg
             .cores
             .iter()
@@ -178,7 +223,7 @@ impl Switch {
         for (from, row) in producers.iter_mut().enumerate() {
             for (to, slot) in row.iter_mut().enumerate() {
                 if from != to {
-                    let (p, c) = ring(XRING_SIZE);
+                    let (p, c) = ring(rsize);
                     *slot = Some(p);
                     consumers[to].push(c);
                 }
@@ -188,6 +233,9 @@ impl Switch {
         let mut info = StartInfo {
             pages: pool.pages(),
             deferred: true,
+            multishot: crate::uring::features().multishot_recv,
+            ring_size: rsize,
+            reserved: fixed,
         };
         for (i, (outbound, inbound)) in producers.into_iter().zip(consumers).enumerate() {
             let (tx, rx) = channel();
@@ -219,6 +267,7 @@ impl Switch {
             workers,
             graph: Graph::default(),
             counters: Default::default(),
+            held: Default::default(),
             next_port: 0,
             default_poll_us: cfg.default_poll_us,
             info,
@@ -245,7 +294,7 @@ impl Switch {
             .cmds
             .send(cmd)
             .map_err(|_| SwitchError::WorkerGone(w))?;
-        self.workers[w].shared.wake();
+        self.workers[w].shared.bell.kick();
         Ok(())
     }
 
@@ -277,7 +326,15 @@ impl Switch {
             SpecKind::Port { queues, poll_us } => {
                 let mut refs = Vec::with_capacity(queues.len());
                 let mut waits = Vec::new();
-                for backend in queues {
+                // Every queue's worst case is spoken for before any starts: one that the
+                // pool cannot also serve is refused, never added silent.
+                let need: Vec<u64> = queues
+                    .iter()
+                    .map(|b| (BURST + b.max_held(&self.pool)) as u64)
+                    .collect();
+                let total: u64 = need.iter().sum();
+                self.pool.reserve(total)?;
+                for (backend, need) in queues.into_iter().zip(need) {
                     let w = (0..self.workers.len())
                         .min_by_key(|&w| self.workers[w].ports)
                         .unwrap_or(0);
@@ -285,6 +342,7 @@ impl Switch {
                     self.next_port += 1;
                     let counters = Arc::new(PortCounters::default());
                     self.counters.insert(id, counters.clone());
+                    self.held.insert(id, need);
                     let (tx, rx) = channel();
                     self.send(
                         w,
@@ -340,6 +398,9 @@ impl Switch {
                 out.push(recv(&rx, w)?);
                 self.workers[w].ports -= 1;
                 self.counters.remove(&q.port);
+                if let Some(n) = self.held.remove(&q.port) {
+                    self.pool.unreserve(n);
+                }
             }
         }
         Ok(out)
@@ -381,6 +442,18 @@ impl Switch {
                 busy_ns: w.shared.busy_ns.load(Relaxed),
                 idle_ns: w.shared.idle_ns.load(Relaxed),
                 gone_drops: w.shared.gone_drops.load(Relaxed),
+                uring: {
+                    let u = &w.shared.uring;
+                    [
+                        ("enter-errors", u.enter_errors.load(Relaxed)),
+                        ("sq-full", u.sq_full.load(Relaxed)),
+                        ("sq-refused", u.sq_refused.load(Relaxed)),
+                        ("cq-overflow", u.cq_overflow.load(Relaxed)),
+                        ("cq-dropped", u.cq_dropped.load(Relaxed)),
+                        ("enobufs", u.enobufs.load(Relaxed)),
+                        ("op-errors", u.op_errors.load(Relaxed)),
+                    ]
+                },
             })
             .collect()
     }
@@ -406,7 +479,7 @@ impl Switch {
     fn stop_workers(&mut self) {
         for w in &self.workers {
             let _ = w.cmds.send(Cmd::Exit);
-            w.shared.wake();
+            w.shared.bell.ring();
         }
         for w in &mut self.workers {
             if let Some(t) = w.thread.take() {

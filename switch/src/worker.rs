@@ -18,27 +18,29 @@
 //! its command queue, its inbound rings, and its eventfd.
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
-use crate::backend::{Backend, Io, BURST};
+use crate::backend::{Backend, Io, IoParts, BURST};
 use crate::counters::{DropReason, PortCounters};
-use crate::pool::{Pkt, Pool};
+use crate::pool::{BufCache, Pkt, Pool};
 use crate::ring::{Consumer, Producer};
 use crate::topology::{PortId, Topology};
-use crate::uring::{untoken, Completion, Uring, WORKER_SLOT};
+use crate::uring::{untoken, Completion, Uring, UringStats, WORKER_SLOT};
+use crate::wake::Bell;
 
 /// How often timed work runs while awake.
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(5);
 /// Longest sleep: even an idle worker wakes this often for timed work.
 pub const MAX_SLEEP: Duration = Duration::from_millis(250);
-/// Frames in flight between two workers.
-pub const XRING_SIZE: usize = 4096;
+/// Largest ring between two workers; the switch sizes them to the pool (see
+/// [`crate::switch::ring_size`]).
+pub const XRING_MAX: usize = 4096;
 
 const OP_WAKE: u8 = 1;
 
@@ -86,60 +88,29 @@ pub struct WorkerShared {
     pub id: u16,
     /// The core it is pinned to, if any.
     pub core: Option<usize>,
-    sleeping: AtomicBool,
-    wake_fd: OwnedFd,
+    /// Its doorbell: every producer wakes it through this (see [`crate::wake`]).
+    pub bell: Arc<Bell>,
     /// Nanoseconds spent doing work.
     pub busy_ns: AtomicU64,
     /// Nanoseconds spent asleep in the kernel.
     pub idle_ns: AtomicU64,
     /// Frames that arrived for a port that had been removed meanwhile.
     pub gone_drops: AtomicU64,
+    /// What went wrong in its io_uring.
+    pub uring: UringStats,
 }
 
 impl WorkerShared {
     pub(crate) fn new(id: u16, core: Option<usize>) -> std::io::Result<WorkerShared> {
-        // Blocking on purpose: io_uring completes a read of a non-blocking file with
-        // EAGAIN at once instead of waiting for it to become readable.
-        // SAFETY: eventfd takes no pointers; a negative return is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
         Ok(WorkerShared {
             id,
             core,
-            sleeping: AtomicBool::new(false),
-            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-            wake_fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            bell: Arc::new(Bell::new()?),
             busy_ns: AtomicU64::new(0),
             idle_ns: AtomicU64::new(0),
             gone_drops: AtomicU64::new(0),
+            uring: UringStats::default(),
         })
-    }
-
-    /// Wakes the worker if it sleeps (or is about to).
-    pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our own eventfd. A full counter
-        // (EAGAIN) already means "awake", so the result is ignored.
-        let _ = unsafe {
-            libc::write(
-                self.wake_fd.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
-    }
-
-    /// Wakes the worker only if it announced it is going to sleep: the cheap path for
-    /// frames handed over between busy workers.
-    #[inline]
-    pub fn wake_if_sleeping(&self) {
-        // SeqCst: pairs with the SeqCst store in `Worker::sleep`; either we see the flag,
-        // or the worker sees our ring item when it re-checks after raising it.
-        if self.sleeping.load(Ordering::SeqCst) {
-            self.wake();
-        }
     }
 }
 
@@ -153,13 +124,33 @@ struct Slot {
     stopping: Option<Sender<Box<dyn Backend>>>,
 }
 
-/// The worker's state, owned by its thread.
-pub struct Worker {
+/// What every backend call borrows: pool, buffer cache, io_uring, doorbell.
+struct Engine {
     // First field: the ring is dropped (closed) before the memory its requests use.
     uring: Uring,
-    shared: Arc<WorkerShared>,
-    peers: Vec<Arc<WorkerShared>>,
     pool: Arc<Pool>,
+    cache: BufCache,
+    shared: Arc<WorkerShared>,
+}
+
+impl Engine {
+    #[inline]
+    fn parts(&mut self) -> IoParts<'_> {
+        IoParts {
+            pool: &self.pool,
+            cache: &mut self.cache,
+            uring: &mut self.uring,
+            stats: &self.shared.uring,
+            bell: &self.shared.bell,
+        }
+    }
+}
+
+/// The worker's state, owned by its thread.
+pub struct Worker {
+    // First field: the ring is closed before `wake_buf`, which its armed read writes.
+    eng: Engine,
+    peers: Vec<Arc<WorkerShared>>,
     cmds: Receiver<Cmd>,
     topo: Arc<Topology>,
     slots: Vec<Option<Slot>>,
@@ -167,6 +158,8 @@ pub struct Worker {
     slot_of: Vec<u32>,
     inbound: Vec<Consumer<Hop>>,
     outbound: Vec<Option<Producer<Hop>>>,
+    /// Frames for each other worker, gathered during one burst and pushed at once.
+    outq: Vec<Vec<Hop>>,
     wake_buf: Box<u64>,
     wake_armed: bool,
     completions: Vec<Completion>,
@@ -207,28 +200,34 @@ impl Worker {
         let _ = started.send(Ok(Started {
             deferred: uring.deferred(),
         }));
+        let npeers = setup.peers.len();
         let mut w = Worker {
-            shared: setup.shared,
+            eng: Engine {
+                uring,
+                cache: setup.pool.cache(),
+                pool: setup.pool,
+                shared: setup.shared,
+            },
             peers: setup.peers,
-            pool: setup.pool,
-            uring,
             cmds: setup.cmds,
             topo: Arc::new(Topology::default()),
             slots: Vec::new(),
             slot_of: Vec::new(),
             inbound: setup.inbound,
             outbound: setup.outbound,
+            outq: (0..npeers).map(|_| Vec::with_capacity(BURST)).collect(),
             wake_buf: Box::new(0),
             wake_armed: false,
             completions: Vec::with_capacity(1024),
             rx: Vec::with_capacity(BURST),
-            hops: Vec::with_capacity(BURST),
+            hops: Vec::with_capacity(BURST * 4),
             last_housekeeping: Instant::now(),
         };
         w.breathe_forever();
         // Frames other workers left for us after the last topology change.
         w.drain_inbound_after_exit();
         w.retire_wake_read();
+        w.eng.cache.flush();
     }
 
     /// Completes our own eventfd read before the ring closes, so the kernel never
@@ -238,10 +237,14 @@ impl Worker {
             if !self.wake_armed {
                 return;
             }
-            self.shared.wake();
-            self.uring.wait(Duration::from_millis(10));
+            self.eng.shared.bell.ring();
+            self.eng
+                .uring
+                .wait(Duration::from_millis(10), &self.eng.shared.uring);
             self.completions.clear();
-            self.uring.reap(&mut self.completions);
+            self.eng
+                .uring
+                .reap(&mut self.completions, &self.eng.shared.uring);
             if self
                 .completions
                 .iter()
@@ -257,16 +260,16 @@ impl Worker {
             return;
         }
         let e = opcode::Read::new(
-            types::Fd(self.shared.wake_fd.as_raw_fd()),
+            types::Fd(self.eng.shared.bell.fd().as_raw_fd()),
             (&mut *self.wake_buf as *mut u64).cast(),
             8,
         )
         .build()
         .user_data(crate::uring::token(WORKER_SLOT, OP_WAKE, 0));
         // SAFETY: `wake_buf` is boxed (stable address) and owned by the worker, which
-        // outlives the ring's requests: the ring is dropped with the worker.
-        unsafe { self.uring.push(&e) };
-        self.wake_armed = true;
+        // outlives the ring's requests: the ring is dropped (closed) before it, and the
+        // read is retired before the worker ends.
+        self.wake_armed = unsafe { self.eng.uring.push(&e, &self.eng.shared.uring) };
     }
 
     fn breathe_forever(&mut self) {
@@ -274,8 +277,10 @@ impl Worker {
         loop {
             let now = Instant::now();
             self.arm_wake();
-            self.uring.poll();
+            self.eng.uring.poll(&self.eng.shared.uring);
             self.dispatch_completions(now);
+            // Cleared before polling: a kick from now on is seen on the way to sleep.
+            self.eng.shared.bell.flags().take_kick();
             match self.commands(now) {
                 Ok(()) => {}
                 Err(()) => return,
@@ -303,7 +308,7 @@ impl Worker {
 
     fn account_busy(&self, since: Instant, now: Instant) {
         let ns = now.duration_since(since).as_nanos() as u64;
-        self.shared.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        self.eng.shared.busy_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     fn may_sleep(&self, now: Instant) -> bool {
@@ -317,25 +322,27 @@ impl Worker {
         // The read may have completed in this very breath; without it armed, a wake-up
         // would go unnoticed until the sleep times out.
         self.arm_wake();
-        // SeqCst: pairs with `wake_if_sleeping`'s SeqCst load (Dekker): after raising the
-        // flag we re-check the rings, so a frame pushed before the producer saw the flag
-        // is not left waiting.
-        self.shared.sleeping.store(true, Ordering::SeqCst);
-        let ready = self.inbound.iter().any(|c| !c.is_empty());
-        if !ready {
+        let shared = self.eng.shared.clone();
+        let flags = shared.bell.flags();
+        let inbound = &self.inbound;
+        // Every source is re-checked after `sleeping` is raised (crate::wake): inbound
+        // rings here, waker-fed ports and commands through the kick flag.
+        if flags.prepare_sleep(|| inbound.iter().all(Consumer::is_empty)) {
             let t0 = Instant::now();
-            self.uring.wait(MAX_SLEEP);
+            self.eng.uring.wait(MAX_SLEEP, &shared.uring);
             let slept = t0.elapsed();
-            self.shared
+            shared
                 .idle_ns
                 .fetch_add(slept.as_nanos() as u64, Ordering::Relaxed);
         }
-        self.shared.sleeping.store(false, Ordering::SeqCst);
+        flags.woke();
     }
 
     fn dispatch_completions(&mut self, now: Instant) {
         self.completions.clear();
-        self.uring.reap(&mut self.completions);
+        self.eng
+            .uring
+            .reap(&mut self.completions, &self.eng.shared.uring);
         for i in 0..self.completions.len() {
             let c = self.completions[i];
             let (slot, op, tag) = untoken(c.token);
@@ -346,14 +353,7 @@ impl Worker {
                 continue;
             }
             if let Some(Some(s)) = self.slots.get_mut(slot as usize) {
-                let mut io = Io::new(
-                    &self.pool,
-                    &s.counters,
-                    &mut self.uring,
-                    slot,
-                    now,
-                    &self.shared,
-                );
+                let mut io = Io::new(self.eng.parts(), &s.counters, slot, now);
                 s.backend.complete(&mut io, op, tag, c.res, c.flags);
             }
         }
@@ -388,14 +388,7 @@ impl Worker {
                         stopping: None,
                     };
                     {
-                        let mut io = Io::new(
-                            &self.pool,
-                            &slot.counters,
-                            &mut self.uring,
-                            idx as u32,
-                            now,
-                            &self.shared,
-                        );
+                        let mut io = Io::new(self.eng.parts(), &slot.counters, idx as u32, now);
                         slot.backend.start(&mut io);
                     }
                     self.slots[idx] = Some(slot);
@@ -408,10 +401,7 @@ impl Worker {
                 Ok(Cmd::RemovePort { id, reply }) => {
                     if let Some(&idx) = self.slot_of.get(id as usize) {
                         if let Some(Some(s)) = self.slots.get_mut(idx as usize) {
-                            let pending = std::mem::take(&mut s.pending);
-                            for p in pending {
-                                self.pool.free(p);
-                            }
+                            self.eng.cache.free_all(&mut s.pending);
                             s.stopping = Some(reply);
                             self.slot_of[id as usize] = u32::MAX;
                         }
@@ -432,14 +422,7 @@ impl Worker {
         for idx in 0..self.slots.len() {
             let done = match &mut self.slots[idx] {
                 Some(s) if s.stopping.is_some() => {
-                    let mut io = Io::new(
-                        &self.pool,
-                        &s.counters,
-                        &mut self.uring,
-                        idx as u32,
-                        now,
-                        &self.shared,
-                    );
+                    let mut io = Io::new(self.eng.parts(), &s.counters, idx as u32, now);
                     s.backend.stop(&mut io)
                 }
                 _ => false,
@@ -465,14 +448,7 @@ impl Worker {
             }
             self.rx.clear();
             let n = {
-                let mut io = Io::new(
-                    &self.pool,
-                    &s.counters,
-                    &mut self.uring,
-                    idx as u32,
-                    now,
-                    &self.shared,
-                );
+                let mut io = Io::new(self.eng.parts(), &s.counters, idx as u32, now);
                 s.backend.rx_burst(&mut io, &mut self.rx, BURST)
             };
             if n == 0 {
@@ -487,102 +463,95 @@ impl Worker {
     }
 
     /// Sends the frames in `self.rx`, received on port `src` (slot `src_idx`), to their
-    /// destinations.
+    /// destinations: local ones onto their pending batches, remote ones gathered per
+    /// worker and pushed with one ring publish (and at most one wake-up) per worker.
     fn forward(&mut self, src: PortId, src_idx: usize) {
-        let topo = self.topo.clone();
-        let me = self.shared.id;
-        let Some(Some(src_slot)) = self.slots.get(src_idx) else {
+        let Worker {
+            eng,
+            topo,
+            slots,
+            slot_of,
+            outbound,
+            outq,
+            peers,
+            rx,
+            ..
+        } = self;
+        let me = eng.shared.id;
+        let Some(Some(src_slot)) = slots.get(src_idx) else {
+            eng.cache.free_all(rx);
             return;
         };
         let src_counters = src_slot.counters.clone();
         let entry = match topo.get(src) {
             Some(e) if e.link_up && !e.dests.is_empty() => e,
-            Some(e) => {
-                let why = if e.link_up {
-                    DropReason::NoDest
-                } else {
-                    DropReason::LinkDown
+            other => {
+                let why = match other {
+                    Some(e) if !e.link_up => DropReason::LinkDown,
+                    _ => DropReason::NoDest,
                 };
-                src_counters.count_drop(why, self.rx.len() as u64);
-                for p in self.rx.drain(..) {
-                    self.pool.free(p);
-                }
-                return;
-            }
-            None => {
-                src_counters.count_drop(DropReason::NoDest, self.rx.len() as u64);
-                for p in self.rx.drain(..) {
-                    self.pool.free(p);
-                }
+                src_counters.count_drop(why, rx.len() as u64);
+                eng.cache.free_all(rx);
                 return;
             }
         };
-        let ndest = entry.dests.len();
-        for pkt in self.rx.drain(..) {
-            let hash = frame_hash(self.pool.bytes(&pkt));
-            self.pool.add_refs(&pkt, ndest as u32 - 1);
-            let mut last = Some(pkt);
-            for (i, g) in entry.dests.iter().enumerate() {
-                let p = if i + 1 == ndest {
-                    last.take().expect("last destination takes the original")
-                } else {
-                    self.pool
-                        .share_unaccounted(last.as_ref().expect("original kept until last"))
-                };
+        let ndest = entry.dests.len() as u32;
+        for pkt in rx.drain(..) {
+            let hash = if entry.dests.iter().any(|g| g.queues.len() > 1) {
+                frame_hash(eng.pool.bytes(&pkt))
+            } else {
+                0
+            };
+            let copies = eng.pool.fanout(pkt, ndest);
+            for (g, p) in entry.dests.iter().zip(copies) {
                 let q = g.pick(me, hash);
                 if q.worker == me {
-                    deliver_local(
-                        &self.pool,
-                        &topo,
-                        &mut self.slots,
-                        &self.slot_of,
-                        q.port,
-                        p,
-                        &self.shared,
-                    );
+                    deliver_local(&mut eng.cache, topo, slots, slot_of, q.port, p, &eng.shared);
+                } else if let Some(v) = outq.get_mut(q.worker as usize) {
+                    v.push((q.port, p));
                 } else {
-                    let w = q.worker as usize;
-                    match self.outbound.get_mut(w).and_then(Option::as_mut) {
-                        Some(prod) => {
-                            if let Err((_, p)) = prod.push((q.port, p)) {
-                                src_counters.count_drop(DropReason::RingFull, 1);
-                                self.pool.free(p);
-                            }
-                        }
-                        None => {
-                            src_counters.count_drop(DropReason::NoDest, 1);
-                            self.pool.free(p);
-                        }
-                    }
+                    src_counters.count_drop(DropReason::NoDest, 1);
+                    eng.cache.free(p);
                 }
             }
         }
-        for (w, prod) in self.outbound.iter().enumerate() {
-            if let Some(prod) = prod {
-                if !prod.is_empty() {
-                    self.peers[w].wake_if_sleeping();
+        for (w, q) in outq.iter_mut().enumerate() {
+            if q.is_empty() {
+                continue;
+            }
+            let pushed = match outbound.get_mut(w).and_then(Option::as_mut) {
+                Some(prod) => prod.push_burst(q),
+                None => 0,
+            };
+            if !q.is_empty() {
+                src_counters.count_drop(DropReason::RingFull, q.len() as u64);
+                for (_, p) in q.drain(..) {
+                    eng.cache.free(p);
                 }
+            }
+            if pushed > 0 {
+                peers[w].bell.notify();
             }
         }
     }
 
     fn drain_inbound(&mut self) -> usize {
         let mut total = 0;
-        let topo = self.topo.clone();
-        for r in 0..self.inbound.len() {
-            self.hops.clear();
-            let n = self.inbound[r].pop_burst(&mut self.hops, BURST * 4);
+        let Worker {
+            eng,
+            topo,
+            slots,
+            slot_of,
+            inbound,
+            hops,
+            ..
+        } = self;
+        for r in inbound.iter_mut() {
+            hops.clear();
+            let n = r.pop_burst(hops, BURST * 4);
             total += n;
-            for (port, p) in self.hops.drain(..) {
-                deliver_local(
-                    &self.pool,
-                    &topo,
-                    &mut self.slots,
-                    &self.slot_of,
-                    port,
-                    p,
-                    &self.shared,
-                );
+            for (port, p) in hops.drain(..) {
+                deliver_local(&mut eng.cache, topo, slots, slot_of, port, p, &eng.shared);
             }
         }
         total
@@ -593,8 +562,8 @@ impl Worker {
         for r in &mut self.inbound {
             while r.pop_burst(&mut hops, 1024) > 0 {
                 for (_, p) in hops.drain(..) {
-                    self.pool.free(p);
-                    self.shared.gone_drops.fetch_add(1, Ordering::Relaxed);
+                    self.eng.cache.free(p);
+                    self.eng.shared.gone_drops.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -608,14 +577,7 @@ impl Worker {
             if s.pending.is_empty() {
                 continue;
             }
-            let mut io = Io::new(
-                &self.pool,
-                &s.counters,
-                &mut self.uring,
-                idx as u32,
-                now,
-                &self.shared,
-            );
+            let mut io = Io::new(self.eng.parts(), &s.counters, idx as u32, now);
             s.backend.tx_burst(&mut io, &mut s.pending);
             if !s.pending.is_empty() {
                 io.drop_all(&mut s.pending, DropReason::TxFull);
@@ -628,14 +590,7 @@ impl Worker {
         for idx in 0..self.slots.len() {
             if let Some(s) = &mut self.slots[idx] {
                 if s.stopping.is_none() {
-                    let mut io = Io::new(
-                        &self.pool,
-                        &s.counters,
-                        &mut self.uring,
-                        idx as u32,
-                        now,
-                        &self.shared,
-                    );
+                    let mut io = Io::new(self.eng.parts(), &s.counters, idx as u32, now);
                     s.backend.housekeeping(&mut io);
                 }
             }
@@ -647,7 +602,7 @@ impl Worker {
 /// Puts a frame on the pending batch of local port `port`, or drops it when the port is
 /// gone or its link is down.
 fn deliver_local(
-    pool: &Pool,
+    cache: &mut BufCache,
     topo: &Topology,
     slots: &mut [Option<Slot>],
     slot_of: &[u32],
@@ -660,7 +615,7 @@ fn deliver_local(
         .and_then(|&i| slots.get_mut(i as usize))
         .and_then(Option::as_mut);
     let Some(s) = slot else {
-        pool.free(p);
+        cache.free(p);
         me.gone_drops.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -668,7 +623,7 @@ fn deliver_local(
         Some(e) if e.link_up => s.pending.push(p),
         _ => {
             s.counters.count_drop(DropReason::LinkDown, 1);
-            pool.free(p);
+            cache.free(p);
         }
     }
 }

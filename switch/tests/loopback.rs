@@ -7,11 +7,14 @@ use switch::loopback::{loopback, LoopbackHandle};
 use switch::{ClientSpec, DropReason, SpecKind, Switch, SwitchConfig};
 
 fn start(workers: usize, poll_us: u32) -> Switch {
+    // Rings as deep as the old fixed ones: the floods below burst 3000 frames at once
+    // while three threads share two cores.
     Switch::start(&SwitchConfig {
         cores: vec![None; workers],
-        pool_size: 4096,
+        pool_size: 16384,
         max_frame: 9216,
         default_poll_us: poll_us,
+        ring_size: Some(4096),
     })
     .unwrap()
 }
@@ -232,4 +235,78 @@ fn hot_remove_while_frames_flow() {
         total,
         "no buffer lost across 200 add/remove cycles"
     );
+}
+
+#[test]
+fn every_drop_path_gives_its_buffers_back() {
+    // Rings of two slots between the workers, a destination whose queue takes four
+    // frames, one whose link is down, and one port connected to nothing.
+    let mut sw = Switch::start(&SwitchConfig {
+        cores: vec![None; 2],
+        pool_size: 4096,
+        max_frame: 1514,
+        default_poll_us: 0,
+        ring_size: Some(2),
+    })
+    .unwrap();
+    let pool = sw.pool().clone();
+    let mk = |sw: &mut Switch, name: &str, depth: usize| {
+        let (b, h) = loopback(depth);
+        sw.add(ClientSpec {
+            name: name.into(),
+            kind: SpecKind::Port {
+                queues: vec![Box::new(b)],
+                poll_us: None,
+            },
+            peer: None,
+            nic: false,
+        })
+        .unwrap();
+        h
+    };
+    // Placement is least-loaded in order: a, c, e on worker 0; b, d on worker 1.
+    let a = mk(&mut sw, "a", 8192);
+    let b = mk(&mut sw, "b", 8192);
+    let c = mk(&mut sw, "c", 4);
+    let d = mk(&mut sw, "d", 8192);
+    let e = mk(&mut sw, "e", 8192);
+    for n in ["a", "b", "c", "d"] {
+        add_hubport(&mut sw, &format!("h{n}"), 0, n);
+    }
+    sw.set_link("hd", false).unwrap();
+    sw.set_link("d", false).unwrap();
+    for i in 0..3000usize {
+        while !a.inject(frame(1, 60 + i % 64)) {
+            std::thread::yield_now();
+        }
+        if i % 500 == 0 {
+            assert!(e.inject(frame(5, 60)));
+        }
+    }
+    let drops = |n: &str, why| sw.counters(n).unwrap().unwrap().dropped(why);
+    assert!(wait_until(Duration::from_secs(10), || {
+        sw.counters("a").unwrap().unwrap().rx_packets == 3000 && drops("e", DropReason::NoDest) == 6
+    }));
+    // The premise: every path was taken.
+    assert!(
+        drops("a", DropReason::RingFull) > 0,
+        "ring-full at the sender"
+    );
+    assert!(
+        drops("c", DropReason::TxFull) > 0,
+        "tx-full at the slow queue"
+    );
+    assert!(
+        drops("d", DropReason::LinkDown) > 0 || sw.counters("d").unwrap().unwrap().tx_packets == 0
+    );
+    while b.take().is_some() || c.take().is_some() {}
+    assert!(d.take().is_none());
+    assert!(wait_until(Duration::from_secs(5), || pool.free_count() == pool.count()));
+    drop(sw.shutdown().unwrap());
+    assert_eq!(
+        pool.free_count(),
+        pool.count(),
+        "every dropped frame's buffer came back"
+    );
+    assert_eq!(pool.misuse_count(), 0);
 }

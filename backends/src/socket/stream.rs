@@ -177,9 +177,10 @@ impl StreamPort {
         .flags(libc::SOCK_CLOEXEC)
         .build();
         // SAFETY: no address buffers are passed.
-        unsafe { io.submit(sqe, OP_ACCEPT, 0) };
-        self.accept_posted = true;
-        self.listen_inflight += 1;
+        if unsafe { io.submit(sqe, OP_ACCEPT, 0) } {
+            self.accept_posted = true;
+            self.listen_inflight += 1;
+        }
     }
 
     fn post_recv(&mut self, io: &mut Io<'_>) {
@@ -196,9 +197,10 @@ impl StreamPort {
         let sqe = opcode::Recv::new(types::Fd(c.as_raw_fd()), ptr, room as u32).build();
         // SAFETY: `rxbuf` is a boxed slice owned by this port and not touched until the
         // recv completes (recv_posted guards it).
-        unsafe { io.submit(sqe, OP_RECV, 0) };
-        self.recv_posted = true;
-        self.conn_inflight += 1;
+        if unsafe { io.submit(sqe, OP_RECV, 0) } {
+            self.recv_posted = true;
+            self.conn_inflight += 1;
+        }
     }
 
     fn post_send(&mut self, io: &mut Io<'_>) {
@@ -219,9 +221,10 @@ impl StreamPort {
             .flags(libc::MSG_NOSIGNAL)
             .build();
         // SAFETY: `sending` is not modified while send_posted is set.
-        unsafe { io.submit(sqe, OP_SEND, 0) };
-        self.send_posted = true;
-        self.conn_inflight += 1;
+        if unsafe { io.submit(sqe, OP_SEND, 0) } {
+            self.send_posted = true;
+            self.conn_inflight += 1;
+        }
     }
 
     /// Starts closing the connection: cancel its requests; it is closed once none is left.
@@ -237,8 +240,9 @@ impl StreamPort {
                 )
                 .build();
                 // SAFETY: a cancel request points to no memory of ours.
-                unsafe { io.submit(sqe, OP_CANCEL_CONN, 0) };
-                self.conn_inflight += 1;
+                if unsafe { io.submit(sqe, OP_CANCEL_CONN, 0) } {
+                    self.conn_inflight += 1;
+                }
             }
         }
         self.finish_close(io);
@@ -259,9 +263,11 @@ impl StreamPort {
 
     /// Cuts whole frames out of the receive buffer.
     fn parse(&mut self, io: &mut Io<'_>) {
-        let max = io.pool.max_frame();
+        let max = io.pool().max_frame();
         let mut at = 0;
-        while self.rx_len - at >= 4 {
+        // At most READY_MAX frames wait (the port's share of the pool); the rest of the
+        // bytes stay in the buffer until rx_burst makes room.
+        while self.rx_len - at >= 4 && self.ready.len() < READY_MAX {
             let len = u32::from_be_bytes([
                 self.rxbuf[at],
                 self.rxbuf[at + 1],
@@ -301,6 +307,11 @@ impl Backend for StreamPort {
         let n = max.min(self.ready.len());
         out.extend(self.ready.drain(..n));
         if n > 0 {
+            // Frames left in the buffer when `ready` was full; not while a receive
+            // writes behind them.
+            if self.rx_len > 0 && !self.recv_posted {
+                self.parse(io);
+            }
             self.post_recv(io);
         }
         n
@@ -314,8 +325,9 @@ impl Backend for StreamPort {
         }
         let mut n = 0;
         let mut bytes = 0u64;
+        let pool = io.pool();
         for p in pkts.iter() {
-            let f = io.pool.bytes(p);
+            let f = pool.bytes(p);
             if self.fill.len() + 4 + f.len() > TX_BUF_MAX {
                 break;
             }
@@ -325,7 +337,7 @@ impl Backend for StreamPort {
             n += 1;
         }
         for p in pkts.drain(..n) {
-            io.pool.free(p);
+            io.free(p);
         }
         io.counters.tx(n as u64, bytes);
         self.post_send(io);
@@ -393,7 +405,7 @@ impl Backend for StreamPort {
     fn stop(&mut self, io: &mut Io<'_>) -> bool {
         self.stopping = true;
         for p in self.ready.drain(..) {
-            io.pool.free(p);
+            io.free(p);
         }
         self.close_conn(io);
         if self.listen_inflight > 0 && !self.cancel_listen_sent {
@@ -403,13 +415,19 @@ impl Backend for StreamPort {
                 )
                 .build();
                 // SAFETY: a cancel request points to no memory of ours.
-                unsafe { io.submit(sqe, OP_CANCEL_LISTEN, 0) };
-                self.listen_inflight += 1;
-                self.cancel_listen_sent = true;
+                if unsafe { io.submit(sqe, OP_CANCEL_LISTEN, 0) } {
+                    self.listen_inflight += 1;
+                    self.cancel_listen_sent = true;
+                }
             }
         }
         self.finish_close(io);
         self.listen_inflight == 0 && self.conn_inflight == 0
+    }
+
+    fn max_held(&self, _pool: &switch::Pool) -> usize {
+        // Frames cut out of the byte stream wait in `ready`; sends are copies.
+        READY_MAX
     }
 
     fn poll_us(&self) -> Option<u32> {

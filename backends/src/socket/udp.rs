@@ -216,6 +216,15 @@ impl Backend for UdpPort {
         a && b
     }
 
+    fn max_held(&self, pool: &switch::Pool) -> usize {
+        let n = pool.count();
+        // With a separate send socket (multicast) the first one only receives.
+        match &self.tx {
+            Some(t) => self.rx.rx_held(n) + t.tx_held(n),
+            None => self.rx.rx_held(n) + self.rx.tx_held(n),
+        }
+    }
+
     fn poll_us(&self) -> Option<u32> {
         self.poll_us
     }

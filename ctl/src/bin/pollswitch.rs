@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         pool_size: args.pool_size,
         max_frame: args.max_frame as usize,
         default_poll_us: args.poll_us,
+        ring_size: None,
     };
     let mut daemon = match Daemon::start(&cfg) {
         Ok(d) => d,
@@ -59,19 +60,22 @@ fn main() -> ExitCode {
     let pool = daemon.switch().pool().clone();
     let info = daemon.switch().info().clone();
     eprintln!(
-        "pollswitch: pool of {} buffers of {} bytes on {} pages; io_uring: {}",
+        "pollswitch: pool of {} buffers of {} bytes in a shared memfd on {} pages; \
+         {} reserved for worker rings ({} slots each) and caches; io_uring: {}, multishot receive {}",
         pool.count(),
         pool.buf_size(),
-        if info.pages == PageKind::Huge {
-            "2 MiB huge"
-        } else {
-            "normal (no huge pages available)"
+        match info.pages {
+            PageKind::Huge => "2 MiB huge",
+            _ => "normal (no huge pages available)",
         },
+        info.reserved,
+        info.ring_size,
         if info.deferred {
             "deferred task running"
         } else {
             "task running on every completion (no DEFER_TASKRUN)"
         },
+        if info.multishot { "on" } else { "off (kernel lacks it)" },
     );
     let cores: Vec<String> = cfg
         .cores

@@ -31,5 +31,6 @@ pub use netdev::{
     NetClientDriver, NetLegacyNicOptions, Netdev, NetdevBridgeOptions, NetdevHubPortOptions,
     NetdevL2TPv3Options, NetdevNetmapOptions, NetdevOpts, NetdevSocketOptions, NetdevTapOptions,
     NetdevUserOptions, NetdevVdeOptions, NetdevVhostUserOptions, NetdevVhostVDPAOptions,
+    NetdevXNullOptions,
 };
 pub use scalar::{id_wellformed, parse_bool, parse_size};

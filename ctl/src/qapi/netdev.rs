@@ -243,7 +243,27 @@ qapi_struct! {
     }
 }
 
-/// The schema's `NetClientDriver` enum: every value `type` may take.
+qapi_struct! {
+    /// pollswitch extension: an in-memory source and sink port (see
+    /// `backends/src/null.rs`), to measure the switch without a kernel or peer.
+    pub struct NetdevXNullOptions {
+        /// source, sink or both (default sink)
+        mode: opt str = "mode",
+        /// frame size in bytes (default 64)
+        size: opt uint32 = "size",
+        /// frames per second a source makes, 0 for as many as it can (default 0)
+        rate: opt uint64 = "rate",
+        /// frames a source makes in all, 0 for no limit (default 0)
+        count: opt uint64 = "count",
+        /// the sink stops taking frames (a stalled peer)
+        stall: opt bool = "stall",
+        /// busy-poll time of a sink
+        poll_us: opt uint32 = "poll-us",
+    }
+}
+
+/// The schema's `NetClientDriver` enum: every value `type` may take, plus our `x-`
+/// extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NetClientDriver {
     /// `none`: valid in the enum, but no netdev backend (refused by `netdev_add`).
@@ -270,11 +290,13 @@ pub enum NetClientDriver {
     VhostUser,
     /// `vhost-vdpa`
     VhostVdpa,
+    /// `x-null` (extension)
+    XNull,
 }
 
 impl NetClientDriver {
-    /// Every value, in schema order.
-    pub const ALL: [NetClientDriver; 12] = [
+    /// Every value, in schema order, extensions last.
+    pub const ALL: [NetClientDriver; 13] = [
         NetClientDriver::None,
         NetClientDriver::Nic,
         NetClientDriver::User,
@@ -287,6 +309,7 @@ impl NetClientDriver {
         NetClientDriver::Netmap,
         NetClientDriver::VhostUser,
         NetClientDriver::VhostVdpa,
+        NetClientDriver::XNull,
     ];
 
     /// The QAPI name.
@@ -304,6 +327,7 @@ impl NetClientDriver {
             NetClientDriver::Netmap => "netmap",
             NetClientDriver::VhostUser => "vhost-user",
             NetClientDriver::VhostVdpa => "vhost-vdpa",
+            NetClientDriver::XNull => "x-null",
         }
     }
 
@@ -338,6 +362,8 @@ pub enum NetdevOpts {
     VhostUser(NetdevVhostUserOptions),
     /// `vhost-vdpa`
     VhostVdpa(NetdevVhostVDPAOptions),
+    /// `x-null`
+    XNull(NetdevXNullOptions),
 }
 
 impl NetdevOpts {
@@ -355,6 +381,7 @@ impl NetdevOpts {
             NetdevOpts::Netmap(_) => NetClientDriver::Netmap,
             NetdevOpts::VhostUser(_) => NetClientDriver::VhostUser,
             NetdevOpts::VhostVdpa(_) => NetClientDriver::VhostVdpa,
+            NetdevOpts::XNull(_) => NetClientDriver::XNull,
         }
     }
 
@@ -381,6 +408,7 @@ impl NetdevOpts {
             NetClientDriver::Netmap => NetdevOpts::Netmap(QapiStruct::read_members(input)?),
             NetClientDriver::VhostUser => NetdevOpts::VhostUser(QapiStruct::read_members(input)?),
             NetClientDriver::VhostVdpa => NetdevOpts::VhostVdpa(QapiStruct::read_members(input)?),
+            NetClientDriver::XNull => NetdevOpts::XNull(QapiStruct::read_members(input)?),
         }))
     }
 
@@ -398,6 +426,7 @@ impl NetdevOpts {
             NetdevOpts::Netmap(o) => o.write_members(out),
             NetdevOpts::VhostUser(o) => o.write_members(out),
             NetdevOpts::VhostVdpa(o) => o.write_members(out),
+            NetdevOpts::XNull(o) => o.write_members(out),
         }
     }
 }
@@ -749,6 +778,22 @@ mod tests {
                     NetdevOpts::VhostVdpa(NetdevVhostVDPAOptions {
                         vhostdev: Some("/dev/vhost-vdpa-0".into()),
                         queues: Some(1),
+                    }),
+                ),
+            ),
+            (
+                json!({"id": "z0", "type": "x-null", "mode": "both", "size": 128,
+                       "rate": 1000, "count": 5, "stall": true, "poll-us": 7}),
+                "type=x-null,id=z0,mode=both,size=128,rate=1000,count=5,stall=on,poll-us=7",
+                nd(
+                    "z0",
+                    NetdevOpts::XNull(NetdevXNullOptions {
+                        mode: Some("both".into()),
+                        size: Some(128),
+                        rate: Some(1000),
+                        count: Some(5),
+                        stall: Some(true),
+                        poll_us: Some(7),
                     }),
                 ),
             ),

@@ -449,9 +449,15 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
         .workers()
         .iter()
         .map(|w| {
+            let uring: Map<String, Value> = w
+                .uring
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
             json!({
                 "id": w.id, "core": w.core, "ports": w.ports,
                 "busy-ns": w.busy_ns, "idle-ns": w.idle_ns, "gone-drops": w.gone_drops,
+                "io-uring": uring,
             })
         })
         .collect();
@@ -477,6 +483,7 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
             "buffers": pool.count(), "free": pool.free_count(), "buffer-size": pool.buf_size(),
             "max-frame": pool.max_frame(),
             "huge-pages": pool.pages() == switch::pool::PageKind::Huge,
+            "reserved": pool.reserved(), "refused-handles": pool.misuse_count(),
         },
         "workers": workers,
         "ports": ports,
