@@ -420,6 +420,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "io_uring system calls, which Miri cannot run")]
     fn nop_completes_with_its_token() {
         let mut u = Uring::new().unwrap();
         let e = io_uring::opcode::Nop::new()
@@ -442,6 +443,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "io_uring system calls, which Miri cannot run")]
     fn a_full_queue_is_flushed_not_spun_on() {
         let mut u = Uring::new().unwrap();
         let stats = UringStats::default();
@@ -469,6 +471,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "io_uring system calls, which Miri cannot run")]
     fn multishot_probe_answers() {
         // Linux 6.0+ (this project's CI kernels) has it; the probe must say so, and
         // must not leave anything behind when asked twice.

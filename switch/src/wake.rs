@@ -64,9 +64,11 @@ impl Flags {
     /// ports: whether the sleeper must be woken.
     #[inline]
     pub fn kick(&self) -> bool {
-        // Relaxed: ordered before the load below by the SeqCst fence, and the sleeper
-        // reads it after its own fence.
-        self.kicked.store(true, Ordering::Relaxed);
+        // Release: pairs with the Acquire swap in `take_kick`, so a worker that clears
+        // this kick also sees the item queued before it (a Relaxed store here lets the
+        // worker clear the kick, miss the item, and sleep: the model test found it).
+        // Ordered before the load in `notify` by its SeqCst fence.
+        self.kicked.store(true, Ordering::Release);
         self.notify()
     }
 
@@ -185,8 +187,10 @@ mod loom_tests {
                 f.notify()
             });
             let slept = flags.prepare_sleep(|| tail.load(Ordering::Acquire) == 0);
-            flags.woke();
+            // Asleep, the worker stays asleep until rung (or its timeout): it wakes only
+            // after the producer is done.
             let rang = producer.join().unwrap();
+            flags.woke();
             assert!(
                 !slept || rang,
                 "frame published, sleeper asleep, nobody rang"
@@ -209,8 +213,8 @@ mod loom_tests {
             let seen = queue.load(Ordering::Acquire) == 1;
             // The worker re-checks only its rings (none here), not the port's queue.
             let slept = flags.prepare_sleep(|| true);
-            flags.woke();
             let rang = producer.join().unwrap();
+            flags.woke();
             assert!(
                 seen || !slept || rang,
                 "item queued, sleeper asleep, nobody rang"
@@ -236,8 +240,8 @@ mod loom_tests {
             let pb = spawn(b.clone());
             let slept = flags
                 .prepare_sleep(|| a.load(Ordering::Acquire) == 0 && b.load(Ordering::Acquire) == 0);
-            flags.woke();
             let (ra, rb) = (pa.join().unwrap(), pb.join().unwrap());
+            flags.woke();
             // Asleep means neither item was seen, so each producer must ring.
             assert!(!slept || (ra && rb));
         });

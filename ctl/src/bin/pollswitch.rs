@@ -77,6 +77,14 @@ fn main() -> ExitCode {
         },
         if info.multishot { "on" } else { "off (kernel lacks it)" },
     );
+    eprintln!(
+        "pollswitch: UDP GSO sends {}",
+        if backends::io::udp_gso_supported() {
+            "on"
+        } else {
+            "off (the kernel does not segment UDP_SEGMENT sends)"
+        }
+    );
     let cores: Vec<String> = cfg
         .cores
         .iter()
