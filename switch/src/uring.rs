@@ -308,18 +308,12 @@ impl Uring {
     /// Moves completions into `out` (appending); returns how many.
     pub fn reap(&mut self, out: &mut Vec<Completion>, stats: &UringStats) -> usize {
         let before = out.len();
-        out.append(&mut self.backlog);
-        let mut cq = self.ring.completion();
-        let dropped = u64::from(cq.overflow());
+        let dropped = u64::from(self.ring.completion().overflow());
         if dropped != stats.cq_dropped.load(Ordering::Relaxed) {
             stats.cq_dropped.store(dropped, Ordering::Relaxed);
         }
-        cq.sync();
-        out.extend(cq.map(|c| Completion {
-            token: c.user_data(),
-            res: c.result(),
-            flags: c.flags(),
-        }));
+        self.collect();
+        out.append(&mut self.backlog);
         out.len() - before
     }
 

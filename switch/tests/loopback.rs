@@ -20,7 +20,11 @@ fn start(workers: usize, poll_us: u32) -> Switch {
 }
 
 fn add_port(sw: &mut Switch, name: &str) -> LoopbackHandle {
-    let (b, h) = loopback(8192);
+    add_port_of_depth(sw, name, 8192)
+}
+
+fn add_port_of_depth(sw: &mut Switch, name: &str, depth: usize) -> LoopbackHandle {
+    let (b, h) = loopback(depth);
     sw.add(ClientSpec {
         name: name.into(),
         kind: SpecKind::Port {
@@ -250,26 +254,12 @@ fn every_drop_path_gives_its_buffers_back() {
     })
     .unwrap();
     let pool = sw.pool().clone();
-    let mk = |sw: &mut Switch, name: &str, depth: usize| {
-        let (b, h) = loopback(depth);
-        sw.add(ClientSpec {
-            name: name.into(),
-            kind: SpecKind::Port {
-                queues: vec![Box::new(b)],
-                poll_us: None,
-            },
-            peer: None,
-            nic: false,
-        })
-        .unwrap();
-        h
-    };
     // Placement is least-loaded in order: a, c, e on worker 0; b, d on worker 1.
-    let a = mk(&mut sw, "a", 8192);
-    let b = mk(&mut sw, "b", 8192);
-    let c = mk(&mut sw, "c", 4);
-    let d = mk(&mut sw, "d", 8192);
-    let e = mk(&mut sw, "e", 8192);
+    let a = add_port_of_depth(&mut sw, "a", 8192);
+    let b = add_port_of_depth(&mut sw, "b", 8192);
+    let c = add_port_of_depth(&mut sw, "c", 4);
+    let d = add_port_of_depth(&mut sw, "d", 8192);
+    let e = add_port_of_depth(&mut sw, "e", 8192);
     for n in ["a", "b", "c", "d"] {
         add_hubport(&mut sw, &format!("h{n}"), 0, n);
     }
