@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!  main.rs ── run / gen / sink ──► traffic::run ──► engine::{udp,tcp,tap,vde} (Port)
-//!         └── bench NAME ──► bench::{udp_hub,tap_hub,latency,idle,scale}
+//!         └── bench NAME ──► bench::{udp_hub,tap_hub,latency,idle,scale,io_baseline,workers}
 //!                              │ start a system ──► peer::{pollswitch,qemu,vde,bridge,testpmd}
 //!                              │ measure A B A B … with traffic::run
 //!                              └ report (JSON, table) + svg (plot)

@@ -24,6 +24,7 @@ Commands:
   gen   --tx SPEC...                send only
   sink  --rx SPEC...                receive only (loss from sequence gaps)
   bench NAME|all                    run a scenario: starts the systems itself
+                                    (names and what each measures: list)
   plot FILE.json...                 redraw FILE.svg (and print the table) from a report
   list                              engines, systems and scenarios
   help                              this text
@@ -52,7 +53,9 @@ Bench options:
   --gen-core N        generator core (default 0)
   --sink-core N       separate sink thread on this core (default: generator's loop)
   --sut-cores LIST    cores of the system under test, e.g. 1 or 2-5 (default 1)
-  --workers N         pollswitch/testpmd forwarding workers (default 1)
+  --workers N         pollswitch/testpmd forwarding workers (default 1); bench
+                      workers measures 1, 2, 4, ... below N and N, each W on the
+                      first W of --sut-cores (e.g. --workers 8 --sut-cores 1-8)
   --poll-us N         pollswitch -poll-us (default 1000, the daemon's own default;
                       idle sweeps its own)
   --systems A,B       measure only these systems

@@ -28,6 +28,14 @@ pub struct Sample {
     pub diagnostics: Vec<String>,
     /// Why the run failed, if it did.
     pub error: Option<String>,
+    /// Frames the switch itself counted as dropped in the window, every reason and port
+    /// together (scenarios that read the daemon's counters: workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_drops: Option<u64>,
+    /// Scenario-specific detail of the run (workers: each worker's share, drops by
+    /// reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
 }
 
 /// Median, minimum and maximum over the successful runs.
@@ -85,6 +93,10 @@ pub struct Summary {
     pub reordered: Option<Stat>,
     /// Duplicated, echoed to their sender, or of the wrong length; absent when none were.
     pub bad_frames: Option<Stat>,
+    /// Frames the switch counted as dropped (see [`Sample::switch_drops`]); absent
+    /// where the scenario does not read the switch's counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_drops: Option<Stat>,
 }
 
 /// All runs of one system in one configuration.
@@ -138,6 +150,7 @@ impl Series {
             reordered: out(&|o| o.reordered as f64).filter(|s| s.max > 0.0),
             bad_frames: out(&|o| (o.duplicates + o.echoed + o.bad_length) as f64)
                 .filter(|s| s.max > 0.0),
+            switch_drops: Stat::of(ok.iter().filter_map(|s| s.switch_drops.map(|d| d as f64))),
         };
     }
 
@@ -161,6 +174,8 @@ fn lat(o: &Outcome, v: f64) -> f64 {
 pub struct Ratio {
     /// What is divided by what, in words.
     pub what: String,
+    /// NaN (written as null) when a median is missing.
+    #[serde(deserialize_with = "null_is_nan")]
     pub value: f64,
 }
 
@@ -169,10 +184,20 @@ pub struct Ratio {
 pub struct Target {
     /// The goal in words.
     pub goal: String,
-    /// The measured value the goal is about.
+    /// The measured value the goal is about (NaN, written as null, when missing).
+    #[serde(deserialize_with = "null_is_nan")]
     pub value: f64,
     /// Whether it was met (false when a value is missing).
     pub met: bool,
+    /// Why it could not be measured here (then `met` is false and `value` NaN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_measured: Option<String>,
+}
+
+/// A number that JSON may hold as null: serde_json writes NaN so, and the report must
+/// read back what it wrote.
+fn null_is_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The machine a report came from.
@@ -355,7 +380,7 @@ impl Report {
     /// The table for people: one row per series, only columns that have values.
     pub fn table(&self) -> String {
         type Col = (&'static str, fn(&Summary) -> Option<Stat>, bool);
-        let cols: [Col; 14] = [
+        let cols: [Col; 15] = [
             ("tx Mpps", |s| s.tx_mpps, false),
             ("rx Mpps", |s| s.rx_mpps, true),
             ("rx Gbit/s", |s| s.rx_gbps, false),
@@ -370,6 +395,7 @@ impl Report {
             ("sink drops", |s| s.tool_rx_drops, false),
             ("reordered", |s| s.reordered, false),
             ("bad frames", |s| s.bad_frames, false),
+            ("switch drops", |s| s.switch_drops, false),
         ];
         let used: Vec<&Col> = cols
             .iter()
@@ -411,12 +437,15 @@ impl Report {
         if !self.targets.is_empty() {
             out.push('\n');
             for t in &self.targets {
-                out.push_str(&format!(
-                    "- target {}: measured {} — {}\n",
-                    t.goal,
-                    crate::svg::num(t.value),
-                    if t.met { "met" } else { "**missed**" }
-                ));
+                out.push_str(&match &t.not_measured {
+                    Some(why) => format!("- target {}: not measured — {why}\n", t.goal),
+                    None => format!(
+                        "- target {}: measured {} — {}\n",
+                        t.goal,
+                        crate::svg::num(t.value),
+                        if t.met { "met" } else { "**missed**" }
+                    ),
+                });
             }
         }
         let failed: Vec<String> = self

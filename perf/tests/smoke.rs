@@ -271,6 +271,66 @@ fn scale() {
     }
 }
 
+/// The switch core alone: in-memory ports, one and two workers on the two cores, both
+/// layouts, counters read over QMP.
+#[test]
+fn workers() {
+    let _serial = serial();
+    let r = bench("workers", &["--workers", "2", "--sut-cores", "0,1"]);
+    let series = r["series"].as_array().unwrap();
+    let labels: Vec<&str> = series
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        ["local 1 worker", "local 2 workers", "cross 2 workers"]
+    );
+    assert_eq!(systems(&r), ["pollswitch"; 3]);
+    for s in series {
+        let label = s["label"].as_str().unwrap();
+        let workers = num(&s["params"]["workers"], "workers");
+        let mpps = num(&s["summary"]["rx_mpps"]["median"], "rx_mpps median");
+        assert!(mpps > 0.0, "{label}: {mpps} Mpps");
+        let x = &s["samples"][0];
+        let o = &x["outcome"];
+        assert!(num(&o["received"], "received") > 0.0, "{label}: {o}");
+        assert!(num(&o["sent"], "sent") >= num(&o["received"], "received") * 0.99);
+        assert!(num(&x["switch_drops"], "switch_drops") >= 0.0);
+        let per_worker = x["detail"]["per_worker"].as_array().expect("per_worker");
+        assert_eq!(per_worker.len() as f64, workers, "{label}");
+        let share: f64 = per_worker
+            .iter()
+            .map(|w| num(&w["share_pct"], "share_pct"))
+            .sum();
+        assert!(
+            (share - 100.0).abs() < 1e-6,
+            "{label}: shares add up to {share}"
+        );
+        assert!(
+            s["command"]
+                .as_str()
+                .unwrap()
+                .contains("x-null,id=s0,mode=source"),
+            "{}",
+            s["command"]
+        );
+    }
+    assert_eq!(r["ratios"].as_array().unwrap().len(), 2, "{}", r["ratios"]);
+    let targets = r["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    assert!(targets[0]["goal"].as_str().unwrap().contains("20 Mpps"));
+    assert!(num(&targets[0]["value"], "one-worker Mpps") > 0.0);
+    // Two workers measured: the 1 -> 8 target says why it was not judged.
+    assert!(
+        targets[1]["not_measured"]
+            .as_str()
+            .is_some_and(|w| w.contains("core")),
+        "{}",
+        targets[1]
+    );
+}
+
 #[test]
 fn missing_peer_fails_loudly() {
     let _serial = serial();

@@ -291,6 +291,11 @@ impl Worker {
             if now.duration_since(self.last_housekeeping) >= HOUSEKEEPING_EVERY {
                 self.housekeeping(now);
             }
+            if now.duration_since(awake_since) >= MAX_SLEEP {
+                // A worker that never sleeps still reports its busy time.
+                self.account_busy(awake_since, now);
+                awake_since = now;
+            }
             if work > 0 {
                 continue;
             }
@@ -298,10 +303,6 @@ impl Worker {
                 self.account_busy(awake_since, now);
                 self.sleep();
                 awake_since = Instant::now();
-            } else if now.duration_since(awake_since) >= MAX_SLEEP {
-                // A worker that never sleeps still reports its busy time.
-                self.account_busy(awake_since, now);
-                awake_since = now;
             }
         }
     }

@@ -30,6 +30,7 @@ pub mod latency;
 pub mod scale;
 pub mod tap_hub;
 pub mod udp_hub;
+pub mod workers;
 
 /// A scenario's entry in the registry.
 pub struct Scenario {
@@ -53,6 +54,7 @@ pub const SCENARIOS: &[Scenario] = &[
     idle::SCENARIO,
     scale::SCENARIO,
     io_baseline::SCENARIO,
+    workers::SCENARIO,
 ];
 
 /// The scenario called `name`.
@@ -570,6 +572,17 @@ pub fn target(goal: &str, value: f64, threshold: f64, at_most: bool) -> crate::r
         goal: goal.into(),
         value,
         met,
+        not_measured: None,
+    }
+}
+
+/// A target this run could not measure, and why (never met).
+pub fn not_measured(goal: &str, why: &str) -> crate::report::Target {
+    crate::report::Target {
+        goal: goal.into(),
+        value: f64::NAN,
+        met: false,
+        not_measured: Some(why.into()),
     }
 }
 
