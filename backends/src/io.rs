@@ -236,6 +236,8 @@ pub struct DgramIo {
     tx_cap: usize,
     /// Frames of a GSO send the path refused, to go again one by one.
     retry: Vec<Pkt>,
+    /// Slots of the single sends queued in one `tx_singles` call, in frame order.
+    tx_order: Vec<u32>,
     stopping: bool,
     cancel_sent: bool,
     multi: Option<MultiRx>,
@@ -289,6 +291,7 @@ impl DgramIo {
             tx_frames: 0,
             tx_cap: 16,
             retry: Vec::new(),
+            tx_order: Vec::with_capacity(TX_SLOTS),
             stopping: false,
             cancel_sent: false,
             multi: None,
@@ -743,7 +746,7 @@ impl DgramIo {
         let mut sent = 0;
         while sent < n {
             let Some(&i) = self.tx_free.last() else { break };
-            let data = pool.bytes(&pkts[0]);
+            let data = pool.bytes(&pkts[sent]);
             let (ptr, len) = (data.as_ptr(), data.len() as u32);
             let sqe = match self.cfg.dest {
                 Some(_) => opcode::Send::new(fd, ptr, len)
@@ -752,19 +755,22 @@ impl DgramIo {
                     .build(),
                 None => opcode::Send::new(fd, ptr, len).build(),
             };
-            // SAFETY: the slot takes the frame's reference below and keeps it until
-            // the completion; the destination lives in boxed storage that does not move.
+            // SAFETY: slot `i` takes the frame's reference below, in this call and so
+            // before any completion is handled, and keeps it until the completion; the
+            // destination lives in boxed storage that does not move.
             if !unsafe { io.submit(sqe, OP_TX, i) } {
                 break;
             }
             self.tx_free.pop();
-            let slot = &mut self.tx[i as usize];
-            slot.pkt = Some(pkts.remove(0));
-            slot.len = len as usize;
-            self.inflight += 1;
-            self.tx_frames += 1;
+            self.tx[i as usize].len = len as usize;
+            self.tx_order.push(i);
             sent += 1;
         }
+        for (i, pkt) in self.tx_order.drain(..).zip(pkts.drain(..sent)) {
+            self.tx[i as usize].pkt = Some(pkt);
+        }
+        self.inflight += sent;
+        self.tx_frames += sent;
         sent
     }
 

@@ -164,8 +164,8 @@ fn netdev_table(v: &Value) -> String {
 fn stats_table(v: &Value) -> String {
     let p = &v["pool"];
     let mut out = format!(
-        "pool: {} of {} buffers free, {} bytes each, max frame {}, huge pages: {}\n\n",
-        p["free"], p["buffers"], p["buffer-size"], p["max-frame"], p["huge-pages"]
+        "pool: {} of {} buffers free, {} reserved, {} bytes each, max frame {}, huge pages: {}\n\n",
+        p["free"], p["buffers"], p["reserved"], p["buffer-size"], p["max-frame"], p["huge-pages"]
     );
     let workers = v["workers"]
         .as_array()
@@ -179,15 +179,31 @@ fn stats_table(v: &Value) -> String {
             } else {
                 0.0
             };
+            // Only the io_uring counters that moved, as "name=n".
+            let trouble: Vec<String> = w["io-uring"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
             vec![
                 w["id"].to_string(),
                 w["core"].to_string(),
                 w["ports"].to_string(),
                 format!("{pct:.1}%"),
+                if trouble.is_empty() {
+                    "-".to_string()
+                } else {
+                    trouble.join(",")
+                },
             ]
         })
         .collect();
-    out.push_str(&table(&["WORKER", "CORE", "PORTS", "BUSY"], workers));
+    out.push_str(&table(
+        &["WORKER", "CORE", "PORTS", "BUSY", "IO-URING"],
+        workers,
+    ));
     out.push('\n');
     let ports = v["ports"]
         .as_array()
