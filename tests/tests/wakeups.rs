@@ -3,6 +3,12 @@
 //! wake-up shows as a frame that takes the worker's longest sleep (250 ms) instead of
 //! well under a millisecond. Alone in its file so that no other test loads the two
 //! cores while it times frames.
+//!
+//! The race itself (a producer and a worker going to sleep in the same nanoseconds) is
+//! too narrow to hit on purpose from outside: the daemon before the wake-up module
+//! passes this test too. The loom model in `switch/src/wake.rs` is what proves the
+//! protocol; this test proves the whole path (eventfd armed, kicks from the control
+//! thread, rings between workers) wakes a sleeping worker at once.
 
 mod common;
 
@@ -13,8 +19,8 @@ use serde_json::json;
 use tests::{frame, QmpClient, TempDir, UdpEnd};
 
 /// Slowest a frame may be: far below a 250 ms sleep timeout, far above a wake-up
-/// (tens of microseconds) on a busy 2-core machine.
-const LIMIT: Duration = Duration::from_millis(8);
+/// (p50 ~0.2 ms, max ~3 ms for the debug daemon on a 2-core VM).
+const LIMIT: Duration = Duration::from_millis(15);
 /// Frames each way.
 const FRAMES: usize = 300;
 /// Time between frames: every worker is asleep again when the next one comes.
