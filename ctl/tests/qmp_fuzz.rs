@@ -110,7 +110,10 @@ fn control() -> &'static std::sync::Mutex<Control> {
         .unwrap();
         let mut c = Control::new(d);
         let (tx, _rx) = std::sync::mpsc::channel();
-        c.handle(Msg::Connected { id: 1, out: tx });
+        c.handle(Msg::Connected {
+            id: 1,
+            out: ctl::qmp::server::Outbox::new(tx),
+        });
         std::sync::Mutex::new(c)
     })
 }

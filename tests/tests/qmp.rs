@@ -960,3 +960,81 @@ fn bad_qmp_options_fail_at_start() {
         assert!(err.contains(needle), "{spec}: {err}");
     }
 }
+
+#[test]
+fn legacy_tcp_spelling_and_the_unix_socket_goes_at_exit() {
+    // `-qmp tcp::PORT,server,nowait`: what most QEMU how-tos print (no host: every
+    // address, as QEMU does).
+    let port = tests::free_tcp_port();
+    let tcp = format!("tcp::{port},server,nowait");
+    let sut = start(&["-qmp", tcp.as_str()]);
+    let mut t = QmpClient::connect_tcp(("127.0.0.1", port)).expect("QMP over tcp::PORT");
+    t.negotiate();
+    assert!(t.execute_ok("query-version", json!({}))["qemu"].is_object());
+    drop(t);
+    assert!(sut.sock.exists());
+    let sock = sut.sock.clone();
+    sut.d.stop_clean();
+    assert!(!sock.exists(), "the QMP unix socket is removed at exit");
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_never_reads_is_not_read_either() {
+    use std::io::Write;
+    let sut = start(&[]);
+    let pid = sut.d.pid();
+    let mut slow = UnixStream::connect(&sut.sock).unwrap();
+    slow.write_all(b"{\"execute\": \"qmp_capabilities\"}\n")
+        .unwrap();
+    let rss0 = rss_kib(pid);
+    // Write requests without reading a single reply, until the daemon stops taking
+    // them: the write blocks (timeout) once the socket buffers are full.
+    slow.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let req = b"{\"execute\": \"query-netdev\"}\n".repeat(1024);
+    let t0 = Instant::now();
+    let mut written = 0usize;
+    while t0.elapsed() < Duration::from_secs(20) {
+        match slow.write(&req) {
+            Ok(n) => written += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "the daemon kept reading {written} bytes of requests whose replies nobody read"
+    );
+    // The premise: it did read and answer a good many before it stopped.
+    assert!(written > 100_000, "only {written} bytes taken");
+    let grown = rss_kib(pid).saturating_sub(rss0);
+    assert!(grown < 64 * 1024, "memory grew by {grown} KiB");
+    // Everybody else is served meanwhile.
+    let mut other = sut.client();
+    let t1 = Instant::now();
+    other.execute_ok("query-version", json!({}));
+    assert!(t1.elapsed() < Duration::from_secs(2));
+    // Reading the replies lets the daemon go on with the queued requests.
+    let mut r = std::io::BufReader::new(slow.try_clone().unwrap());
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut line = String::new();
+    let mut replies = 0;
+    while replies < 2000 {
+        line.clear();
+        if std::io::BufRead::read_line(&mut r, &mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        replies += 1;
+    }
+    assert_eq!(replies, 2000, "the backlog is answered once read");
+    drop((r, slow, other));
+    sut.d.stop_clean();
+}

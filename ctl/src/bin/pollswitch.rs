@@ -112,11 +112,15 @@ fn main() -> ExitCode {
         eprintln!("pollswitch: cannot install signal handler: {e}");
         return ExitCode::from(1);
     }
-    if let Err(e) = listen(&endpoints, &tx) {
-        eprintln!("pollswitch: {e}");
-        let _ = daemon.shutdown();
-        return ExitCode::from(1);
-    }
+    // Held to the end: dropping it removes the unix sockets.
+    let _listeners = match listen(&endpoints, &tx) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("pollswitch: {e}");
+            let _ = daemon.shutdown();
+            return ExitCode::from(1);
+        }
+    };
     for ep in &endpoints {
         eprintln!("pollswitch: QMP on {ep:?}");
     }

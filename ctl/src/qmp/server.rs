@@ -13,7 +13,10 @@
 //!
 //! Only the control loop touches the daemon, so commands from many clients are applied
 //! one at a time, in arrival order. A client that sends garbage, an over-long request or
-//! disappears mid-command affects its own threads only.
+//! disappears mid-command affects its own threads only. What waits to be written to a
+//! client is bounded ([`Outbox`]): while a client does not read its replies, its reader
+//! thread stops reading its requests (as QEMU does), and events beyond a hard bound are
+//! dropped for that client alone.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -22,6 +25,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -36,14 +40,98 @@ use crate::error::CtlError;
 /// A client's number.
 pub type ClientId = u64;
 
+/// Bytes of unsent replies above which a client's requests are no longer read.
+pub const OUT_SOFT: usize = 256 << 10;
+/// Bytes of unsent output above which events for that client are dropped.
+pub const OUT_HARD: usize = 4 << 20;
+
+#[derive(Debug, Default)]
+struct Queued {
+    bytes: usize,
+    closed: bool,
+    dropped_events: u64,
+}
+
+/// A client's queue of lines to send, bounded in bytes: the control loop adds, the
+/// client's writer thread takes, the client's reader waits for room before it reads.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: Sender<String>,
+    state: Arc<(Mutex<Queued>, Condvar)>,
+}
+
+impl Outbox {
+    /// Wraps the sending end of the channel a writer drains.
+    pub fn new(tx: Sender<String>) -> Outbox {
+        Outbox {
+            tx,
+            state: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.state.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a reply (or the greeting): always, since the reader stops taking requests
+    /// while the queue is over [`OUT_SOFT`], which bounds how many replies can wait.
+    pub fn reply(&self, line: String) {
+        self.lock().bytes += line.len();
+        let _ = self.tx.send(line);
+    }
+
+    /// Queues an event unless the client already has [`OUT_HARD`] bytes unread; false
+    /// when it was dropped.
+    pub fn event(&self, line: String) -> bool {
+        {
+            let mut q = self.lock();
+            if q.bytes + line.len() > OUT_HARD {
+                q.dropped_events += 1;
+                return false;
+            }
+            q.bytes += line.len();
+        }
+        let _ = self.tx.send(line);
+        true
+    }
+
+    /// Events dropped so far for this client.
+    pub fn dropped_events(&self) -> u64 {
+        self.lock().dropped_events
+    }
+
+    /// The writer wrote `n` bytes.
+    fn sent(&self, n: usize) {
+        let mut q = self.lock();
+        q.bytes = q.bytes.saturating_sub(n);
+        if q.bytes <= OUT_SOFT {
+            self.state.1.notify_all();
+        }
+    }
+
+    /// The writer stopped (the client is gone): nobody waits for room any more.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.state.1.notify_all();
+    }
+
+    /// Reader side: waits while the client's unread replies are over [`OUT_SOFT`].
+    fn wait_room(&self) {
+        let mut q = self.lock();
+        while q.bytes > OUT_SOFT && !q.closed {
+            q = self.state.1.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// What reaches the control loop.
 pub enum Msg {
     /// A client connected; `out` carries lines to its writer.
     Connected {
         /// The client.
         id: ClientId,
-        /// Its writer.
-        out: Sender<String>,
+        /// Its writer's queue.
+        out: Outbox,
     },
     /// A JSON value or a parse error from a client.
     Input {
@@ -70,7 +158,7 @@ pub enum Msg {
 
 /// Per-client state kept by the control loop.
 pub struct Client {
-    out: Sender<String>,
+    out: Outbox,
     /// Whether `qmp_capabilities` was executed (command mode).
     pub negotiated: bool,
     /// Descriptors named with `getfd`.
@@ -132,7 +220,11 @@ pub fn parse_endpoint(spec: &str) -> Result<Endpoint, CtlError> {
     if let Some(p) = head.strip_prefix("unix:") {
         Ok(Endpoint::Unix(p.to_string()))
     } else if let Some(a) = head.strip_prefix("tcp:") {
-        Ok(Endpoint::Tcp(a.to_string()))
+        // QEMU's `tcp::PORT` (no host) listens on every address, as QEMU does.
+        match a.strip_prefix(':') {
+            Some(port) => Ok(Endpoint::Tcp(format!("0.0.0.0:{port}"))),
+            None => Ok(Endpoint::Tcp(a.to_string())),
+        }
     } else {
         Err(CtlError::Invalid(format!(
             "-qmp {spec}: expected unix:PATH or tcp:HOST:PORT"
@@ -145,17 +237,21 @@ static NEXT_CLIENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 fn spawn_writer<W: Write + Send + 'static>(
     mut w: W,
     on_error: impl FnOnce() + Send + 'static,
-) -> Sender<String> {
+) -> Outbox {
     let (tx, rx) = channel::<String>();
+    let out = Outbox::new(tx);
+    let mine = out.clone();
     std::thread::spawn(move || {
         for line in rx {
             if w.write_all(line.as_bytes()).is_err() {
                 break;
             }
+            mine.sent(line.len());
         }
+        mine.close();
         on_error();
     });
-    tx
+    out
 }
 
 /// Reads a client's bytes until it goes away; `recv` returns bytes read and any
@@ -163,11 +259,14 @@ fn spawn_writer<W: Write + Send + 'static>(
 fn reader_loop(
     id: ClientId,
     ctl: Sender<Msg>,
+    out: Outbox,
     mut recv: impl FnMut(&mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)>,
 ) {
     let mut splitter = Splitter::default();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        // A client that does not read its replies is not read either.
+        out.wait_room();
         let (n, fds) = match recv(&mut buf) {
             Ok((0, _)) | Err(_) => break,
             Ok(x) => x,
@@ -194,17 +293,40 @@ fn reader_loop(
     let _ = ctl.send(Msg::Gone { id });
 }
 
+/// The bound endpoints; dropping it removes the unix sockets it made.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    paths: Vec<String>,
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Binds a unix socket that is never accessible to others, not even for a moment: the
+/// file is created under umask 0177 (mode 0600), and set to 0600 again in case the
+/// path's directory or filesystem made it otherwise.
+fn bind_private(path: &str) -> std::io::Result<UnixListener> {
+    let l = backends::sys::with_umask(0o177, || UnixListener::bind(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
 /// Binds every endpoint and starts accepting clients in the background.
-pub fn listen(endpoints: &[Endpoint], ctl: &Sender<Msg>) -> Result<(), CtlError> {
+pub fn listen(endpoints: &[Endpoint], ctl: &Sender<Msg>) -> Result<Listeners, CtlError> {
+    let mut bound = Listeners::default();
     for ep in endpoints {
         match ep {
             Endpoint::Unix(path) => {
                 let _ = std::fs::remove_file(path);
-                let l = UnixListener::bind(path).map_err(|e| {
+                let l = bind_private(path).map_err(|e| {
                     CtlError::Invalid(format!("-qmp unix:{path}: cannot listen: {e}"))
                 })?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| CtlError::Invalid(format!("-qmp unix:{path}: chmod: {e}")))?;
+                bound.paths.push(path.clone());
                 let ctl = ctl.clone();
                 std::thread::spawn(move || {
                     for s in l.incoming().flatten() {
@@ -225,7 +347,7 @@ pub fn listen(endpoints: &[Endpoint], ctl: &Sender<Msg>) -> Result<(), CtlError>
             }
         }
     }
-    Ok(())
+    Ok(bound)
 }
 
 fn start_unix_client(s: UnixStream, ctl: Sender<Msg>) {
@@ -236,10 +358,10 @@ fn start_unix_client(s: UnixStream, ctl: Sender<Msg>) {
     let out = spawn_writer(w, move || {
         let _ = closer.shutdown(std::net::Shutdown::Both);
     });
-    if ctl.send(Msg::Connected { id, out }).is_err() {
+    if ctl.send(Msg::Connected { id, out: out.clone() }).is_err() {
         return;
     }
-    std::thread::spawn(move || reader_loop(id, ctl, |buf| recv_with_fds(&s, buf)));
+    std::thread::spawn(move || reader_loop(id, ctl, out, |buf| recv_with_fds(&s, buf)));
 }
 
 fn start_tcp_client(s: TcpStream, ctl: Sender<Msg>) {
@@ -251,10 +373,12 @@ fn start_tcp_client(s: TcpStream, ctl: Sender<Msg>) {
     let out = spawn_writer(w, move || {
         let _ = closer.shutdown(std::net::Shutdown::Both);
     });
-    if ctl.send(Msg::Connected { id, out }).is_err() {
+    if ctl.send(Msg::Connected { id, out: out.clone() }).is_err() {
         return;
     }
-    std::thread::spawn(move || reader_loop(id, ctl, |buf| r.read(buf).map(|n| (n, Vec::new()))));
+    std::thread::spawn(move || {
+        reader_loop(id, ctl, out, |buf| r.read(buf).map(|n| (n, Vec::new())))
+    });
 }
 
 impl Control {
@@ -271,7 +395,7 @@ impl Control {
     /// Sends a line to one client.
     pub fn send(&self, id: ClientId, v: &Value) {
         if let Some(c) = self.clients.get(&id) {
-            let _ = c.out.send(wire::line(v));
+            c.out.reply(wire::line(v));
         }
     }
 
@@ -279,7 +403,7 @@ impl Control {
     pub fn broadcast(&self, name: &str, data: Option<Value>) {
         let line = wire::line(&wire::event(name, data));
         for c in self.clients.values().filter(|c| c.negotiated) {
-            let _ = c.out.send(line.clone());
+            c.out.event(line.clone());
         }
     }
 
@@ -287,7 +411,7 @@ impl Control {
     pub fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Connected { id, out } => {
-                let _ = out.send(wire::line(&wire::greeting()));
+                out.reply(wire::line(&wire::greeting()));
                 self.clients.insert(
                     id,
                     Client {
@@ -320,7 +444,15 @@ impl Control {
                 }
             }
             Msg::Gone { id } => {
-                self.clients.remove(&id);
+                if let Some(c) = self.clients.remove(&id) {
+                    let n = c.out.dropped_events();
+                    if n > 0 {
+                        eprintln!(
+                            "pollswitch: QMP client {id} left; {n} event(s) were dropped for it \
+                             while it did not read its replies"
+                        );
+                    }
+                }
             }
             Msg::Signal => {
                 self.broadcast(
