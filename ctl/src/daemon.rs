@@ -114,7 +114,7 @@ impl Daemon {
             }
         });
         self.netdevs.push(NetdevEntry {
-            config: nd.clone(),
+            config: built.config,
             nic,
         });
         Ok(())

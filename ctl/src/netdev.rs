@@ -65,6 +65,9 @@ fn backend_err(id: &str) -> impl FnOnce(backends::Error) -> CtlError + '_ {
 pub struct Built {
     /// The client.
     pub spec: ClientSpec,
+    /// The configuration as created, for `query-netdev`: the given one, with what the
+    /// kernel decided filled in (a tap's interface name as it really is).
+    pub config: Netdev,
     /// For a NIC: its control handle and address.
     pub nic: Option<(NicHandle, Mac)>,
 }
@@ -73,9 +76,16 @@ pub struct Built {
 /// `macaddr=` gets.
 pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, CtlError> {
     let mut nic_out = None;
+    let mut config = nd.clone();
     let (kind, peer) = match &nd.opts {
         NetdevOpts::Hubport(o) => hubport(o),
-        NetdevOpts::Tap(o) => (tap(&nd.id, o, env)?, None),
+        NetdevOpts::Tap(o) => {
+            let (kind, ifname) = tap(&nd.id, o, env)?;
+            if let (NetdevOpts::Tap(c), Some(name)) = (&mut config.opts, ifname) {
+                c.ifname = Some(name);
+            }
+            (kind, None)
+        }
         NetdevOpts::Socket(o) => (socket(&nd.id, o, env)?, None),
         NetdevOpts::XNull(o) => (null(o, env)?, None),
         NetdevOpts::Nic(o) => {
@@ -103,6 +113,7 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
         other => return Err(unsupported(other.type_name())),
     };
     Ok(Built {
+        config,
         spec: ClientSpec {
             name: nd.id.clone(),
             kind,
@@ -165,7 +176,13 @@ fn hubport(o: &NetdevHubPortOptions) -> (SpecKind, Option<String>) {
     (SpecKind::HubPort { hub: o.hubid }, o.netdev.clone())
 }
 
-fn tap(id: &str, o: &NetdevTapOptions, env: &mut BuildEnv<'_>) -> Result<SpecKind, CtlError> {
+/// Opens a tap; with it, the interface name the kernel gave it when it was opened by
+/// name (the kernel cuts names to 15 bytes and picks one when none is given).
+fn tap(
+    id: &str,
+    o: &NetdevTapOptions,
+    env: &mut BuildEnv<'_>,
+) -> Result<(SpecKind, Option<String>), CtlError> {
     if o.vhost == Some(true)
         || o.vhostfd.is_some()
         || o.vhostfds.is_some()
@@ -223,14 +240,16 @@ fn tap(id: &str, o: &NetdevTapOptions, env: &mut BuildEnv<'_>) -> Result<SpecKin
         queues: o.queues.unwrap_or(1),
         poll_us: o.poll_us,
     };
-    let (queues, _ifname) = tap::open(cfg).map_err(backend_err(id))?;
-    Ok(SpecKind::Port {
+    let by_name = cfg.fds.is_empty();
+    let (queues, ifname) = tap::open(cfg).map_err(backend_err(id))?;
+    let kind = SpecKind::Port {
         queues: queues
             .into_iter()
             .map(|q| Box::new(q) as Box<dyn Backend>)
             .collect(),
         poll_us: o.poll_us,
-    })
+    };
+    Ok((kind, by_name.then_some(ifname)))
 }
 
 fn socket_mode(o: &NetdevSocketOptions, env: &mut BuildEnv<'_>) -> Result<SocketMode, CtlError> {

@@ -328,3 +328,19 @@ fn stop_during_traffic_returns_every_buffer() {
     let (status, err) = d.stop();
     assert_clean_exit(status, &err);
 }
+
+#[test]
+fn an_argument_that_is_not_utf8_is_an_error_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"unix:/tmp/ps-\xff.sock,server=on,wait=off");
+    let out = std::process::Command::new(tests::bin_path("pollswitch"))
+        .args(["-cores", "0", "-qmp"])
+        .arg(bad)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("argument 4 is not valid UTF-8"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

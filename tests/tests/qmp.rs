@@ -1038,3 +1038,58 @@ fn a_client_that_never_reads_is_not_read_either() {
     drop((r, slow, other));
     sut.d.stop_clean();
 }
+
+#[test]
+fn query_netdev_names_taps_as_the_kernel_made_them() {
+    // The daemon in a namespace of its own, so its taps are born there.
+    let ns = tests::Netns::new();
+    let dir = TempDir::new();
+    let sock = dir.join("qmp.sock");
+    let spec = format!("unix:{},server=on,wait=off", sock.display());
+    let d = Daemon::start_in(
+        &ns,
+        &[
+            "-cores",
+            "0",
+            "-poll-us",
+            "0",
+            "-pool-size",
+            "1024",
+            "-qmp",
+            &spec,
+        ],
+    );
+    let mut c = QmpClient::connect_unix_negotiated(&sock).expect("QMP");
+    // A name longer than the kernel's 15 bytes, and no name at all.
+    let long = "pstapnamelongerthan15";
+    c.execute_ok(
+        "netdev_add",
+        json!({"id": "t0", "type": "tap", "ifname": long, "script": "no", "downscript": "no"}),
+    );
+    c.execute_ok(
+        "netdev_add",
+        json!({"id": "t1", "type": "tap", "script": "no", "downscript": "no"}),
+    );
+    let nds = c.execute_ok("query-netdev", json!({}));
+    let name = |id: &str| {
+        nds.as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {nds}"))["ifname"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{id} has an ifname: {nds}"))
+            .to_string()
+    };
+    assert_eq!(name("t0"), &long[..15]);
+    let t1 = name("t1");
+    assert!(t1.starts_with("tap"), "{t1}");
+    for n in [name("t0"), t1] {
+        assert!(
+            ns.exec(&["ip", "link", "show", "dev", &n]).status.success(),
+            "query-netdev names {n}, which exists"
+        );
+    }
+    drop(c);
+    d.stop_clean();
+}

@@ -308,7 +308,10 @@ fn a_tap_whose_far_side_takes_nothing_drops_at_itself_while_others_forward() {
         }
         rx.join().unwrap()
     });
-    assert_eq!(got, total, "b received {got} of {total} beside the stuck tap");
+    assert_eq!(
+        got, total,
+        "b received {got} of {total} beside the stuck tap"
+    );
     // Every frame flooded to the tap is accounted for there: sent into the kernel or
     // dropped and counted at the tap itself.
     let count = |p: &Value| {
@@ -321,7 +324,8 @@ fn a_tap_whose_far_side_takes_nothing_drops_at_itself_while_others_forward() {
                 .sum::<u64>()
     };
     assert!(
-        wait_until(Duration::from_secs(5), || count(&sut.port("t")) - count(&before)
+        wait_until(Duration::from_secs(5), || count(&sut.port("t"))
+            - count(&before)
             == u64::from(total)),
         "tap: before {before}, after {}",
         sut.port("t")

@@ -12,7 +12,23 @@ use switch::pool::PageKind;
 use switch::SwitchConfig;
 
 fn main() -> ExitCode {
-    let args = match DaemonArgs::parse(std::env::args().skip(1)) {
+    // Arguments as the OS gives them: one that is not UTF-8 is an error, not a panic.
+    let mut argv = Vec::new();
+    for (i, a) in std::env::args_os().skip(1).enumerate() {
+        match a.into_string() {
+            Ok(s) => argv.push(s),
+            Err(raw) => {
+                eprintln!(
+                    "pollswitch: argument {} is not valid UTF-8 ({}): pollswitch takes UTF-8 \
+                     arguments, paths included",
+                    i + 1,
+                    raw.to_string_lossy()
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let args = match DaemonArgs::parse(argv) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("pollswitch: {e}");

@@ -358,7 +358,13 @@ fn start_unix_client(s: UnixStream, ctl: Sender<Msg>) {
     let out = spawn_writer(w, move || {
         let _ = closer.shutdown(std::net::Shutdown::Both);
     });
-    if ctl.send(Msg::Connected { id, out: out.clone() }).is_err() {
+    if ctl
+        .send(Msg::Connected {
+            id,
+            out: out.clone(),
+        })
+        .is_err()
+    {
         return;
     }
     std::thread::spawn(move || reader_loop(id, ctl, out, |buf| recv_with_fds(&s, buf)));
@@ -373,7 +379,13 @@ fn start_tcp_client(s: TcpStream, ctl: Sender<Msg>) {
     let out = spawn_writer(w, move || {
         let _ = closer.shutdown(std::net::Shutdown::Both);
     });
-    if ctl.send(Msg::Connected { id, out: out.clone() }).is_err() {
+    if ctl
+        .send(Msg::Connected {
+            id,
+            out: out.clone(),
+        })
+        .is_err()
+    {
         return;
     }
     std::thread::spawn(move || {
