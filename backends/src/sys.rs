@@ -208,6 +208,19 @@ impl RawAddr {
     }
 }
 
+/// Runs `f` with the process's file-creation mask set to `mask`, then restores it: for
+/// creating a file (a unix socket) that is never accessible to others, not even between
+/// its creation and a chmod. The mask is process-wide; the caller makes sure no other
+/// thread creates files meanwhile (pollswitch's workers never do).
+pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask only swaps the process's file-creation mask; it touches no memory.
+    let old = unsafe { libc::umask(mask) };
+    let out = f();
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,17 +239,4 @@ mod tests {
             assert_eq!(RawAddr::from_std(&a).to_std(), Some(a));
         }
     }
-}
-
-/// Runs `f` with the process's file-creation mask set to `mask`, then restores it: for
-/// creating a file (a unix socket) that is never accessible to others, not even between
-/// its creation and a chmod. The mask is process-wide; the caller makes sure no other
-/// thread creates files meanwhile (pollswitch's workers never do).
-pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
-    // SAFETY: umask only swaps the process's file-creation mask; it touches no memory.
-    let old = unsafe { libc::umask(mask) };
-    let out = f();
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
-    out
 }
