@@ -82,7 +82,53 @@ pub fn bin_path(name: &str) -> PathBuf {
             path.display()
         );
     }
+    assert_fresh(&path);
     path
+}
+
+/// Panics when a source file that goes into the binary `bin` (of the `ctl` crate) is
+/// newer than it: a plain `cargo test` after an edit would otherwise test the daemon as
+/// it was before the edit. Files of the other binaries in `ctl/src/bin/` do not count.
+fn assert_fresh(bin: &std::path::Path) {
+    type Newest = Option<(std::time::SystemTime, PathBuf)>;
+    fn newest(dir: &std::path::Path, bin_name: &str, best: &mut Newest) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let other_bin = dir.ends_with("src/bin")
+                && p.file_stem().is_some_and(|s| s != OsStr::new(bin_name));
+            if other_bin {
+                continue;
+            }
+            if p.is_dir() {
+                newest(&p, bin_name, best);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                    if best.as_ref().is_none_or(|(b, _)| t > *b) {
+                        *best = Some((t, p));
+                    }
+                }
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let name = bin.file_name().and_then(OsStr::to_str).unwrap_or_default();
+    let mut best = None;
+    for krate in ["switch", "backends", "ctl"] {
+        newest(&root.join(krate).join("src"), name, &mut best);
+    }
+    let built = std::fs::metadata(bin).and_then(|m| m.modified());
+    if let (Some((src_time, src)), Ok(bin_time)) = (best, built) {
+        assert!(
+            src_time <= bin_time,
+            "{} is older than {}: it would test the code as it was before that edit. \
+             Run `cargo build --workspace` (scripts/test does) before the integration tests",
+            bin.display(),
+            src.display()
+        );
+    }
 }
 
 /// A short name unique on this machine for the lifetime of this process: `prefix`, the

@@ -157,7 +157,7 @@ fn greeting_negotiation_and_request_checks() {
         assert_eq!(err(&r).0, "CommandNotFound");
     }
     let cases = [
-        ("foo", "JSON parse error, expecting value"),
+        ("foo", "JSON parse error, invalid keyword 'foo'"),
         ("[1, 2]", "QMP input must be a JSON object"),
         ("{\"arguments\": {}}", "QMP input lacks member 'execute'"),
         (
@@ -678,24 +678,38 @@ fn many_clients_events_and_misbehaving_clients() {
     let mut b = sut.client();
     let pa = udp_port(&mut a, "pa", 0);
     let pb = udp_port(&mut a, "pb", 0);
-    use std::io::{Read, Write};
+    use std::io::Write;
     // Deeply nested garbage is a parse error, not a crash ...
     let mut deep = QmpClient::connect_unix(&sut.sock).unwrap();
     deep.send_line(&"[".repeat(100_000));
     assert_eq!(err(&deep.reply()).0, "GenericError");
-    // ... a client that sends a request that never ends is cut off at the cap ...
+    // ... a client that sends a request that never ends gets one error at the cap (QEMU's
+    // text) and is served again once the token ends ...
     let mut bad = UnixStream::connect(&sut.sock).unwrap();
     let mut junk = b"{\"execute\": \"".to_vec();
     junk.resize(2 << 20, b'a');
-    let _ = bad.write_all(&junk);
-    let mut rest = Vec::new();
+    bad.write_all(&junk).unwrap();
+    bad.write_all(b"\"}\n{\"execute\": \"qmp_capabilities\"}\n")
+        .unwrap();
     bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = bad.read_to_end(&mut rest);
-    let text = String::from_utf8_lossy(&rest);
-    assert!(
-        text.contains("exceeds"),
-        "over-long request is refused: {text}"
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(bad.try_clone().unwrap()));
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    assert!(next().get("QMP").is_some(), "greeting");
+    assert_eq!(
+        err(&next()),
+        (
+            "GenericError".into(),
+            "JSON token size limit exceeded".into()
+        )
     );
+    // What was left of the huge token is skipped up to the next structural character.
+    assert_eq!(err(&next()).1, "JSON parse error, expecting value");
+    assert_eq!(
+        next(),
+        json!({"return": {}}),
+        "the same client, served again"
+    );
+    drop(bad);
     // ... one that disconnects mid-command changes nothing ...
     let mut half = UnixStream::connect(&sut.sock).unwrap();
     half.write_all(b"{\"execute\": \"qmp_capabilities\"}\n{\"execute\": \"netdev_add\", \"argu")
@@ -1092,4 +1106,141 @@ fn query_netdev_names_taps_as_the_kernel_made_them() {
     }
     drop(c);
     d.stop_clean();
+}
+
+/// Sends `input` then a sentinel request, and returns every reply before the
+/// sentinel's (its `CommandNotFound` ends the case; 3 s bound if it never comes).
+fn replies_to(s: &mut UnixStream, pending: &mut Vec<u8>, input: &[u8], n: usize) -> Vec<Value> {
+    use std::io::{Read, Write};
+    let sentinel = format!("x-sentinel-{n}");
+    s.write_all(input).unwrap();
+    s.write_all(format!("\n{{\"execute\": \"{sentinel}\"}}\n").as_bytes())
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while Instant::now() < deadline {
+        while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            let v: Value = serde_json::from_slice(&line)
+                .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {line:?}"));
+            if v.get("event").is_some() {
+                continue;
+            }
+            if v["error"]["desc"]
+                .as_str()
+                .is_some_and(|d| d.contains(&sentinel))
+            {
+                return out;
+            }
+            out.push(v);
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => pending.extend_from_slice(&buf[..k]),
+            Err(_) => {}
+        }
+    }
+    out.push(json!({"no-sentinel-reply": true}));
+    out
+}
+
+fn negotiated_raw(path: &std::path::Path) -> (UnixStream, Vec<u8>) {
+    let mut s = UnixStream::connect(path).unwrap();
+    let mut pending = Vec::new();
+    // Greeting and the reply to qmp_capabilities (the sentinel's reply ends it).
+    let r = replies_to(
+        &mut s,
+        &mut pending,
+        b"{\"execute\": \"qmp_capabilities\"}",
+        0,
+    );
+    assert_eq!(r.len(), 2, "greeting and capabilities: {r:?}");
+    assert_eq!(r[1], json!({"return": {}}));
+    (s, pending)
+}
+
+#[test]
+fn qmp_input_is_read_as_qemu_10_reads_it() {
+    // Every case goes to a real QEMU and to pollswitch; the replies must be the same,
+    // reply for reply. Only inputs whose answers do not depend on what the commands do.
+    let cases: &[&[u8]] = &[
+        b"{\"execute\": foo}",
+        b"{\"execute\":\n foo}",
+        b"foo bar",
+        b"}",
+        b"]]",
+        b"{\"execute\":\"x-a\"}}",
+        b"{'execute':'x-a', 'id': 'single'}",
+        b"{\"execute\":\"x-a\"} garbage",
+        b"\x01",
+        b"@@@",
+        b"@ {\"execute\":\"x-a\"}",
+        b"{\"execute\": @, \"x\": 1}",
+        b"{\"a\":1,}",
+        b"[1,2\n]",
+        b"{\"a\" 1}",
+        b"{1:2}",
+        b"{\"a\":1 \"b\":2}",
+        b"[1 2]",
+        b"{\"a\":1]",
+        b"{\"a\":1,\"a\":2}",
+        b"{\"a\":tru}",
+        b"TRUE",
+        b"\"str\"",
+        b"123",
+        b"[]",
+        b"{}",
+        b"{\"a\": \"\\x\"}",
+        b"{\"a\": \"\xff\"}",
+        b"\"\\u00zz\"",
+        b"\"\\uDE00\"",
+        b"{\"execute\":\"x-a\",\"id\":\"\\uD83D\\uDE00\"}",
+        b"{\"execute\":\"x-a\",\"id\":\"tab\there\"}",
+        b"{\"execute\":\"x-a\",\"id\":1.}",
+        b"{\"execute\":\"x-a\",\"id\":01}",
+        b"{\"execute\":\"x-a\",\"id\":-0}",
+        b"{\"execute\":\"x-a\",\"id\":[true,false,null]}",
+        b"{\"execute\":\"x-a\",\"id\":18446744073709551615}",
+        b"{\"execute\":\"x-a\"}{\"execute\":\"x-b\"}",
+        b"'unterminated",
+    ];
+    // A second monitor of our own: the helper keeps the first one.
+    let dir = TempDir::new();
+    let second = dir.join("second.sock");
+    let qemu = tests::QemuPeer::start_args(
+        None,
+        &[
+            "-qmp".to_string(),
+            format!("unix:{},server=on,wait=off", second.display()),
+        ],
+    );
+    let sut = start(&[]);
+    let (mut q, mut qp) = negotiated_raw(&second);
+    let (mut p, mut pp) = negotiated_raw(&sut.sock);
+    let mut differ = Vec::new();
+    for (n, input) in cases.iter().enumerate() {
+        let want = replies_to(&mut q, &mut qp, input, n + 1);
+        let got = replies_to(&mut p, &mut pp, input, n + 1);
+        assert!(
+            !want.is_empty(),
+            "QEMU answered {:?} with nothing",
+            String::from_utf8_lossy(input)
+        );
+        if got != want {
+            differ.push(format!(
+                "{:?}\n   QEMU:       {want:?}\n   pollswitch: {got:?}",
+                String::from_utf8_lossy(input)
+            ));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "replies differ from QEMU's:\n{}",
+        differ.join("\n")
+    );
+    drop((q, qemu, dir));
+    sut.d.stop_clean();
 }

@@ -8,6 +8,7 @@
 
 pub mod announce;
 pub mod commands;
+pub mod json;
 pub mod scm;
 pub mod server;
 pub mod wire;

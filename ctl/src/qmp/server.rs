@@ -33,7 +33,7 @@ use serde_json::Value;
 use super::announce::Announcer;
 use super::commands;
 use super::scm::recv_with_fds;
-use super::wire::{self, Input, Splitter, MAX_REQUEST};
+use super::wire::{self, Input, Splitter};
 use crate::daemon::Daemon;
 use crate::error::CtlError;
 
@@ -279,15 +279,6 @@ fn reader_loop(
             if ctl.send(Msg::Input { id, input }).is_err() {
                 return;
             }
-        }
-        if splitter.pending() > MAX_REQUEST {
-            let _ = ctl.send(Msg::Input {
-                id,
-                input: Input::Error(format!(
-                    "JSON parse error, request exceeds {MAX_REQUEST} bytes"
-                )),
-            });
-            break;
         }
     }
     let _ = ctl.send(Msg::Gone { id });

@@ -3,10 +3,6 @@
 
 use serde_json::{json, Map, Value};
 
-/// Largest request accepted; a client that sends more without completing a JSON value
-/// is told so and disconnected.
-pub const MAX_REQUEST: usize = 1 << 20;
-
 /// What the splitter found in the input.
 #[derive(Debug, PartialEq)]
 pub enum Input {
@@ -16,58 +12,35 @@ pub enum Input {
     Error(String),
 }
 
-/// Accumulates bytes and cuts complete JSON values out of them. After a syntax error the
-/// input up to the next newline is discarded, so one bad line does not poison the rest.
+/// Cuts a client's byte stream into requests exactly as QEMU does ([`super::json`]):
+/// one value or one error per group of tokens, so every request gets one reply.
 #[derive(Debug, Default)]
 pub struct Splitter {
-    buf: Vec<u8>,
+    stream: super::json::Stream,
 }
 
 impl Splitter {
     /// Adds bytes read from the client.
     pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        self.stream.push(data);
     }
 
-    /// Bytes held that do not yet form a value.
+    /// Bytes held that do not yet form a value (bounded by [`super::json::MAX_GROUP`]
+    /// plus one read).
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.stream.pending()
     }
 
     /// Takes every complete value (and error) now available.
     pub fn drain(&mut self) -> Vec<Input> {
-        let mut out = Vec::new();
-        loop {
-            let start = self
-                .buf
-                .iter()
-                .position(|b| !b.is_ascii_whitespace())
-                .unwrap_or(self.buf.len());
-            self.buf.drain(..start);
-            if self.buf.is_empty() {
-                break;
-            }
-            let mut stream = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
-            match stream.next() {
-                Some(Ok(v)) => {
-                    let used = stream.byte_offset();
-                    self.buf.drain(..used);
-                    out.push(Input::Value(v));
-                }
-                Some(Err(e)) if e.is_eof() => break,
-                Some(Err(_)) => {
-                    let cut = self
-                        .buf
-                        .iter()
-                        .position(|b| *b == b'\n')
-                        .map_or(self.buf.len(), |i| i + 1);
-                    self.buf.drain(..cut);
-                    out.push(Input::Error("JSON parse error, expecting value".into()));
-                }
-                None => break,
-            }
-        }
-        out
+        self.stream
+            .drain()
+            .into_iter()
+            .map(|i| match i {
+                super::json::Item::Value(v) => Input::Value(v),
+                super::json::Item::Error(e) => Input::Error(e),
+            })
+            .collect()
     }
 }
 
@@ -155,12 +128,14 @@ mod tests {
     }
 
     #[test]
-    fn garbage_costs_one_line_only() {
+    fn garbage_costs_one_reply_per_group() {
         let mut s = Splitter::default();
         s.push(b"foo bar\n{\"execute\": \"c\"}\n");
         let got = s.drain();
-        assert!(matches!(&got[0], Input::Error(e) if e.starts_with("JSON parse error")));
-        assert_eq!(got[1], Input::Value(json!({"execute": "c"})));
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(matches!(&got[0], Input::Error(e) if e.ends_with("'foo'")));
+        assert!(matches!(&got[1], Input::Error(e) if e.ends_with("'bar'")));
+        assert_eq!(got[2], Input::Value(json!({"execute": "c"})));
     }
 
     #[test]
