@@ -91,7 +91,7 @@ impl Drop for TapDevice {
     fn drop(&mut self) {
         if let Some(s) = &self.downscript {
             if let Err(e) = run_script(s, &self.ifname) {
-                eprintln!("pollswitch: tap {}: {e}", self.ifname);
+                tracing::error!("tap {}: {e}", self.ifname);
             }
         }
     }

@@ -55,8 +55,23 @@ after '=' (-netdev=tap,id=t0).
                    sleeps after 1 ms without a frame).
   -pool-size N     Packet buffers to preallocate (default 16384).
   -max-frame N     Largest frame in bytes, 64 to 65535 (default 9216).
-  -qmp SPEC        Serve QMP on SPEC, as QEMU's -qmp: unix:PATH[,server=on,wait=off]
-                   or tcp:HOST:PORT[,server=on,wait=off] (repeatable).
+  -qmp SPEC        Serve QMP on SPEC, as QEMU's -qmp: unix:PATH,server=on,wait=off
+                   or tcp:[HOST]:PORT,server=on,wait=off (also QEMU's old spelling
+                   tcp::PORT,server,nowait; no HOST: every address) (repeatable).
+  -qmp-pretty SPEC The same, with pretty-printed replies.
+  -chardev socket,id=ID,path=P|host=H,port=N|fd=N[,server=on|off][,wait=on|off]
+                   A socket chardev, as QEMU's (repeatable); fd=N is a descriptor
+                   the daemon inherited (libvirt passes its monitor that way).
+  -mon chardev=ID[,mode=control][,pretty=on|off]
+                   Serve QMP on chardev ID (which must listen: server=on,wait=off).
+  -name NAME       A name for this switch (also guest=NAME); query-name returns it.
+  -daemonize       Detach once ready: the command returns when every port and
+                   monitor is up (status 0) or failed (status 1, with the reason).
+  -pidfile FILE    Write the process id to FILE (removed at exit).
+  -D FILE          Write the log to FILE instead of stderr.
+  -msg timestamp=on|off
+                   Timestamps on log lines (default on). POLLSWITCH_LOG=debug for
+                   more (tracing's filter syntax).
   -h, -help        Print this help and exit.
   -V, -version     Print the version and exit.
 ";
@@ -116,6 +131,9 @@ pub enum CliError {
     /// An argument that is not an option.
     #[error("unexpected argument '{0}'")]
     UnexpectedArgument(String),
+    /// A chardev, monitor, name or log option that is wrong; the text says how.
+    #[error("{0}")]
+    Other(String),
     /// An option that needs a value, last on the line.
     #[error("{0}: missing argument")]
     MissingArgument(String),
@@ -258,6 +276,22 @@ pub struct DaemonArgs {
     pub max_frame: u32,
     /// Raw `-qmp` specs, in order, for the QMP server to parse.
     pub qmp: Vec<String>,
+    /// Raw `-qmp-pretty` specs.
+    pub qmp_pretty: Vec<String>,
+    /// `-chardev` specs.
+    pub chardevs: Vec<crate::chardev::Chardev>,
+    /// `-mon` specs.
+    pub mons: Vec<crate::chardev::Monitor>,
+    /// `-name`.
+    pub name: Option<String>,
+    /// `-daemonize`.
+    pub daemonize: bool,
+    /// `-pidfile`.
+    pub pidfile: Option<String>,
+    /// `-D`.
+    pub log_file: Option<String>,
+    /// `-msg timestamp=`.
+    pub timestamps: bool,
     /// `-h`/`-help` was given.
     pub help: bool,
     /// `-V`/`-version` was given.
@@ -273,6 +307,14 @@ impl Default for DaemonArgs {
             pool_size: DEFAULT_POOL_SIZE,
             max_frame: DEFAULT_MAX_FRAME,
             qmp: Vec::new(),
+            qmp_pretty: Vec::new(),
+            chardevs: Vec::new(),
+            mons: Vec::new(),
+            name: None,
+            daemonize: false,
+            pidfile: None,
+            log_file: None,
+            timestamps: true,
             help: false,
             version: false,
         }
@@ -309,7 +351,15 @@ impl DaemonArgs {
                     }
                     continue;
                 }
-                "netdev" | "cores" | "poll-us" | "pool-size" | "max-frame" | "qmp" => {}
+                "daemonize" => {
+                    if inline.is_some() {
+                        return Err(CliError::UnexpectedValue(option));
+                    }
+                    out.daemonize = true;
+                    continue;
+                }
+                "netdev" | "cores" | "poll-us" | "pool-size" | "max-frame" | "qmp"
+                | "qmp-pretty" | "chardev" | "mon" | "name" | "pidfile" | "D" | "msg" => {}
                 _ if name.is_empty() => return Err(CliError::UnexpectedArgument(arg)),
                 _ => return Err(CliError::UnknownOption(option)),
             }
@@ -335,7 +385,74 @@ impl DaemonArgs {
                 "max-frame" => {
                     out.max_frame = parse_number(&option, &value, MIN_MAX_FRAME, MAX_MAX_FRAME)?
                 }
-                _ => out.qmp.push(value),
+                "qmp" => out.qmp.push(value),
+                "qmp-pretty" => out.qmp_pretty.push(value),
+                "chardev" => {
+                    let c = crate::chardev::parse_chardev(&value)
+                        .map_err(|e| CliError::Other(e.to_string()))?;
+                    if out.chardevs.iter().any(|x| x.id == c.id) {
+                        return Err(CliError::Other(format!(
+                            "{option} {value}: Duplicate chardev ID '{}'",
+                            c.id
+                        )));
+                    }
+                    out.chardevs.push(c);
+                }
+                "mon" => out.mons.push(
+                    crate::chardev::parse_mon(&value)
+                        .map_err(|e| CliError::Other(e.to_string()))?,
+                ),
+                "name" => {
+                    // QEMU: `-name NAME` or `-name guest=NAME[,...]`.
+                    let parts = split_commas(&value);
+                    let mut name = None;
+                    for (i, p) in parts.iter().enumerate() {
+                        match p.split_once('=') {
+                            Some(("guest", v)) => name = Some(v.to_string()),
+                            // libvirt's other keys: the process and thread names QEMU
+                            // sets; the daemon's threads are named already.
+                            Some(("process" | "debug-threads", _)) => {}
+                            Some((k, _)) => {
+                                return Err(CliError::Other(format!(
+                                    "{option} {value}: Invalid parameter '{k}'"
+                                )))
+                            }
+                            None if i == 0 => name = Some(p.clone()),
+                            None => {
+                                return Err(CliError::Other(format!(
+                                    "{option} {value}: Expected '=' after parameter '{p}'"
+                                )))
+                            }
+                        }
+                    }
+                    out.name = name;
+                }
+                "pidfile" => out.pidfile = Some(value),
+                "D" => out.log_file = Some(value),
+                _ => {
+                    // -msg timestamp=on|off (QEMU also has guest-name=; not here).
+                    let mut ts = None;
+                    for p in split_commas(&value) {
+                        match p.split_once('=') {
+                            Some(("timestamp", v)) => {
+                                ts = crate::qapi::parse_bool(v);
+                                if ts.is_none() {
+                                    return Err(CliError::Other(format!(
+                                        "{option} {value}: Parameter 'timestamp' expects 'on' or 'off'"
+                                    )));
+                                }
+                            }
+                            _ => {
+                                return Err(CliError::Other(format!(
+                                    "{option} {value}: Invalid parameter '{p}'"
+                                )))
+                            }
+                        }
+                    }
+                    if let Some(ts) = ts {
+                        out.timestamps = ts;
+                    }
+                }
             }
         }
         Ok(out)

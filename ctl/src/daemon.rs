@@ -113,6 +113,12 @@ impl Daemon {
                 notify: true,
             }
         });
+        tracing::info!(
+            "netdev {} added ({}{})",
+            nd.id,
+            nd.opts.type_name(),
+            peer.map(|p| format!(", peer {p}")).unwrap_or_default()
+        );
         self.netdevs.push(NetdevEntry {
             config: built.config,
             nic,
@@ -124,6 +130,7 @@ impl Daemon {
     /// to drop (closing descriptors, running down-scripts).
     pub fn netdev_del(&mut self, id: &str) -> Result<Vec<Box<dyn Backend>>, CtlError> {
         let b = self.switch.remove(id)?;
+        tracing::info!("netdev {id} removed");
         if let Some(pos) = self.netdevs.iter().position(|n| n.config.id == id) {
             let e = self.netdevs.remove(pos);
             if let Some(n) = e.nic {
@@ -135,7 +142,9 @@ impl Daemon {
 
     /// Sets a netdev's link state (and a NIC peer's, as QEMU does).
     pub fn set_link(&mut self, name: &str, up: bool) -> Result<(), CtlError> {
-        Ok(self.switch.set_link(name, up)?)
+        self.switch.set_link(name, up)?;
+        tracing::info!("netdev {name} link {}", if up { "up" } else { "down" });
+        Ok(())
     }
 
     /// The peer of a client, if any.

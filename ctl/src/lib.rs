@@ -2,10 +2,13 @@
 //! line, and the daemon state that turns both into ports of the data plane.
 #![deny(unsafe_code)]
 
+pub mod chardev;
 pub mod cli;
 pub mod daemon;
 pub mod error;
+pub mod log;
 pub mod netdev;
+pub mod process;
 pub mod qapi;
 pub mod qmp;
 

@@ -113,6 +113,7 @@ fn control() -> &'static std::sync::Mutex<Control> {
         c.handle(Msg::Connected {
             id: 1,
             out: ctl::qmp::server::Outbox::new(tx),
+            pretty: false,
         });
         std::sync::Mutex::new(c)
     })

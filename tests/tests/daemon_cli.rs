@@ -344,3 +344,168 @@ fn an_argument_that_is_not_utf8_is_an_error_not_a_panic() {
     assert!(err.contains("argument 4 is not valid UTF-8"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A QMP greeting read from a fresh connection to `path` (retrying while the daemon
+/// starts), then `qmp_capabilities`.
+fn qmp_at(path: &std::path::Path) -> tests::QmpClient {
+    let mut c = None;
+    wait_until(Duration::from_secs(10), || {
+        c = tests::QmpClient::connect_unix_negotiated(path).ok();
+        c.is_some()
+    });
+    c.unwrap_or_else(|| panic!("no QMP at {}", path.display()))
+}
+
+#[test]
+fn libvirts_monitor_chardev_passed_as_a_descriptor() {
+    use std::os::fd::AsRawFd;
+    let dir = tests::TempDir::new();
+    let path = dir.join("monitor.sock");
+    let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fd = l.as_raw_fd();
+    // SAFETY: clears FD_CLOEXEC on our own live descriptor so the daemon inherits it
+    // under the same number, as libvirt passes QEMU its monitor.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    let chardev = format!("socket,id=charmonitor,fd={fd},server=on,wait=off");
+    let d = Args::new()
+        .opt("-chardev", &chardev)
+        .opt("-mon", "chardev=charmonitor,id=monitor,mode=control")
+        .opt("-name", "guest=sw1,debug-threads=on")
+        .start();
+    drop(l);
+    let mut q = qmp_at(&path);
+    assert_eq!(
+        q.execute_ok("query-name", serde_json::json!({})),
+        serde_json::json!({"name": "sw1"})
+    );
+    drop(q);
+    d.stop_clean();
+}
+
+#[test]
+fn chardev_and_mon_forms_and_their_refusals() {
+    let dir = tests::TempDir::new();
+    let path = dir.join("m.sock");
+    let chardev = format!("socket,id=m0,path={},server=on,wait=off", path.display());
+    let d = Args::new()
+        .opt("-chardev", &chardev)
+        .opt("-mon", "chardev=m0,mode=control,pretty=on")
+        .start();
+    // Pretty replies, as QEMU prints them.
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"{\"execute\": \"qmp_capabilities\"}\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\"return\": {\r\n    }\r\n}\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("{\r\n    \"QMP\": {\r\n"));
+    drop(s);
+    d.stop_clean();
+    for (args, needle) in [
+        (vec!["-mon", "chardev=nope"], "chardev \"nope\" not found"),
+        (
+            vec![
+                "-chardev",
+                "socket,id=c,path=/tmp/x.sock",
+                "-mon",
+                "chardev=c",
+            ],
+            "only on listening chardevs",
+        ),
+        (
+            vec!["-chardev", "pty,id=p"],
+            "backend 'pty' is not supported",
+        ),
+        (vec!["-mon", "chardev=c,mode=readline"], "only QMP monitors"),
+        (vec!["-msg", "timestamp=maybe"], "'timestamp' expects"),
+        (vec!["-name", "a,bogus=1"], "Invalid parameter 'bogus'"),
+    ] {
+        refused(&args, &[needle]);
+    }
+}
+
+#[test]
+fn daemonize_pidfile_and_log_file() {
+    let dir = tests::TempDir::new();
+    let sock = dir.join("q.sock");
+    let pidfile = dir.join("ps.pid");
+    let log = dir.join("ps.log");
+    let qmp = format!("unix:{},server=on,wait=off", sock.display());
+    let mut args = Args::new()
+        .strs()
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>();
+    args.extend(
+        [
+            "-daemonize",
+            "-pidfile",
+            pidfile.to_str().unwrap(),
+            "-D",
+            log.to_str().unwrap(),
+            "-qmp",
+            &qmp,
+            "-netdev",
+            "hubport,id=h0,hubid=0",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    // The command returns once the daemon is ready, with status 0.
+    let t0 = std::time::Instant::now();
+    let out = std::process::Command::new(tests::bin_path("pollswitch"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "daemon {pid} runs"
+    );
+    let mut q = tests::QmpClient::connect_unix_negotiated(&sock).expect("QMP of the daemon");
+    q.execute_ok(
+        "netdev_add",
+        serde_json::json!({"id": "h1", "type": "hubport", "hubid": 0}),
+    );
+    assert_eq!(
+        q.execute_ok("query-name", serde_json::json!({})),
+        serde_json::json!({})
+    );
+    q.execute_ok("quit", serde_json::json!({}));
+    assert!(
+        wait_until(Duration::from_secs(10), || !std::path::Path::new(&format!(
+            "/proc/{pid}"
+        ))
+        .exists()),
+        "daemon {pid} left after quit"
+    );
+    assert!(!pidfile.exists(), "pidfile removed at exit");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("netdev h1 added (hubport)"), "{text}");
+    assert!(text.contains("QMP client"), "{text}");
+    // Timestamps by default (RFC 3339, e.g. 2026-12-02T03:04:05.123456Z).
+    let first = text.lines().next().unwrap();
+    assert!(
+        first.len() > 20 && first.as_bytes()[4] == b'-' && first.as_bytes()[10] == b'T',
+        "{first}"
+    );
+    // A daemon that cannot start still reports why, and the command fails.
+    let out = std::process::Command::new(tests::bin_path("pollswitch"))
+        .args(["-daemonize", "-cores", "0", "-netdev", "tap,id=t,fd=999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("-netdev t"), "{}", stderr(&out));
+}

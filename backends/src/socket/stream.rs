@@ -232,6 +232,9 @@ impl StreamPort {
         if self.state != Conn::Open {
             return;
         }
+        if !self.stopping {
+            tracing::info!("socket stream: peer disconnected");
+        }
         self.state = Conn::Closing;
         if self.conn_inflight > 0 {
             if let Some(c) = &self.conn {
@@ -355,7 +358,13 @@ impl Backend for StreamPort {
                     if self.stopping {
                         return;
                     }
-                    let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
+                    let sock = socket2::SockRef::from(&fd);
+                    let _ = sock.set_tcp_nodelay(true);
+                    let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+                    tracing::info!(
+                        "socket stream: peer {} connected",
+                        peer.map_or("?".to_string(), |a| a.to_string())
+                    );
                     self.conn = Some(fd);
                     self.state = Conn::Open;
                     self.connections += 1;

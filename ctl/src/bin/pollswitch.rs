@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use ctl::cli::{DaemonArgs, USAGE};
 use ctl::daemon::Daemon;
 use ctl::netdev::InheritedFds;
-use ctl::qmp::server::{listen, parse_endpoint, Control, Msg};
+use ctl::qmp::server::{listen, monitors, Control, Msg};
 use switch::pool::PageKind;
 use switch::SwitchConfig;
 
@@ -44,17 +44,40 @@ fn main() -> ExitCode {
         println!("pollswitch {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let endpoints = match args
-        .qmp
-        .iter()
-        .map(|s| parse_endpoint(s))
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(e) => e,
+    // Every argument is checked before anything is allocated or started.
+    let monitors = match monitors(&args) {
+        Ok(m) => m,
         Err(e) => {
             eprintln!("pollswitch: {e}");
             return ExitCode::from(1);
         }
+    };
+    // Before any thread exists: the fork copies a single-threaded process.
+    let mut detached = if args.daemonize {
+        match ctl::process::daemonize() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("pollswitch: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        None
+    };
+    if let Err(e) = ctl::log::init(&ctl::log::LogConfig {
+        file: args.log_file.clone(),
+        timestamps: args.timestamps,
+    }) {
+        eprintln!("pollswitch: {e}");
+        return ExitCode::from(1);
+    }
+    let _pidfile = match args.pidfile.as_deref().map(ctl::process::PidFile::create) {
+        Some(Err(e)) => {
+            eprintln!("pollswitch: {e}");
+            return ExitCode::from(1);
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
     };
     let cfg = SwitchConfig {
         cores: match &args.cores {
@@ -129,7 +152,7 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     // Held to the end: dropping it removes the unix sockets.
-    let _listeners = match listen(&endpoints, &tx) {
+    let _listeners = match listen(&monitors, &tx) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("pollswitch: {e}");
@@ -137,15 +160,32 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    for ep in &endpoints {
-        eprintln!("pollswitch: QMP on {ep:?}");
+    for m in &monitors {
+        eprintln!(
+            "pollswitch: QMP on {:?}{}",
+            m.at,
+            if m.pretty { " (pretty)" } else { "" }
+        );
     }
     eprintln!(
         "pollswitch: ready ({} netdev(s), {} worker(s))",
         args.netdevs.len(),
         cfg.cores.len()
     );
+    tracing::info!(
+        "ready{}: {} netdev(s), {} worker(s)",
+        args.name
+            .as_deref()
+            .map(|n| format!(" as '{n}'"))
+            .unwrap_or_default(),
+        args.netdevs.len(),
+        cfg.cores.len()
+    );
+    if let Some(d) = &mut detached {
+        d.ready();
+    }
     let mut control = Control::new(daemon);
+    control.name = args.name.clone();
     control.run(&rx);
     eprintln!("pollswitch: shutting down");
     match control.daemon.shutdown() {

@@ -60,6 +60,23 @@ impl Announcer {
         if p.rounds < 1 {
             return;
         }
+        tracing::info!(
+            "announce-self{}: {} round(s), first now",
+            if id.is_empty() {
+                String::new()
+            } else {
+                format!(" {id}")
+            },
+            p.rounds
+        );
+        tracing::debug!(
+            "announce-self{} round 1",
+            if id.is_empty() {
+                String::new()
+            } else {
+                format!(" {id}")
+            }
+        );
         announce_once(d, &p);
         if p.rounds > 1 {
             let next = now + delay_after(&p, 1);
@@ -81,6 +98,7 @@ impl Announcer {
     pub fn fire_due(&mut self, d: &Daemon, now: Instant) {
         for t in &mut self.timers {
             if t.next <= now {
+                tracing::debug!("announce-self {} round {}", t.id, t.sent + 1);
                 announce_once(d, &t.params);
                 t.sent += 1;
                 t.next += delay_after(&t.params, t.sent);

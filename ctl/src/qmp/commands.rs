@@ -67,6 +67,7 @@ pub const COMMANDS: &[(&str, Handler)] = &[
     ("qmp_capabilities", qmp_capabilities),
     ("query-commands", query_commands),
     ("query-version", query_version),
+    ("query-name", query_name),
     ("quit", quit),
     ("netdev_add", netdev_add),
     ("netdev_del", netdev_del),
@@ -187,6 +188,14 @@ fn query_commands(_: &mut Control, _: ClientId, args: &Map<String, Value>) -> Re
 fn query_version(_: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
     no_args(args)?;
     Ok(wire::greeting()["QMP"]["version"].clone())
+}
+
+fn query_name(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    no_args(args)?;
+    Ok(match &ctl.name {
+        Some(n) => json!({"name": n}),
+        None => json!({}),
+    })
 }
 
 fn quit(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {

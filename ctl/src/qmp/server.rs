@@ -132,6 +132,8 @@ pub enum Msg {
         id: ClientId,
         /// Its writer's queue.
         out: Outbox,
+        /// Whether its monitor pretty-prints (`-qmp-pretty`, `-mon ...,pretty=on`).
+        pretty: bool,
     },
     /// A JSON value or a parse error from a client.
     Input {
@@ -159,6 +161,7 @@ pub enum Msg {
 /// Per-client state kept by the control loop.
 pub struct Client {
     out: Outbox,
+    pretty: bool,
     /// Whether `qmp_capabilities` was executed (command mode).
     pub negotiated: bool,
     /// Descriptors named with `getfd`.
@@ -177,6 +180,8 @@ pub struct Control {
     pub announcer: Announcer,
     /// Set by `quit`.
     pub quit: bool,
+    /// `-name`, for `query-name`.
+    pub name: Option<String>,
 }
 
 /// A parsed `-qmp` option.
@@ -186,6 +191,71 @@ pub enum Endpoint {
     Unix(String),
     /// `tcp:HOST:PORT`.
     Tcp(String),
+    /// A listening socket the daemon inherited (`-chardev socket,fd=N,server=on`).
+    Fd(String),
+}
+
+/// A QMP monitor to serve: where, and how it prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorSpec {
+    /// Where it listens.
+    pub at: Endpoint,
+    /// Pretty-printed replies.
+    pub pretty: bool,
+}
+
+/// Every monitor of the command line: `-qmp`, `-qmp-pretty`, and `-mon` on a
+/// `-chardev`, checked before anything starts.
+pub fn monitors(args: &crate::cli::DaemonArgs) -> Result<Vec<MonitorSpec>, CtlError> {
+    use crate::chardev::ChardevAddr;
+    let mut out = Vec::new();
+    for (spec, pretty) in args
+        .qmp
+        .iter()
+        .map(|s| (s, false))
+        .chain(args.qmp_pretty.iter().map(|s| (s, true)))
+    {
+        out.push(MonitorSpec {
+            at: parse_endpoint(spec)?,
+            pretty,
+        });
+    }
+    for m in &args.mons {
+        let c = args
+            .chardevs
+            .iter()
+            .find(|c| c.id == m.chardev)
+            .ok_or_else(|| {
+                CtlError::Invalid(format!(
+                    "-mon chardev={}: chardev \"{}\" not found",
+                    m.chardev, m.chardev
+                ))
+            })?;
+        if !c.server {
+            return Err(CtlError::Invalid(format!(
+                "-mon chardev={}: pollswitch serves monitors only on listening chardevs: \
+                 give the chardev server=on,wait=off",
+                c.id
+            )));
+        }
+        if c.wait {
+            return Err(CtlError::Invalid(format!(
+                "-mon chardev={}: wait=on (waiting for a client before starting) is not \
+                 supported: give the chardev wait=off",
+                c.id
+            )));
+        }
+        let at = match &c.addr {
+            ChardevAddr::Unix(p) => Endpoint::Unix(p.clone()),
+            ChardevAddr::Tcp(a) => Endpoint::Tcp(a.clone()),
+            ChardevAddr::Fd(f) => Endpoint::Fd(f.clone()),
+        };
+        out.push(MonitorSpec {
+            at,
+            pretty: m.pretty,
+        });
+    }
+    Ok(out)
 }
 
 /// Parses QEMU's `-qmp unix:PATH,server=on,wait=off` / `tcp:HOST:PORT,server=on,wait=off`
@@ -233,6 +303,49 @@ pub fn parse_endpoint(spec: &str) -> Result<Endpoint, CtlError> {
 }
 
 static NEXT_CLIENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// An inherited listening socket, as the listener of its family.
+enum Inherited {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+fn inherited_listener(name: &str) -> Result<Inherited, CtlError> {
+    let fd = crate::netdev::inherited_fd(name)?;
+    let sock = socket2::Socket::from(fd);
+    let bad = |why: String| CtlError::Invalid(format!("-chardev socket,fd={name}: {why}"));
+    let listening = sock
+        .is_listener()
+        .map_err(|e| bad(format!("not a socket ({e})")))?;
+    if !listening {
+        return Err(bad(
+            "the descriptor is not a listening socket (server=on needs one)".into(),
+        ));
+    }
+    let local = sock.local_addr().map_err(|e| bad(e.to_string()))?;
+    let fd = OwnedFd::from(sock);
+    Ok(if local.as_socket().is_some() {
+        Inherited::Tcp(TcpListener::from(fd))
+    } else {
+        Inherited::Unix(UnixListener::from(fd))
+    })
+}
+
+fn serve_unix(l: UnixListener, ctl: Sender<Msg>, pretty: bool) {
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            start_unix_client(s, ctl.clone(), pretty);
+        }
+    });
+}
+
+fn serve_tcp(l: TcpListener, ctl: Sender<Msg>, pretty: bool) {
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            start_tcp_client(s, ctl.clone(), pretty);
+        }
+    });
+}
 
 fn spawn_writer<W: Write + Send + 'static>(
     mut w: W,
@@ -307,41 +420,36 @@ fn bind_private(path: &str) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-/// Binds every endpoint and starts accepting clients in the background.
-pub fn listen(endpoints: &[Endpoint], ctl: &Sender<Msg>) -> Result<Listeners, CtlError> {
+/// Binds every monitor and starts accepting clients in the background.
+pub fn listen(monitors: &[MonitorSpec], ctl: &Sender<Msg>) -> Result<Listeners, CtlError> {
     let mut bound = Listeners::default();
-    for ep in endpoints {
-        match ep {
+    for m in monitors {
+        let pretty = m.pretty;
+        match &m.at {
+            Endpoint::Fd(name) => match inherited_listener(name)? {
+                Inherited::Unix(l) => serve_unix(l, ctl.clone(), pretty),
+                Inherited::Tcp(l) => serve_tcp(l, ctl.clone(), pretty),
+            },
             Endpoint::Unix(path) => {
                 let _ = std::fs::remove_file(path);
                 let l = bind_private(path).map_err(|e| {
                     CtlError::Invalid(format!("-qmp unix:{path}: cannot listen: {e}"))
                 })?;
                 bound.paths.push(path.clone());
-                let ctl = ctl.clone();
-                std::thread::spawn(move || {
-                    for s in l.incoming().flatten() {
-                        start_unix_client(s, ctl.clone());
-                    }
-                });
+                serve_unix(l, ctl.clone(), pretty);
             }
             Endpoint::Tcp(addr) => {
                 let l = TcpListener::bind(addr.as_str()).map_err(|e| {
                     CtlError::Invalid(format!("-qmp tcp:{addr}: cannot listen: {e}"))
                 })?;
-                let ctl = ctl.clone();
-                std::thread::spawn(move || {
-                    for s in l.incoming().flatten() {
-                        start_tcp_client(s, ctl.clone());
-                    }
-                });
+                serve_tcp(l, ctl.clone(), pretty);
             }
         }
     }
     Ok(bound)
 }
 
-fn start_unix_client(s: UnixStream, ctl: Sender<Msg>) {
+fn start_unix_client(s: UnixStream, ctl: Sender<Msg>, pretty: bool) {
     let id = NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (Ok(w), Ok(closer)) = (s.try_clone(), s.try_clone()) else {
         return;
@@ -353,6 +461,7 @@ fn start_unix_client(s: UnixStream, ctl: Sender<Msg>) {
         .send(Msg::Connected {
             id,
             out: out.clone(),
+            pretty,
         })
         .is_err()
     {
@@ -361,7 +470,7 @@ fn start_unix_client(s: UnixStream, ctl: Sender<Msg>) {
     std::thread::spawn(move || reader_loop(id, ctl, out, |buf| recv_with_fds(&s, buf)));
 }
 
-fn start_tcp_client(s: TcpStream, ctl: Sender<Msg>) {
+fn start_tcp_client(s: TcpStream, ctl: Sender<Msg>, pretty: bool) {
     let id = NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _ = s.set_nodelay(true);
     let (Ok(w), Ok(closer), Ok(mut r)) = (s.try_clone(), s.try_clone(), s.try_clone()) else {
@@ -374,6 +483,7 @@ fn start_tcp_client(s: TcpStream, ctl: Sender<Msg>) {
         .send(Msg::Connected {
             id,
             out: out.clone(),
+            pretty,
         })
         .is_err()
     {
@@ -392,33 +502,50 @@ impl Control {
             clients: HashMap::new(),
             announcer: Announcer::default(),
             quit: false,
+            name: None,
         }
     }
 
     /// Sends a line to one client.
     pub fn send(&self, id: ClientId, v: &Value) {
         if let Some(c) = self.clients.get(&id) {
-            c.out.reply(wire::line(v));
+            c.out.reply(if c.pretty {
+                wire::pretty_line(v)
+            } else {
+                wire::line(v)
+            });
         }
     }
 
     /// Sends an event to every client in command mode.
     pub fn broadcast(&self, name: &str, data: Option<Value>) {
-        let line = wire::line(&wire::event(name, data));
+        let ev = wire::event(name, data);
+        let (plain, pretty) = (wire::line(&ev), wire::pretty_line(&ev));
         for c in self.clients.values().filter(|c| c.negotiated) {
-            c.out.event(line.clone());
+            c.out.event(if c.pretty {
+                pretty.clone()
+            } else {
+                plain.clone()
+            });
         }
     }
 
     /// Handles one message; returns false when the loop should end.
     pub fn handle(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Connected { id, out } => {
-                out.reply(wire::line(&wire::greeting()));
+            Msg::Connected { id, out, pretty } => {
+                let g = wire::greeting();
+                out.reply(if pretty {
+                    wire::pretty_line(&g)
+                } else {
+                    wire::line(&g)
+                });
+                tracing::info!("QMP client {id} connected");
                 self.clients.insert(
                     id,
                     Client {
                         out,
+                        pretty,
                         negotiated: false,
                         fds: HashMap::new(),
                         pending_fds: Vec::new(),
@@ -450,10 +577,12 @@ impl Control {
                 if let Some(c) = self.clients.remove(&id) {
                     let n = c.out.dropped_events();
                     if n > 0 {
-                        eprintln!(
-                            "pollswitch: QMP client {id} left; {n} event(s) were dropped for it \
-                             while it did not read its replies"
+                        tracing::warn!(
+                            "QMP client {id} left; {n} event(s) were dropped for it while it \
+                             did not read its replies"
                         );
+                    } else {
+                        tracing::info!("QMP client {id} left");
                     }
                 }
             }

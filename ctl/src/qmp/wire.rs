@@ -51,6 +51,45 @@ pub fn line(v: &Value) -> String {
     s
 }
 
+/// Serialises one message as QEMU's pretty monitors do: four-space indents, CRLF line
+/// ends, an empty object or list opened and closed on two lines.
+pub fn pretty_line(v: &Value) -> String {
+    fn put(v: &Value, depth: usize, out: &mut String) {
+        let pad = |d: usize, out: &mut String| out.push_str(&"    ".repeat(d));
+        match v {
+            Value::Object(m) => {
+                out.push('{');
+                for (i, (k, x)) in m.iter().enumerate() {
+                    out.push_str(if i == 0 { "\r\n" } else { ",\r\n" });
+                    pad(depth + 1, out);
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push_str(": ");
+                    put(x, depth + 1, out);
+                }
+                out.push_str("\r\n");
+                pad(depth, out);
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    out.push_str(if i == 0 { "\r\n" } else { ",\r\n" });
+                    pad(depth + 1, out);
+                    put(x, depth + 1, out);
+                }
+                out.push_str("\r\n");
+                pad(depth, out);
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut s = String::new();
+    put(v, 0, &mut s);
+    s.push_str("\r\n");
+    s
+}
+
 /// The greeting: version and capabilities.
 pub fn greeting() -> Value {
     let (major, minor, micro) = version();
@@ -136,6 +175,19 @@ mod tests {
         assert!(matches!(&got[0], Input::Error(e) if e.ends_with("'foo'")));
         assert!(matches!(&got[1], Input::Error(e) if e.ends_with("'bar'")));
         assert_eq!(got[2], Input::Value(json!({"execute": "c"})));
+    }
+
+    #[test]
+    fn pretty_as_qemu_prints_it() {
+        // Recorded from QEMU 10's -qmp-pretty.
+        assert_eq!(
+            pretty_line(&json!({"return": {}})),
+            "{\r\n    \"return\": {\r\n    }\r\n}\r\n"
+        );
+        assert_eq!(
+            pretty_line(&json!({"id": [1, {"a": []}]})),
+            "{\r\n    \"id\": [\r\n        1,\r\n        {\r\n            \"a\": [\r\n            ]\r\n        }\r\n    ]\r\n}\r\n"
+        );
     }
 
     #[test]
