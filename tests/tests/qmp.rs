@@ -1244,3 +1244,109 @@ fn qmp_input_is_read_as_qemu_10_reads_it() {
     drop((q, qemu, dir));
     sut.d.stop_clean();
 }
+
+#[test]
+fn a_client_that_gates_on_the_version_and_probes_the_schema() {
+    // As libvirt does: refuse a QEMU older than 6.2, then learn from query-qmp-schema
+    // which commands and netdev types exist before using them.
+    let sut = start(&[]);
+    let mut c = sut.client();
+    let v = &c.greeting["QMP"]["version"]["qemu"];
+    let triple = (v["major"].as_u64().unwrap(), v["minor"].as_u64().unwrap());
+    assert!(triple >= (6, 2), "a version libvirt accepts: {v}");
+    let schema = c.execute_ok("query-qmp-schema", json!({}));
+    let by: std::collections::HashMap<&str, &Value> = schema
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e))
+        .collect();
+    // Every command the daemon lists is described, and nothing it lacks.
+    let cmds = c.execute_ok("query-commands", json!({}));
+    let listed: Vec<&str> = cmds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    for name in &listed {
+        assert_eq!(
+            by.get(name).map(|e| &e["meta-type"]),
+            Some(&json!("command")),
+            "{name}"
+        );
+    }
+    let described: Vec<&str> = by
+        .values()
+        .filter(|e| e["meta-type"] == "command")
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for name in &described {
+        assert!(
+            listed.contains(name),
+            "schema describes {name}, which does not exist"
+        );
+    }
+    // netdev_add's argument is the Netdev union: its cases are the netdev types.
+    let arg = by[by["netdev_add"]["arg-type"].as_str().unwrap()];
+    let cases: Vec<&str> = arg["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["case"].as_str().unwrap())
+        .collect();
+    for t in ["tap", "socket", "hubport", "nic", "vhost-user", "x-null"] {
+        assert!(cases.contains(&t), "{t} in {cases:?}");
+    }
+    // A member seen through the schema is accepted by the command.
+    let tap = by[arg["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["case"] == "hubport")
+        .unwrap()["type"]
+        .as_str()
+        .unwrap()];
+    assert!(tap["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "hubid"));
+    c.execute_ok(
+        "netdev_add",
+        json!({"id": "h0", "type": "hubport", "hubid": 0}),
+    );
+    assert!(by.contains_key("NIC_RX_FILTER_CHANGED") && by.contains_key("SHUTDOWN"));
+    drop(c);
+    sut.d.stop_clean();
+}
+
+#[test]
+fn qmp_shell_drives_the_daemon() {
+    // QEMU's own interactive client (from the qemu.qmp package), fed on stdin.
+    use std::io::Write;
+    let sut = start(&[]);
+    let shell = tests::require_tool("qmp-shell");
+    let mut child = std::process::Command::new(shell)
+        .arg(&sut.sock)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"netdev_add type=x-null id=z7 size=128\nquery-netdev\nnetdev_del id=nosuch\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The netdev it added, with the integer it typed, and QEMU's error for a bad id.
+    assert!(
+        text.contains("\"id\": \"z7\"") && text.contains("\"size\": 128"),
+        "{text}"
+    );
+    assert!(text.contains("Device 'nosuch' not found"), "{text}");
+    sut.d.stop_clean();
+}

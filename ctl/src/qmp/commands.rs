@@ -68,6 +68,7 @@ pub const COMMANDS: &[(&str, Handler)] = &[
     ("query-commands", query_commands),
     ("query-version", query_version),
     ("query-name", query_name),
+    ("query-qmp-schema", query_qmp_schema),
     ("quit", quit),
     ("netdev_add", netdev_add),
     ("netdev_del", netdev_del),
@@ -188,6 +189,12 @@ fn query_commands(_: &mut Control, _: ClientId, args: &Map<String, Value>) -> Re
 fn query_version(_: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
     no_args(args)?;
     Ok(wire::greeting()["QMP"]["version"].clone())
+}
+
+fn query_qmp_schema(_: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    no_args(args)?;
+    let names: Vec<&str> = COMMANDS.iter().map(|(n, _)| *n).collect();
+    Ok(super::schema::schema(&names))
 }
 
 fn query_name(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {

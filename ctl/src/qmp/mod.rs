@@ -9,6 +9,7 @@
 pub mod announce;
 pub mod commands;
 pub mod json;
+pub mod schema;
 pub mod scm;
 pub mod server;
 pub mod wire;
