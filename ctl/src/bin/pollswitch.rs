@@ -187,6 +187,8 @@ fn main() -> ExitCode {
     let mut control = Control::new(daemon);
     control.name = args.name.clone();
     control.run(&rx);
+    // The SHUTDOWN event (and quit's reply) reach the clients before the sockets close.
+    control.flush(std::time::Duration::from_secs(1));
     eprintln!("pollswitch: shutting down");
     match control.daemon.shutdown() {
         Ok((free, total)) => {

@@ -115,6 +115,25 @@ impl Outbox {
         self.state.1.notify_all();
     }
 
+    /// Waits until everything queued was written (or the client is gone), at most
+    /// until `deadline`; true when it was.
+    fn wait_drained(&self, deadline: Instant) -> bool {
+        let mut q = self.lock();
+        while q.bytes > 0 && !q.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            q = self
+                .state
+                .1
+                .wait_timeout(q, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
+    }
+
     /// Reader side: waits while the client's unread replies are over [`OUT_SOFT`].
     fn wait_room(&self) {
         let mut q = self.lock();
@@ -595,6 +614,15 @@ impl Control {
             }
         }
         true
+    }
+
+    /// Lets every client's writer finish what is queued (the SHUTDOWN event, the reply
+    /// to `quit`) before the process exits, waiting at most `within` in all.
+    pub fn flush(&self, within: std::time::Duration) {
+        let deadline = Instant::now() + within;
+        for c in self.clients.values() {
+            c.out.wait_drained(deadline);
+        }
     }
 
     /// Runs until `quit` or a signal, firing announce timers on time.
