@@ -69,6 +69,9 @@ after '=' (-netdev=tap,id=t0).
                    monitor is up (status 0) or failed (status 1, with the reason).
   -pidfile FILE    Write the process id to FILE (removed at exit).
   -D FILE          Write the log to FILE instead of stderr.
+  -x-metrics [tcp:][HOST:]PORT
+                   Serve the counters in Prometheus' text format at
+                   http://HOST:PORT/metrics (HOST default 127.0.0.1).
   -msg timestamp=on|off
                    Timestamps on log lines (default on). POLLSWITCH_LOG=debug for
                    more (tracing's filter syntax).
@@ -292,6 +295,8 @@ pub struct DaemonArgs {
     pub log_file: Option<String>,
     /// `-msg timestamp=`.
     pub timestamps: bool,
+    /// `-x-metrics`: where the Prometheus endpoint listens.
+    pub metrics: Option<String>,
     /// `-h`/`-help` was given.
     pub help: bool,
     /// `-V`/`-version` was given.
@@ -315,6 +320,7 @@ impl Default for DaemonArgs {
             pidfile: None,
             log_file: None,
             timestamps: true,
+            metrics: None,
             help: false,
             version: false,
         }
@@ -359,7 +365,8 @@ impl DaemonArgs {
                     continue;
                 }
                 "netdev" | "cores" | "poll-us" | "pool-size" | "max-frame" | "qmp"
-                | "qmp-pretty" | "chardev" | "mon" | "name" | "pidfile" | "D" | "msg" => {}
+                | "qmp-pretty" | "chardev" | "mon" | "name" | "pidfile" | "D" | "msg"
+                | "x-metrics" => {}
                 _ if name.is_empty() => return Err(CliError::UnexpectedArgument(arg)),
                 _ => return Err(CliError::UnknownOption(option)),
             }
@@ -428,6 +435,12 @@ impl DaemonArgs {
                     out.name = name;
                 }
                 "pidfile" => out.pidfile = Some(value),
+                "x-metrics" => {
+                    out.metrics = Some(
+                        crate::metrics::parse(&value)
+                            .map_err(|e| CliError::Other(e.to_string()))?,
+                    )
+                }
                 "D" => out.log_file = Some(value),
                 _ => {
                     // -msg timestamp=on|off (QEMU also has guest-name=; not here).

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod daemon;
 pub mod error;
 pub mod log;
+pub mod metrics;
 pub mod netdev;
 pub mod process;
 pub mod qapi;

@@ -160,6 +160,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(addr) = &args.metrics {
+        if let Err(e) = ctl::metrics::serve(addr, tx.clone()) {
+            eprintln!("pollswitch: {e}");
+            let _ = daemon.shutdown();
+            return ExitCode::from(1);
+        }
+        eprintln!("pollswitch: metrics on http://{addr}/metrics");
+    }
     for m in &monitors {
         eprintln!(
             "pollswitch: QMP on {:?}{}",

@@ -175,6 +175,8 @@ pub enum Msg {
     },
     /// SIGINT or SIGTERM: shut down.
     Signal,
+    /// A metrics scrape: the text goes back on the channel ([`crate::metrics`]).
+    Metrics(Sender<String>),
 }
 
 /// Per-client state kept by the control loop.
@@ -604,6 +606,9 @@ impl Control {
                         tracing::info!("QMP client {id} left");
                     }
                 }
+            }
+            Msg::Metrics(reply) => {
+                let _ = reply.send(crate::metrics::render(self));
             }
             Msg::Signal => {
                 self.broadcast(
