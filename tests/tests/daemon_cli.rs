@@ -509,3 +509,54 @@ fn daemonize_pidfile_and_log_file() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("-netdev t"), "{}", stderr(&out));
 }
+
+#[test]
+fn sigterm_while_frames_flow_stops_clean_with_every_buffer_back() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let (mut a, mut b) = (UdpEnd::new(), UdpEnd::new());
+    let d = Args::new().udp("a", 0, &mut a).udp("b", 0, &mut b).start();
+    common::until_path_works(&a, &b, |i| frame(BCAST, mac(0xee), 0x88b6, 60, i), "a to b");
+    let stop = Arc::new(AtomicBool::new(false));
+    let got = Arc::new(AtomicU64::new(0));
+    std::thread::scope(|s| {
+        let (stop2, got2, b) = (stop.clone(), got.clone(), &b);
+        s.spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                if b.recv_timeout(Duration::from_millis(50)).is_some() {
+                    got2.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let stop3 = stop.clone();
+        let a = &a;
+        s.spawn(move || {
+            // ~10 kpps of 60-byte frames, until told to stop (bounded: 30 s at most).
+            let t0 = std::time::Instant::now();
+            let mut i = 0u32;
+            while !stop3.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(30) {
+                a.send(&frame(BCAST, mac(1), ETH_EXP, 60, i as u8));
+                i += 1;
+                if i % 10 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        // The premise: traffic is flowing when the signal comes.
+        assert!(
+            wait_until(Duration::from_secs(5), || got.load(Ordering::Relaxed)
+                > 2000),
+            "traffic flows before the stop"
+        );
+        let before = got.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            got.load(Ordering::Relaxed) > before,
+            "still flowing at the signal"
+        );
+        let (status, err) = d.stop();
+        stop.store(true, Ordering::Relaxed);
+        // Exit status 0 and every buffer back, in the middle of the traffic.
+        assert_clean_exit(status, &err);
+    });
+}
