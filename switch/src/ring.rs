@@ -16,17 +16,72 @@
 //! Verbs follow DPDK: `_burst` moves as many as fit and returns the count.
 #![allow(unsafe_code)]
 
-use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+
+#[cfg(loom)]
+use loom::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
+#[cfg(not(loom))]
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
+
+/// One slot: std's `UnsafeCell`, or loom's under the model checker (which then checks
+/// every access against the happens-before order the atomics give).
+struct Slot<T> {
+    #[cfg(not(loom))]
+    cell: std::cell::UnsafeCell<MaybeUninit<T>>,
+    #[cfg(loom)]
+    cell: loom::cell::UnsafeCell<MaybeUninit<T>>,
+}
+
+impl<T> Slot<T> {
+    fn new() -> Slot<T> {
+        Slot {
+            #[cfg(not(loom))]
+            cell: std::cell::UnsafeCell::new(MaybeUninit::uninit()),
+            #[cfg(loom)]
+            cell: loom::cell::UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    }
+
+    /// # Safety
+    /// The caller is the only one touching the slot now, and it holds no item.
+    unsafe fn put(&self, item: T) {
+        #[cfg(not(loom))]
+        // SAFETY: forwarded from the caller's contract.
+        unsafe {
+            (*self.cell.get()).write(item);
+        }
+        #[cfg(loom)]
+        self.cell.with_mut(|p| {
+            // SAFETY: forwarded from the caller's contract.
+            unsafe { (*p).write(item) };
+        });
+    }
+
+    /// # Safety
+    /// The caller is the only one touching the slot now, and it holds an item, which
+    /// it takes (the slot is empty afterwards).
+    unsafe fn take(&self) -> T {
+        #[cfg(not(loom))]
+        // SAFETY: forwarded from the caller's contract.
+        return unsafe { (*self.cell.get()).assume_init_read() };
+        #[cfg(loom)]
+        // SAFETY: forwarded from the caller's contract.
+        return self.cell.with(|p| unsafe { (*p).assume_init_read() });
+    }
+}
 
 /// Aligns a value to its own cache line (128 bytes covers adjacent-line prefetch).
 #[repr(align(128))]
 struct Line<T>(T);
 
 struct Shared<T> {
-    slots: Box<[UnsafeCell<MaybeUninit<T>>]>,
+    slots: Box<[Slot<T>]>,
     mask: usize,
     /// Next position the consumer reads. Written by the consumer only.
     head: Line<AtomicUsize>,
@@ -43,11 +98,12 @@ unsafe impl<T: Send> Send for Shared<T> {}
 
 impl<T> Drop for Shared<T> {
     fn drop(&mut self) {
-        let mut h = *self.head.0.get_mut();
-        let t = *self.tail.0.get_mut();
+        // Relaxed: `&mut self` means both ends are gone; nothing races.
+        let mut h = self.head.0.load(Ordering::Relaxed);
+        let t = self.tail.0.load(Ordering::Relaxed);
         while h != t {
             // SAFETY: slots in [head, tail) hold initialised items; we own the ring now.
-            unsafe { self.slots[h & self.mask].get_mut().assume_init_drop() };
+            drop(unsafe { self.slots[h & self.mask].take() });
             h = h.wrapping_add(1);
         }
     }
@@ -70,9 +126,7 @@ pub struct Consumer<T> {
 /// Makes a ring of at least `capacity` slots (rounded up to a power of two).
 pub fn ring<T>(capacity: usize) -> (Producer<T>, Consumer<T>) {
     let cap = capacity.max(2).next_power_of_two();
-    let slots = (0..cap)
-        .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
-        .collect();
+    let slots = (0..cap).map(|_| Slot::new()).collect();
     let shared = Arc::new(Shared {
         slots,
         mask: cap - 1,
@@ -125,7 +179,7 @@ impl<T> Producer<T> {
         let slot = &self.ring.slots[self.tail & self.ring.mask];
         // SAFETY: the slot is outside [head, tail) (room() > 0), so the consumer does not
         // read it, and only this producer writes.
-        unsafe { (*slot.get()).write(item) };
+        unsafe { slot.put(item) };
         self.tail = self.tail.wrapping_add(1);
     }
 
@@ -191,7 +245,7 @@ impl<T> Consumer<T> {
         let slot = &self.ring.slots[self.head & self.ring.mask];
         // SAFETY: the slot is inside [head, tail): initialised by the producer, published
         // by its Release of tail (observed by our Acquire), and read exactly once here.
-        let item = unsafe { (*slot.get()).assume_init_read() };
+        let item = unsafe { slot.take() };
         self.head = self.head.wrapping_add(1);
         item
     }
@@ -221,7 +275,7 @@ impl<T> Consumer<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
@@ -330,5 +384,63 @@ mod tests {
             }
         }
         t.join().unwrap();
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! `RUSTFLAGS="--cfg loom" cargo test -p switch --release --lib ring::loom_tests`:
+    //! every interleaving and memory order of one producer and one consumer; loom also
+    //! checks that no slot is touched by both at once.
+    use super::ring;
+    use loom::thread;
+
+    #[test]
+    fn items_cross_in_order_through_a_wrapping_ring() {
+        loom::model(|| {
+            let (mut p, mut c) = ring::<u32>(2);
+            let t = thread::spawn(move || {
+                let mut next = 0u32;
+                let mut batch = Vec::new();
+                while next < 3 {
+                    batch.clear();
+                    batch.extend(next..3);
+                    let n = p.push_burst(&mut batch);
+                    next += n as u32;
+                    if n == 0 {
+                        thread::yield_now();
+                    }
+                }
+            });
+            let mut got = Vec::new();
+            let mut out = Vec::new();
+            while got.len() < 3 {
+                out.clear();
+                if c.pop_burst(&mut out, 2) == 0 {
+                    thread::yield_now();
+                }
+                got.extend_from_slice(&out);
+            }
+            t.join().unwrap();
+            assert_eq!(got, vec![0, 1, 2]);
+        });
+    }
+
+    #[test]
+    fn items_left_in_the_ring_are_dropped_once() {
+        loom::model(|| {
+            let marker = loom::sync::Arc::new(());
+            let (mut p, mut c) = ring::<loom::sync::Arc<()>>(2);
+            let m = marker.clone();
+            let t = thread::spawn(move || {
+                let _ = p.push(m.clone());
+                let _ = p.push(m);
+            });
+            let first = c.pop();
+            t.join().unwrap();
+            drop(first);
+            drop(c);
+            assert_eq!(loom::sync::Arc::strong_count(&marker), 1);
+        });
     }
 }
