@@ -40,9 +40,10 @@ after '=' (-netdev=tap,id=t0).
 
   -netdev TYPE,id=ID[,KEY=VALUE]...
                    Add a port, as QEMU's -netdev does (repeatable). TYPE is one of
-                   nic, user, tap, l2tpv3, socket, vde, bridge, hubport, netmap,
-                   vhost-user, vhost-vdpa; the keys are that type's members in
-                   qapi/net.json (tap: ifname, queues, poll-us, sndbuf, ...).
+                   tap, socket, hubport, nic, or x-null (an in-memory source/sink
+                   for benchmarks); the keys are that type's members in
+                   qapi/net.json (tap: ifname, queues, poll-us, sndbuf, ...). The
+                   schema's other types are refused, saying why.
                    Write ',,' for a comma inside a value; repeat a key for a list
                    (hostfwd=A,hostfwd=B). Booleans: on/off, yes/no, true/false, y/n.
                    Sizes take k, M, G, T suffixes. A JSON object
