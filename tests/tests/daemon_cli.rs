@@ -560,3 +560,14 @@ fn sigterm_while_frames_flow_stops_clean_with_every_buffer_back() {
         assert_clean_exit(status, &err);
     });
 }
+
+#[test]
+fn a_netdev_that_cannot_open_is_the_first_line() {
+    let out = Daemon::run_to_exit(&["-cores", "0", "-netdev", "tap,id=t9,fd=999"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("pollswitch: -netdev t9: "),
+        "the error comes before any startup line: {err}"
+    );
+}

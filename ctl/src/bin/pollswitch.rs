@@ -96,6 +96,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The ports first: a -netdev that cannot open is the first and only line.
+    for nd in &args.netdevs {
+        if let Err(e) = daemon.netdev_add(nd, &mut InheritedFds) {
+            eprintln!("pollswitch: -netdev {}: {e}", nd.id);
+            let _ = daemon.shutdown();
+            return ExitCode::from(1);
+        }
+    }
     let pool = daemon.switch().pool().clone();
     let info = daemon.switch().info().clone();
     eprintln!(
@@ -136,13 +144,6 @@ fn main() -> ExitCode {
         cfg.default_poll_us,
         cfg.max_frame
     );
-    for nd in &args.netdevs {
-        if let Err(e) = daemon.netdev_add(nd, &mut InheritedFds) {
-            eprintln!("pollswitch: -netdev {}: {e}", nd.id);
-            let _ = daemon.shutdown();
-            return ExitCode::from(1);
-        }
-    }
     let (tx, rx) = mpsc::channel();
     let sig = tx.clone();
     if let Err(e) = ctrlc::set_handler(move || {
