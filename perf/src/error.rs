@@ -33,30 +33,17 @@ pub enum PerfError {
     /// A stream endpoint found no peer in time (no connection accepted or made).
     #[error("{0}")]
     Timeout(String),
-    /// A command run for setup (`ip`, `sysctl`, ...) failed.
-    #[error("`{command}` failed: {detail}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// Its exit status and stderr, or the spawn error.
-        detail: String,
-    },
-    /// A peer or the system under test did not start or stopped on its own.
+    /// A step of the test bed: a namespace, a link, a child process, a peer, QMP.
+    #[error(transparent)]
+    Testbed(#[from] testbed::Error),
+    /// A system under test or a peer misbehaved (stopped on its own, refused a
+    /// command, measured nothing).
     #[error("{system}: {detail}")]
     Peer {
         /// The system (`pollswitch`, `qemu`, ...).
         system: String,
         /// What went wrong, with what it printed.
         detail: String,
-    },
-    /// Entering a network namespace.
-    #[error("enter netns {name}")]
-    Netns {
-        /// The namespace.
-        name: String,
-        /// The system error.
-        #[source]
-        source: io::Error,
     },
     /// Reading or writing a result file.
     #[error("{}", path.display())]

@@ -11,8 +11,12 @@
 //!                              └ report (JSON, table) + svg (plot)
 //! ```
 //!
-//! Unsafe code is fenced: only `sys` (clock, affinity, setns), `engine::mmsg`
-//! (sendmmsg/recvmmsg) and `engine::tap` (AF_PACKET) may use it.
+//! Namespaces, links, raw sockets, child processes, QEMU, vde_switch, QMP and core
+//! pinning come from the `testbed` crate the integration tests share; so does the
+//! signal handler that removes everything a run made when it is interrupted.
+//!
+//! Unsafe code is fenced: only `sys` (the `SO_MEMINFO` drop counter) and `engine::mmsg`
+//! (sendmmsg/recvmmsg, UDP GSO) may use it.
 
 #![deny(unsafe_code)]
 
@@ -20,7 +24,6 @@ pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod frame;
-pub mod netns;
 pub mod peer;
 pub mod report;
 pub mod svg;

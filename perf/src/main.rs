@@ -1,10 +1,19 @@
-//! `pollswitch-perf`: the command line. See `pollswitch-perf help`.
+//! `pollswitch-perf`: the command line. Every subcommand and option is declared once
+//! below (clap); `pollswitch-perf help` and `pollswitch-perf COMMAND --help` are made from
+//! those declarations.
+//!
+//! Ctrl-C, SIGTERM or SIGHUP during a run removes every namespace, veth, temp dir and
+//! process the run started (QEMU, vde_switch, testpmd, pollswitch daemons) and exits
+//! with status 130 (the test bed's signal handler, `testbed::cleanup`).
 
 #![deny(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+use clap::builder::PossibleValuesParser;
+use clap::{Args, Parser, Subcommand};
 
 use perf::bench::{self, BenchOpts, SCENARIOS};
 use perf::engine::{self, ENGINES};
@@ -14,67 +23,243 @@ use perf::report::markdown_table;
 use perf::svg::num;
 use perf::traffic::{self, Outcome, Rate, Roles};
 
-const USAGE: &str = "\
-Usage: pollswitch-perf COMMAND [OPTION]...
-Traffic generator and sink with latency histograms, and benchmarks of pollswitch side
-by side with real peers.
-
-Commands:
-  run   --tx SPEC... --rx SPEC...   send and receive in one process (latency, loss)
-  gen   --tx SPEC...                send only
-  sink  --rx SPEC...                receive only (loss from sequence gaps)
-  bench NAME|all                    run a scenario: starts the systems itself
-                                    (names and what each measures: list)
-  plot FILE.json...                 redraw FILE.svg (and print the table) from a report
-  list                              engines, systems and scenarios
-  help                              this text
-
+const SPECS: &str = "\
 Endpoint SPEC (ENGINE:key=value,...):
-  udp:local=ADDR,peer=ADDR     one frame per datagram (QEMU socket,udp=/localaddr=)
-  tcp:connect=ADDR | tcp:listen=ADDR   4-byte big-endian length + frame (QEMU stream)
-  tap:ifname=NAME[,netns=NS]   AF_PACKET on the kernel side of a tap or veth
-  vde:sock=DIR[,port=N]        a vde_switch port
+  udp:local=ADDR,peer=ADDR[,gso=on|off]   one frame per datagram (QEMU socket,udp=/localaddr=)
+  tcp:connect=ADDR | tcp:listen=ADDR      4-byte big-endian length + frame (QEMU stream)
+  tap:ifname=NAME[,netns=NS]              AF_PACKET on the kernel side of a tap or veth
+  vde:sock=DIR[,port=N]                   a vde_switch port";
 
-Traffic options (run, gen, sink):
-  --rate max|PPS      frames/s over all sending ports, k and M suffixes (default max)
-  --size N            frame bytes without FCS, 64..9000 (default 64)
-  --duration S        measured seconds (default 5)   --warmup S  uncounted (default 0.5)
-  --burst N           frames per send call, 1..64 (default 32)
-  --dst MAC           destination MAC (default ff:ff:ff:ff:ff:ff)
-  --gen-core N        pin the generator (default: not pinned)
-  --sink-core N       receive on a thread of its own on core N (default: same loop)
-  --json FILE         write the result as JSON (- for stdout)
-  --progress          a progress line each second (on by itself for runs >= 5 s)
+const EXIT_STATUS: &str = "\
+Exit status: 0 success, 1 a run failed or a setup error, 2 usage, 130 interrupted
+(SIGINT, SIGTERM or SIGHUP: everything the run started is removed first).";
 
-Bench options:
-  --runs N            rounds, systems alternating A B C A B C (default 5)
-  --duration S --warmup S --size N --rate R --burst N    as above (rate default max)
-  --latency-rate PPS  rate of the latency scenario (default 20000)
-  --gen-core N        generator core (default 0)
-  --sink-core N       separate sink thread on this core (default: generator's loop)
-  --sut-cores LIST    cores of the system under test, e.g. 1 or 2-5 (default 1)
-  --workers N         pollswitch/testpmd forwarding workers (default 1); bench
-                      workers measures 1, 2, 4, ... below N and N, each W on the
-                      first W of --sut-cores (e.g. --workers 8 --sut-cores 1-8)
-  --poll-us N         pollswitch -poll-us (default 1000, the daemon's own default;
-                      idle sweeps its own)
-  --systems A,B       measure only these systems
-  --ports LIST --sizes LIST   scale sweep (default 2,4,8,16,32 and 64,512,1518,9000)
-  --pollswitch PATH   daemon binary (default: beside this program, else PATH)
-  --pollswitch-args 'A B'  more daemon arguments (e.g. '-pool-size 4096')
-  --gen-gso on|off    generator sends UDP bursts as one GSO send (default on; the
-                      system's socket still receives one datagram per frame)
-  --out DIR           where NAME.json and NAME.svg go (default perf-out)
-  --quick             1 run of 0.5 s each, ports 2,8, sizes 64,9000: a smoke test
-                      (options given explicitly still apply)
-  --allow-fail        exit 0 even when some runs failed
+/// Traffic generator and sink with latency histograms, and benchmarks of pollswitch side
+/// by side with real peers.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pollswitch-perf",
+    version,
+    arg_required_else_help = true,
+    after_help = EXIT_STATUS
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-Exit status: 0 success, 1 a run failed or a setup error, 2 usage.
-";
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send and receive in one process (latency, loss)
+    #[command(after_help = SPECS)]
+    Run {
+        /// Sending endpoint (repeat for more)
+        #[arg(long, value_name = "SPEC", required = true)]
+        tx: Vec<String>,
+        /// Receiving endpoint (repeat for more)
+        #[arg(long, value_name = "SPEC", required = true)]
+        rx: Vec<String>,
+        #[command(flatten)]
+        traffic: TrafficArgs,
+    },
+    /// Send only
+    #[command(after_help = SPECS)]
+    Gen {
+        /// Sending endpoint (repeat for more)
+        #[arg(long, value_name = "SPEC", required = true)]
+        tx: Vec<String>,
+        #[command(flatten)]
+        traffic: TrafficArgs,
+    },
+    /// Receive only (loss from sequence gaps)
+    #[command(after_help = SPECS)]
+    Sink {
+        /// Receiving endpoint (repeat for more)
+        #[arg(long, value_name = "SPEC", required = true)]
+        rx: Vec<String>,
+        #[command(flatten)]
+        traffic: TrafficArgs,
+    },
+    /// Run scenarios: each starts the systems it measures itself (see list)
+    Bench(BenchArgs),
+    /// Redraw FILE.svg (and print the table) from a report
+    Plot {
+        /// Reports written by bench
+        #[arg(value_name = "FILE.json", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Engines, systems and scenarios
+    List,
+}
+
+/// Options of run, gen and sink.
+#[derive(Debug, Args)]
+struct TrafficArgs {
+    /// Frames/s over all sending ports: max, or a number with k or M
+    #[arg(long, value_name = "max|PPS", default_value = "max", value_parser = rate)]
+    rate: Rate,
+    /// Frame bytes without FCS, 64..9000
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    size: usize,
+    /// Measured seconds
+    #[arg(long, value_name = "S", default_value = "5", value_parser = seconds)]
+    duration: Duration,
+    /// Seconds of traffic before the window, not counted
+    #[arg(long, value_name = "S", default_value = "0.5", value_parser = seconds)]
+    warmup: Duration,
+    /// Frames per send call, 1..64
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    burst: usize,
+    /// Destination MAC of every frame
+    #[arg(long, value_name = "MAC", default_value = "ff:ff:ff:ff:ff:ff", value_parser = mac)]
+    dst: [u8; 6],
+    /// Pin the generator to this core (default: not pinned)
+    #[arg(long, value_name = "N")]
+    gen_core: Option<usize>,
+    /// Receive on a thread of its own on this core (default: in the generator's loop)
+    #[arg(long, value_name = "N")]
+    sink_core: Option<usize>,
+    /// Write the result as JSON to FILE (- for stdout)
+    #[arg(long, value_name = "FILE")]
+    json: Option<String>,
+    /// A progress line each second (on by itself for runs of 5 s or more)
+    #[arg(long)]
+    progress: bool,
+}
+
+/// Options of bench.
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Scenarios to run, or all
+    #[arg(value_name = "NAME", required = true, value_parser = scenario_names())]
+    names: Vec<String>,
+    /// Rounds, systems alternating A B C A B C [default: 5]
+    #[arg(long, value_name = "N")]
+    runs: Option<usize>,
+    /// Measured seconds of each run (idle: of each CPU sample) [default: 5]
+    #[arg(long, value_name = "S", value_parser = seconds)]
+    duration: Option<Duration>,
+    /// Seconds of traffic before each window [default: 0.5]
+    #[arg(long, value_name = "S", value_parser = seconds)]
+    warmup: Option<Duration>,
+    /// Frame bytes without FCS (udp-hub, tap-hub, latency, workers), 64..9000
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    size: usize,
+    /// Rate of the throughput scenarios: max, or frames/s with k or M
+    #[arg(long, value_name = "max|PPS", default_value = "max", value_parser = rate)]
+    rate: Rate,
+    /// Frames/s of the latency scenario
+    #[arg(long, value_name = "PPS", default_value_t = 20_000.0)]
+    latency_rate: f64,
+    /// Frames per send call, 1..64
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    burst: usize,
+    /// Core of the generator
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    gen_core: usize,
+    /// A separate sink thread on this core (default: in the generator's loop)
+    #[arg(long, value_name = "N")]
+    sink_core: Option<usize>,
+    /// Cores of the system under test, e.g. 1 or 2-5 [default: 1, or 1..=N for --workers N]
+    #[arg(long, value_name = "LIST", value_parser = core_list)]
+    sut_cores: Option<CoreList>,
+    /// Forwarding workers of pollswitch and testpmd (workers: the most measured)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    workers: usize,
+    /// pollswitch -poll-us (idle sweeps its own)
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    poll_us: u32,
+    /// Measure only these systems (comma separated)
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    systems: Option<Vec<String>>,
+    /// Port counts of the scale sweep [default: 2,4,8,16,32]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    ports: Option<Vec<usize>>,
+    /// Frame sizes of the scale sweep [default: 64,512,1518,9000]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
+    /// The daemon binary [default: beside this program, else on PATH]
+    #[arg(long, value_name = "PATH")]
+    pollswitch: Option<PathBuf>,
+    /// More daemon arguments, one string (e.g. '-pool-size 4096')
+    #[arg(long, value_name = "'A B'", allow_hyphen_values = true)]
+    pollswitch_args: Option<String>,
+    /// Generator sends UDP bursts as one GSO send (the system still gets one datagram per frame)
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    gen_gso: bool,
+    /// Where NAME.json and NAME.svg go
+    #[arg(long, value_name = "DIR", default_value = "perf-out")]
+    out: PathBuf,
+    /// Smoke test: 1 run of 0.5 s, ports 2,8, sizes 64,9000 (explicit options still apply)
+    #[arg(long)]
+    quick: bool,
+    /// Progress lines during each run
+    #[arg(long)]
+    progress: bool,
+    /// Exit 0 even when some runs failed
+    #[arg(long)]
+    allow_fail: bool,
+}
+
+fn scenario_names() -> PossibleValuesParser {
+    let mut names: Vec<&'static str> = SCENARIOS.iter().map(|s| s.name).collect();
+    names.push("all");
+    PossibleValuesParser::new(names)
+}
+
+fn rate(v: &str) -> Result<Rate, String> {
+    Rate::parse(v).map_err(|e| e.to_string())
+}
+
+fn seconds(v: &str) -> Result<Duration, String> {
+    let s: f64 = v.parse().map_err(|_| format!("{v:?}: not a number"))?;
+    if !(0.0..=86_400.0).contains(&s) {
+        return Err(format!("{v}: 0 to 86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// Cores, as one option value.
+#[derive(Debug, Clone)]
+struct CoreList(Vec<usize>);
+
+/// A core list (`1`, `0,2`, `1-3,5`) of cores this machine has.
+fn core_list(v: &str) -> Result<CoreList, String> {
+    let cores = testbed::cpu::parse_list(v)?;
+    let cpus = perf::sys::core_times().len().max(testbed::cpu::online());
+    match cores.iter().find(|&&c| c >= cpus) {
+        Some(bad) => Err(format!("no core {bad} (this machine has {cpus})")),
+        None => Ok(CoreList(cores)),
+    }
+}
+
+fn mac(v: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let bad = || format!("{v:?}: expected aa:bb:cc:dd:ee:ff");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut m = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        m[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    Ok(m)
+}
+
+fn on_off(v: &str) -> Result<bool, String> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{v}: on or off")),
+    }
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match dispatch(&args) {
+    let cli = Cli::parse();
+    if let Err(e) = testbed::cleanup::exit_on_signal("pollswitch-perf") {
+        eprintln!("pollswitch-perf: warning: {e}: an interrupted run may leave namespaces behind");
+    }
+    match dispatch(cli.command) {
         Ok(code) => code,
         Err(e @ PerfError::Usage(_)) => {
             eprintln!(
@@ -90,25 +275,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(args: &[String]) -> Result<ExitCode> {
-    let Some(cmd) = args.first() else {
-        eprint!("{USAGE}");
-        return Ok(ExitCode::from(2));
-    };
-    let rest = &args[1..];
-    match cmd.as_str() {
-        "run" | "gen" | "sink" => traffic_command(cmd, rest),
-        "bench" => bench_command(rest),
-        "plot" => plot_command(rest),
-        "list" => {
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run { tx, rx, traffic } => traffic_command("run", tx, rx, traffic),
+        Command::Gen { tx, traffic } => traffic_command("gen", tx, Vec::new(), traffic),
+        Command::Sink { rx, traffic } => traffic_command("sink", Vec::new(), rx, traffic),
+        Command::Bench(args) => bench_command(args),
+        Command::Plot { files } => plot_command(&files),
+        Command::List => {
             list();
             Ok(ExitCode::SUCCESS)
         }
-        "help" | "-h" | "--help" => {
-            print!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
-        }
-        other => Err(PerfError::Usage(format!("unknown command {other:?}"))),
     }
 }
 
@@ -132,129 +309,24 @@ fn list() {
     }
 }
 
-/// Option parser: `--name value`, `--name=value`, flags.
-struct Args<'a> {
-    items: &'a [String],
-    pos: usize,
-}
-
-impl<'a> Args<'a> {
-    fn new(items: &'a [String]) -> Args<'a> {
-        Args { items, pos: 0 }
-    }
-
-    /// The next option name and its inline value, if any.
-    fn next(&mut self) -> Option<(String, Option<String>)> {
-        let item = self.items.get(self.pos)?;
-        self.pos += 1;
-        match item.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => Some((k.to_string(), Some(v.to_string()))),
-            _ => Some((item.clone(), None)),
-        }
-    }
-
-    fn value(&mut self, name: &str, inline: Option<String>) -> Result<String> {
-        if let Some(v) = inline {
-            return Ok(v);
-        }
-        let v = self
-            .items
-            .get(self.pos)
-            .ok_or_else(|| PerfError::Usage(format!("{name} needs a value")))?;
-        self.pos += 1;
-        Ok(v.clone())
-    }
-}
-
-fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T> {
-    v.parse()
-        .map_err(|_| PerfError::Usage(format!("{name} {v:?}: not a number")))
-}
-
-fn seconds(name: &str, v: &str) -> Result<Duration> {
-    let s: f64 = number(name, v)?;
-    if !(0.0..=86_400.0).contains(&s) {
-        return Err(PerfError::Usage(format!("{name} {v}: 0 to 86400 seconds")));
-    }
-    Ok(Duration::from_secs_f64(s))
-}
-
-/// A core list: `1`, `0,2`, `1-3,5`.
-fn cores(name: &str, v: &str) -> Result<Vec<usize>> {
-    let mut out = Vec::new();
-    for part in v.split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (number(name, a)?, number(name, b)?);
-                if a > b {
-                    return Err(PerfError::Usage(format!(
-                        "{name} {v}: range {a}-{b} is backwards"
-                    )));
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(number(name, part)?),
-        }
-    }
-    let cpus = perf::sys::core_times().len().max(perf::sys::online_cpus());
-    if let Some(bad) = out.iter().find(|&&c| c >= cpus) {
-        return Err(PerfError::Usage(format!(
-            "{name}: no core {bad} (this machine has {cpus})"
-        )));
-    }
-    Ok(out)
-}
-
-fn list_of(name: &str, v: &str) -> Result<Vec<usize>> {
-    v.split(',').map(|x| number(name, x)).collect()
-}
-
-fn mac(v: &str) -> Result<[u8; 6]> {
-    let parts: Vec<&str> = v.split(':').collect();
-    let bad = || PerfError::Usage(format!("--dst {v:?}: expected aa:bb:cc:dd:ee:ff"));
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut m = [0u8; 6];
-    for (i, p) in parts.iter().enumerate() {
-        m[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    Ok(m)
-}
-
-fn traffic_command(cmd: &str, rest: &[String]) -> Result<ExitCode> {
-    let mut cfg = traffic::Config::default();
-    let mut tx_specs = Vec::new();
-    let mut rx_specs = Vec::new();
-    let mut json_out: Option<String> = None;
-    let mut a = Args::new(rest);
-    while let Some((name, inline)) = a.next() {
-        match name.as_str() {
-            "--tx" if cmd != "sink" => tx_specs.push(a.value(&name, inline)?),
-            "--rx" if cmd != "gen" => rx_specs.push(a.value(&name, inline)?),
-            "--rate" => cfg.rate = Rate::parse(&a.value(&name, inline)?)?,
-            "--size" => cfg.size = number(&name, &a.value(&name, inline)?)?,
-            "--duration" => cfg.duration = seconds(&name, &a.value(&name, inline)?)?,
-            "--warmup" => cfg.warmup = seconds(&name, &a.value(&name, inline)?)?,
-            "--burst" => cfg.burst = number(&name, &a.value(&name, inline)?)?,
-            "--dst" => cfg.dst = mac(&a.value(&name, inline)?)?,
-            "--gen-core" => cfg.gen_core = Some(number(&name, &a.value(&name, inline)?)?),
-            "--sink-core" => cfg.sink_core = Some(number(&name, &a.value(&name, inline)?)?),
-            "--json" => json_out = Some(a.value(&name, inline)?),
-            "--progress" => cfg.progress = true,
-            other => return Err(PerfError::Usage(format!("{cmd}: unknown option {other:?}"))),
-        }
-    }
-    if cmd != "sink" && tx_specs.is_empty() {
-        return Err(PerfError::Usage(format!(
-            "{cmd}: give at least one --tx SPEC"
-        )));
-    }
-    if cmd != "gen" && rx_specs.is_empty() {
-        return Err(PerfError::Usage(format!(
-            "{cmd}: give at least one --rx SPEC"
-        )));
-    }
+fn traffic_command(
+    cmd: &str,
+    tx_specs: Vec<String>,
+    rx_specs: Vec<String>,
+    a: TrafficArgs,
+) -> Result<ExitCode> {
+    let mut cfg = traffic::Config {
+        rate: a.rate,
+        size: a.size,
+        duration: a.duration,
+        warmup: a.warmup,
+        burst: a.burst,
+        dst: a.dst,
+        gen_core: a.gen_core,
+        sink_core: a.sink_core,
+        progress: a.progress,
+        ..traffic::Config::default()
+    };
     cfg.check()?;
     cfg.progress |= cfg.warmup + cfg.duration >= traffic::PROGRESS_FROM;
     let mut ports = Vec::new();
@@ -269,7 +341,7 @@ fn traffic_command(cmd: &str, rest: &[String]) -> Result<ExitCode> {
     }
     let o = traffic::run(ports, &roles, &cfg)?;
     print_outcome(cmd, &o);
-    if let Some(path) = json_out {
+    if let Some(path) = a.json {
         let text = serde_json::to_string_pretty(&o).expect("an outcome always serializes");
         if path == "-" {
             println!("{text}");
@@ -325,13 +397,9 @@ fn print_outcome(cmd: &str, o: &Outcome) {
     println!("{}", markdown_table(&rows));
 }
 
-fn plot_command(files: &[String]) -> Result<ExitCode> {
-    if files.is_empty() {
-        return Err(PerfError::Usage("plot: give report JSON files".into()));
-    }
-    for f in files {
-        let path = PathBuf::from(f);
-        let report = perf::report::Report::read(&path)?;
+fn plot_command(files: &[PathBuf]) -> Result<ExitCode> {
+    for path in files {
+        let report = perf::report::Report::read(path)?;
         let scenario = bench::find(&report.scenario)?;
         let svg_path = path.with_extension("svg");
         std::fs::write(&svg_path, (scenario.plot)(&report)).map_err(|source| PerfError::File {
@@ -346,84 +414,46 @@ fn plot_command(files: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench_command(rest: &[String]) -> Result<ExitCode> {
+/// The scenario options `a` gives, over this machine's defaults.
+fn bench_opts(a: &BenchArgs) -> Result<BenchOpts> {
     let mut opts = BenchOpts::defaults();
-    let mut names = Vec::new();
-    let mut quick = false;
-    let mut allow_fail = false;
-    let mut explicit_duration = None;
-    let mut explicit_runs = None;
-    let mut explicit_warmup = None;
-    let mut explicit_ports = None;
-    let mut explicit_sizes = None;
-    let mut sut_cores_given = false;
-    let mut a = Args::new(rest);
-    while let Some((name, inline)) = a.next() {
-        match name.as_str() {
-            "--runs" => explicit_runs = Some(number(&name, &a.value(&name, inline)?)?),
-            "--duration" => explicit_duration = Some(seconds(&name, &a.value(&name, inline)?)?),
-            "--warmup" => explicit_warmup = Some(seconds(&name, &a.value(&name, inline)?)?),
-            "--size" => opts.size = number(&name, &a.value(&name, inline)?)?,
-            "--rate" => opts.rate = Rate::parse(&a.value(&name, inline)?)?,
-            "--latency-rate" => opts.latency_rate = number(&name, &a.value(&name, inline)?)?,
-            "--burst" => opts.burst = number(&name, &a.value(&name, inline)?)?,
-            "--gen-core" => opts.gen_core = number(&name, &a.value(&name, inline)?)?,
-            "--sink-core" => opts.sink_core = Some(number(&name, &a.value(&name, inline)?)?),
-            "--sut-cores" => {
-                opts.sut_cores = cores(&name, &a.value(&name, inline)?)?;
-                sut_cores_given = true;
-            }
-            "--workers" => opts.workers = number(&name, &a.value(&name, inline)?)?,
-            "--poll-us" => opts.poll_us = number(&name, &a.value(&name, inline)?)?,
-            "--systems" => {
-                opts.systems = Some(
-                    a.value(&name, inline)?
-                        .split(',')
-                        .map(str::to_string)
-                        .collect(),
-                )
-            }
-            "--ports" => explicit_ports = Some(list_of(&name, &a.value(&name, inline)?)?),
-            "--sizes" => explicit_sizes = Some(list_of(&name, &a.value(&name, inline)?)?),
-            "--pollswitch" => opts.pollswitch = PathBuf::from(a.value(&name, inline)?),
-            "--pollswitch-args" => {
-                opts.pollswitch_args = a
-                    .value(&name, inline)?
-                    .split_whitespace()
-                    .map(str::to_string)
-                    .collect()
-            }
-            "--gen-gso" => {
-                opts.gen_gso = match a.value(&name, inline)?.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    v => return Err(PerfError::Usage(format!("--gen-gso {v}: on or off"))),
-                }
-            }
-            "--out" => opts.out_dir = PathBuf::from(a.value(&name, inline)?),
-            "--quick" => quick = true,
-            "--progress" => opts.progress = true,
-            "--allow-fail" => allow_fail = true,
-            n if !n.starts_with('-') => names.push(n.to_string()),
-            other => return Err(PerfError::Usage(format!("bench: unknown option {other:?}"))),
-        }
+    opts.size = a.size;
+    opts.rate = a.rate;
+    opts.latency_rate = a.latency_rate;
+    opts.burst = a.burst;
+    opts.gen_core = a.gen_core;
+    opts.sink_core = a.sink_core;
+    opts.workers = a.workers;
+    opts.poll_us = a.poll_us;
+    opts.systems = a.systems.clone();
+    if let Some(p) = &a.pollswitch {
+        opts.pollswitch = p.clone();
     }
-    if quick {
+    if let Some(extra) = &a.pollswitch_args {
+        opts.pollswitch_args = extra.split_whitespace().map(str::to_string).collect();
+    }
+    opts.gen_gso = a.gen_gso;
+    opts.out_dir = a.out.clone();
+    opts.progress = a.progress;
+    if a.quick {
         opts.quick();
     }
-    opts.runs = explicit_runs.unwrap_or(opts.runs);
-    opts.duration = explicit_duration.unwrap_or(opts.duration);
-    opts.warmup = explicit_warmup.unwrap_or(opts.warmup);
-    opts.ports = explicit_ports.unwrap_or(opts.ports);
-    opts.sizes = explicit_sizes.unwrap_or(opts.sizes);
+    // Given explicitly, they win over --quick.
+    opts.runs = a.runs.unwrap_or(opts.runs);
+    opts.duration = a.duration.unwrap_or(opts.duration);
+    opts.warmup = a.warmup.unwrap_or(opts.warmup);
+    opts.ports = a.ports.clone().unwrap_or(opts.ports);
+    opts.sizes = a.sizes.clone().unwrap_or(opts.sizes);
+    match &a.sut_cores {
+        Some(c) => opts.sut_cores = c.0.clone(),
+        // One core per worker after the generator's.
+        None if opts.workers > 1 => opts.sut_cores = (1..=opts.workers).collect(),
+        None => {}
+    }
     if opts.workers == 0 || opts.runs == 0 || opts.duration.is_zero() {
         return Err(PerfError::Usage(
             "--workers, --runs and --duration must be above 0".into(),
         ));
-    }
-    if !sut_cores_given && opts.workers > 1 {
-        // One core per worker after the generator's.
-        opts.sut_cores = (1..=opts.workers).collect();
     }
     if opts.sut_cores.len() < opts.workers {
         return Err(PerfError::Usage(format!(
@@ -441,12 +471,23 @@ fn bench_command(rest: &[String]) -> Result<ExitCode> {
     if opts.ports.iter().any(|&p| !(2..=256).contains(&p)) {
         return Err(PerfError::Usage("--ports: 2 to 256 each".into()));
     }
-    let scenarios: Vec<&bench::Scenario> = match names.as_slice() {
-        [] => return Err(PerfError::Usage("bench: name a scenario (or all)".into())),
-        [n] if n == "all" => SCENARIOS.iter().collect(),
-        list => list.iter().map(|n| bench::find(n)).collect::<Result<_>>()?,
+    opts.command_line = std::iter::once("pollswitch-perf".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(opts)
+}
+
+fn bench_command(a: BenchArgs) -> Result<ExitCode> {
+    let opts = bench_opts(&a)?;
+    let scenarios: Vec<&bench::Scenario> = if a.names.iter().any(|n| n == "all") {
+        SCENARIOS.iter().collect()
+    } else {
+        a.names
+            .iter()
+            .map(|n| bench::find(n))
+            .collect::<Result<_>>()?
     };
-    opts.command_line = format!("pollswitch-perf bench {}", rest.join(" "));
     // Every peer of every scenario must be installed before anything runs.
     let mut plans = Vec::new();
     for sc in &scenarios {
@@ -483,10 +524,212 @@ fn bench_command(rest: &[String]) -> Result<ExitCode> {
         println!("results: {} and {}\n", json.display(), plot.display());
         all_ok &= report.all_ok();
     }
-    if all_ok || allow_fail {
+    if all_ok || a.allow_fail {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("pollswitch-perf: some runs failed (see the tables and the JSON)");
         Ok(ExitCode::from(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("pollswitch-perf").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_and_option_has_one_line_of_help() {
+        let mut cli = Cli::command();
+        for sub in cli.get_subcommands_mut() {
+            let name = sub.get_name().to_string();
+            assert!(sub.get_about().is_some(), "{name} has no help");
+            let help = sub.render_help().to_string();
+            for arg in sub.get_arguments() {
+                let Some(text) = arg.get_help() else {
+                    assert!(
+                        arg.get_id() == "help",
+                        "{name}: --{} has no help",
+                        arg.get_id()
+                    );
+                    continue;
+                };
+                let text = text.to_string();
+                assert!(!text.contains('\n'), "{name}: {} spans lines", arg.get_id());
+                let line = help
+                    .lines()
+                    .find(|l| l.contains(&text))
+                    .unwrap_or_else(|| panic!("{name}: no line for {}:\n{help}", arg.get_id()));
+                if let Some(long) = arg.get_long() {
+                    assert!(
+                        line.contains(&format!("--{long}")),
+                        "{name}: --{long} and its help are not on one line:\n{help}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every command line BENCHMARKS.md shows still parses: the figures there can be
+    /// measured again as written.
+    #[test]
+    fn the_documented_command_lines_parse() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md");
+        let text = std::fs::read_to_string(path).expect("BENCHMARKS.md");
+        let mut seen = 0;
+        for line in text.lines() {
+            let line = line.trim().trim_start_matches('(').trim_start_matches('`');
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let start = match words.first() {
+                Some(w) if w.ends_with("pollswitch-perf") || *w == "$T" => 1,
+                _ => continue,
+            };
+            let args: Vec<&str> = words[start..]
+                .iter()
+                .map(|w| w.trim_end_matches(['`', ')', ',']))
+                .collect();
+            if !matches!(
+                args.first(),
+                Some(&("bench" | "run" | "gen" | "sink" | "plot" | "list"))
+            ) {
+                continue;
+            }
+            if let Err(e) = parse(&args) {
+                panic!("BENCHMARKS.md: {line}\n{e}");
+            }
+            seen += 1;
+        }
+        assert!(seen >= 10, "only {seen} command lines found");
+    }
+
+    #[test]
+    fn traffic_defaults_are_the_generators() {
+        let Cli {
+            command: Command::Run { tx, rx, traffic: t },
+        } = parse(&[
+            "run",
+            "--tx",
+            "udp:peer=127.0.0.1:1",
+            "--rx",
+            "udp:local=127.0.0.1:1",
+        ])
+        .unwrap()
+        else {
+            panic!("not run")
+        };
+        assert_eq!((tx.len(), rx.len()), (1, 1));
+        let d = traffic::Config::default();
+        assert_eq!(t.rate, d.rate);
+        assert_eq!((t.size, t.burst, t.dst), (d.size, d.burst, d.dst));
+        assert_eq!((t.duration, t.warmup), (d.duration, d.warmup));
+        assert_eq!((t.gen_core, t.sink_core, t.progress), (None, None, false));
+        assert!(parse(&["run", "--tx", "x"]).is_err(), "run needs --rx");
+        assert!(parse(&["gen", "--rx", "x"]).is_err(), "gen has no --rx");
+        assert!(parse(&[
+            "sink",
+            "--rx",
+            "x",
+            "--rate=10k",
+            "--dst",
+            "02:00:00:00:00:01"
+        ])
+        .is_ok());
+        assert!(parse(&["run", "--tx", "a", "--rx", "b", "--dst", "nope"]).is_err());
+        assert!(parse(&["run", "--tx", "a", "--rx", "b", "--duration", "-1"]).is_err());
+    }
+
+    #[test]
+    fn bench_options_keep_their_names_and_defaults() {
+        let Cli {
+            command: Command::Bench(a),
+        } = parse(&[
+            "bench",
+            "udp-hub",
+            "tap-hub",
+            "--runs=3",
+            "--duration",
+            "0.2",
+            "--systems",
+            "pollswitch,qemu",
+            "--pollswitch",
+            "/x/pollswitch",
+            "--pollswitch-args",
+            "-pool-size 4096",
+            "--workers",
+            "2",
+            "--sut-cores",
+            "0-1",
+            "--quick",
+            "--gen-gso",
+            "off",
+            "--ports",
+            "2,4",
+            "--out",
+            "/tmp/o",
+        ])
+        .unwrap()
+        else {
+            panic!("not bench")
+        };
+        let o = bench_opts(&a).unwrap();
+        assert_eq!(a.names, ["udp-hub", "tap-hub"]);
+        // Explicit options win over --quick; the rest is --quick's.
+        assert_eq!((o.runs, o.duration), (3, Duration::from_millis(200)));
+        assert_eq!(
+            (o.warmup, o.sizes.clone()),
+            (Duration::from_millis(100), vec![64, 9000])
+        );
+        assert_eq!(o.ports, [2, 4]);
+        assert_eq!(o.systems, Some(vec!["pollswitch".into(), "qemu".into()]));
+        assert_eq!(o.pollswitch, PathBuf::from("/x/pollswitch"));
+        assert_eq!(o.pollswitch_args, ["-pool-size", "4096"]);
+        assert_eq!((o.workers, o.sut_cores.clone()), (2, vec![0, 1]));
+        assert!(!o.gen_gso);
+        assert_eq!(o.out_dir, PathBuf::from("/tmp/o"));
+
+        let Cli {
+            command: Command::Bench(a),
+        } = parse(&["bench", "all"]).unwrap()
+        else {
+            panic!("not bench")
+        };
+        let (o, d) = (bench_opts(&a).unwrap(), BenchOpts::defaults());
+        assert_eq!(
+            (o.runs, o.duration, o.warmup),
+            (d.runs, d.duration, d.warmup)
+        );
+        assert_eq!(
+            (o.size, o.burst, o.gen_core, o.workers),
+            (d.size, d.burst, d.gen_core, d.workers)
+        );
+        assert_eq!(
+            (o.poll_us, o.latency_rate, o.rate),
+            (d.poll_us, d.latency_rate, d.rate)
+        );
+        assert_eq!(
+            (o.sut_cores.clone(), o.ports.clone(), o.sizes.clone()),
+            (d.sut_cores, d.ports, d.sizes)
+        );
+        assert_eq!((o.gen_gso, o.out_dir.clone()), (d.gen_gso, d.out_dir));
+
+        assert!(parse(&["bench"]).is_err(), "a scenario is required");
+        assert!(parse(&["bench", "no-such-scenario"]).is_err());
+        assert!(parse(&["bench", "idle", "--sut-cores", "3-1"]).is_err());
+        assert!(parse(&["bench", "idle", "--gen-gso", "maybe"]).is_err());
+        let Cli {
+            command: Command::Bench(a),
+        } = parse(&["bench", "workers", "--workers", "4", "--sut-cores", "1"]).unwrap()
+        else {
+            panic!("not bench")
+        };
+        assert!(bench_opts(&a).is_err(), "4 workers on one core");
     }
 }

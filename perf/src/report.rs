@@ -275,7 +275,7 @@ impl Machine {
             os,
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             cpu_model: field("model name"),
-            cpus_online: crate::sys::online_cpus(),
+            cpus_online: testbed::cpu::online(),
             virtualized: field("flags").split_whitespace().any(|f| f == "hypervisor"),
             memory_gib: (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
             load_average: read("/proc/loadavg").trim().to_string(),

@@ -1,80 +1,24 @@
-//! The few calls into the kernel that std does not wrap: the monotonic clock, CPU
-//! affinity, entering a network namespace, per-process and per-core CPU time, signals,
-//! and socket options. Every `unsafe` of the crate outside the engines lives here.
+//! The kernel's clocks and counters the measurements read, and the socket tuning the
+//! engines share: the monotonic clock the frames carry, CPU time per process and per
+//! core, big socket buffers, the kernel's per-socket drop counter. Pinning, namespaces
+//! and signals are the test bed's ([`testbed::cpu`], [`testbed::Netns`],
+//! [`testbed::process`]).
+//!
+//! The only `unsafe` here reads `SO_MEMINFO`, which neither rustix nor socket2 wraps.
 
-use std::fs::{self, File};
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
-use std::thread;
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd};
 
-use crate::error::{PerfError, Result};
+use rustix::net::sockopt;
+use rustix::time::{clock_gettime, ClockId, Timespec};
 
-/// Nanoseconds of `CLOCK_MONOTONIC`, the clock the frames carry.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux,
-    // so the call cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+fn ns(ts: Timespec) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Pins the calling thread to `cores`.
-pub fn pin_current_thread(cores: &[usize]) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data for which all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cores
-        .iter()
-        .filter(|&&c| c < 8 * std::mem::size_of::<libc::cpu_set_t>())
-    {
-        // SAFETY: CPU_SET writes bit `c` of `set`, and `c` is below the set's size in bits.
-        unsafe { libc::CPU_SET(c, &mut set) };
-    }
-    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size given.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Number of CPUs online.
-pub fn online_cpus() -> usize {
-    thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Runs `f` on a fresh thread that has entered network namespace `name`
-/// (`/var/run/netns/NAME`, as `ip netns add` makes it) and returns its result. Sockets
-/// `f` opens stay in that namespace for life, whichever thread uses them later; the
-/// caller's own thread never changes namespace.
-pub fn in_netns<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let path = Path::new("/var/run/netns").join(name);
-    let ns = File::open(&path).map_err(|source| PerfError::Netns {
-        name: name.to_string(),
-        source,
-    })?;
-    let owned = name.to_string();
-    thread::spawn(move || {
-        // SAFETY: `ns` is an open namespace file; setns changes only this thread, which
-        // ends when `f` returns.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            return Err(PerfError::Netns {
-                name: owned,
-                source: io::Error::last_os_error(),
-            });
-        }
-        f()
-    })
-    .join()
-    .unwrap_or_else(|_| Err(PerfError::Usage(format!("thread in netns {name} panicked"))))
+/// Nanoseconds of `CLOCK_MONOTONIC`, the clock the frames carry.
+pub fn monotonic_ns() -> u64 {
+    ns(clock_gettime(ClockId::Monotonic))
 }
 
 /// Nanoseconds of CPU that process `pid` has used, all its live threads together
@@ -96,13 +40,7 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
 
 /// Nanoseconds of CPU the calling process has used (user and system, all threads).
 pub fn self_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; this clock always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    ns(clock_gettime(ClockId::ProcessCPUTime))
 }
 
 /// Busy and total jiffies of every CPU, from `/proc/stat` (index = core number).
@@ -149,69 +87,31 @@ pub fn core_busy_pct(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
         .collect()
 }
 
-/// Sends signal `sig` to process `pid`; false when there is no such process.
-pub fn signal(pid: u32, sig: i32) -> bool {
-    // SAFETY: kill has no memory effects; a stale pid at worst gets ESRCH.
-    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
-}
-
-/// Whether process `pid` exists and is not a zombie.
-pub fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-/// Sets an integer socket option.
-pub fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: the option value is a live i32 whose size is passed with it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Gives a socket a big receive buffer (and send buffer when `send` too):
 /// `SO_*BUFFORCE` (root may exceed `rmem_max`), falling back to the capped `SO_*BUF`.
 /// A big receive buffer keeps the sink's own socket from being where frames are lost.
-pub fn big_buffers(fd: RawFd, bytes: i32, send: bool) {
-    let both = [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ];
-    for &(force, plain) in &both[..if send { 2 } else { 1 }] {
-        if setsockopt_int(fd, libc::SOL_SOCKET, force, bytes).is_err() {
-            // Not root: the capped option still helps; failure leaves the default.
-            let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, bytes);
-        }
+pub fn big_buffers(fd: impl AsFd, bytes: usize, send: bool) {
+    let fd = fd.as_fd();
+    // Not root: the capped option still helps; failure leaves the default.
+    if sockopt::set_socket_recv_buffer_size_force(fd, bytes).is_err() {
+        let _ = sockopt::set_socket_recv_buffer_size(fd, bytes);
+    }
+    if send && sockopt::set_socket_send_buffer_size_force(fd, bytes).is_err() {
+        let _ = sockopt::set_socket_send_buffer_size(fd, bytes);
     }
 }
 
 /// Frames the kernel dropped at socket `fd` because its receive queue was full
 /// (`SO_MEMINFO`, `SK_MEMINFO_DROPS`); works for UDP, AF_PACKET and unix sockets.
-pub fn socket_drops(fd: RawFd) -> Option<u64> {
+pub fn socket_drops(fd: impl AsFd) -> Option<u64> {
     const SK_MEMINFO_VARS: usize = 9;
-    const SK_MEMINFO_DROPS: usize = 8;
+    const SK_MEMINFO_DROPS: usize = libc::SK_MEMINFO_DROPS as usize;
     let mut info = [0u32; SK_MEMINFO_VARS];
     let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
     // SAFETY: `info` is writable for `len` bytes, and the kernel writes at most `len`.
     let rc = unsafe {
         libc::getsockopt(
-            fd,
+            fd.as_fd().as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_MEMINFO,
             info.as_mut_ptr().cast(),
@@ -222,11 +122,13 @@ pub fn socket_drops(fd: RawFd) -> Option<u64> {
 }
 
 /// Bytes each generator and sink socket asks for, both directions.
-pub const SOCKET_BUFFER: i32 = 16 << 20;
+pub const SOCKET_BUFFER: usize = 16 << 20;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::thread;
+    use testbed::process::alive;
 
     #[test]
     fn clock_moves_forward() {
@@ -240,6 +142,7 @@ mod tests {
     fn cpu_of_a_spinning_thread_is_seen() {
         let me = std::process::id();
         let before = process_cpu_ns(me).unwrap();
+        let self_before = self_cpu_ns();
         let until = monotonic_ns() + 30_000_000;
         let mut x = 0u64;
         while monotonic_ns() < until {
@@ -248,6 +151,7 @@ mod tests {
         assert!(x > 0);
         let used = process_cpu_ns(me).unwrap() - before;
         assert!(used >= 20_000_000, "used {used} ns spinning 30 ms");
+        assert!(self_cpu_ns() - self_before >= 20_000_000);
         assert!(!alive(u32::MAX - 1));
         assert!(alive(me));
     }
@@ -256,20 +160,21 @@ mod tests {
     fn socket_drops_are_counted() {
         use std::net::UdpSocket;
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        setsockopt_int(rx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 4096).unwrap();
+        sockopt::set_socket_recv_buffer_size(&rx, 4096).unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        assert_eq!(socket_drops(rx.as_raw_fd()), Some(0));
+        assert_eq!(socket_drops(&rx), Some(0));
         for _ in 0..200 {
             tx.send_to(&[0u8; 512], rx.local_addr().unwrap()).unwrap();
         }
-        assert!(socket_drops(rx.as_raw_fd()).unwrap() > 0);
-        assert_eq!(socket_drops(-1), None);
+        assert!(socket_drops(&rx).unwrap() > 0);
+        big_buffers(&rx, 1 << 20, true);
+        assert!(sockopt::socket_recv_buffer_size(&rx).unwrap() >= 1 << 20);
     }
 
     #[test]
     fn core_times_cover_every_cpu() {
         let t = core_times();
-        assert!(t.len() >= online_cpus());
+        assert!(t.len() >= testbed::cpu::online());
         assert!(t.iter().all(|&(busy, total)| busy <= total && total > 0));
     }
 }

@@ -9,33 +9,12 @@
 //! this test's pollswitch-perf).
 
 use std::net::{TcpListener, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
+use testbed::{Launch, TempDir};
 
 const TOOL: &str = env!("CARGO_BIN_EXE_pollswitch-perf");
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!(
-            "pollswitch-perf-smoke-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create scratch dir");
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The smoke tests measure traffic: two at once on a 2-core machine starve each other's
 /// generators (a run then sends too little to judge). Each takes this lock first.
@@ -70,8 +49,8 @@ fn num(v: &Value, what: &str) -> f64 {
 /// Runs `bench NAME --quick` and returns its parsed JSON, after checking the fields
 /// every report has.
 fn bench(name: &str, extra: &[&str]) -> Value {
-    let out = Scratch::new(name);
-    let dir = out.0.to_str().expect("utf-8 temp dir").to_string();
+    let out = TempDir::create(&format!("pollswitch-perf-smoke-{name}")).expect("scratch dir");
+    let dir = out.path().to_str().expect("utf-8 temp dir").to_string();
     let mut args = vec!["bench", name, "--quick", "--out", &dir];
     args.extend_from_slice(extra);
     let o = tool(&args);
@@ -82,13 +61,13 @@ fn bench(name: &str, extra: &[&str]) -> Value {
         "no table printed:\n{}",
         text(&o)
     );
-    let json_path = out.0.join(format!("{name}.json"));
+    let json_path = out.join(&format!("{name}.json"));
     let report: Value = serde_json::from_str(
         &std::fs::read_to_string(&json_path)
             .unwrap_or_else(|e| panic!("{}: {e}", json_path.display())),
     )
     .unwrap_or_else(|e| panic!("{}: not JSON: {e}", json_path.display()));
-    let svg = std::fs::read_to_string(out.0.join(format!("{name}.svg"))).expect("svg written");
+    let svg = std::fs::read_to_string(out.join(&format!("{name}.svg"))).expect("svg written");
     assert!(
         svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
         "svg: {svg:.200}"
@@ -96,10 +75,10 @@ fn bench(name: &str, extra: &[&str]) -> Value {
     assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
 
     // The report reads back and redraws.
-    std::fs::remove_file(out.0.join(format!("{name}.svg"))).unwrap();
+    std::fs::remove_file(out.join(&format!("{name}.svg"))).unwrap();
     let replot = tool(&["plot", json_path.to_str().unwrap()]);
     assert!(replot.status.success(), "plot {name}:\n{}", text(&replot));
-    let again = std::fs::read_to_string(out.0.join(format!("{name}.svg"))).expect("svg redrawn");
+    let again = std::fs::read_to_string(out.join(&format!("{name}.svg"))).expect("svg redrawn");
     assert_eq!(again, svg, "the plot is a function of the JSON alone");
 
     assert_eq!(report["scenario"], name);
@@ -412,16 +391,6 @@ fn run_prints_json_with_every_field() {
     assert!((2000.0..=4000.0).contains(&sent), "10k/s for 0.3 s: {sent}");
 }
 
-/// A child killed on drop.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The TCP engine against QEMU's stream netdevs on a hub: both directions of the
 /// 4-byte length framing, through a real peer.
 #[test]
@@ -435,18 +404,15 @@ fn tcp_engine_through_qemu_hub() {
             .to_string()
     };
     let (a, b) = (port(), port());
-    let qemu = Command::new("qemu-system-x86_64")
+    // Killed on drop.
+    let _qemu = Launch::new("qemu", testbed::require_tool("qemu-system-x86_64"))
         .args(["-M", "none", "-nodefaults", "-display", "none"])
         .args(["-netdev", &format!("socket,id=a,listen={a}")])
         .args(["-netdev", "hubport,id=ha,hubid=0,netdev=a"])
         .args(["-netdev", &format!("socket,id=b,listen={b}")])
         .args(["-netdev", "hubport,id=hb,hubid=0,netdev=b"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
-        .expect("qemu-system-x86_64 not installed: run scripts/setup-host");
-    let _qemu = Kill(qemu);
+        .expect("start qemu-system-x86_64");
     // QEMU accepts one connection per listening netdev: no probing. The tool retries
     // its connects until QEMU listens.
     let o = tool(&[

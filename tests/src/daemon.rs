@@ -4,17 +4,17 @@
 //! containing `pollswitch: ready` appears once its command-line netdevs exist and its QMP
 //! sockets accept connections. SIGTERM makes it exit.
 //!
-//! Two reader threads copy its stderr and stdout into shared buffers as they come, so a
-//! test can wait for a line, and a failure can show everything the daemon said.
+//! The child itself is a [`testbed::Process`]: two reader threads copy its stderr and
+//! stdout into bounded buffers as they come, so a test can wait for a line, and a failure
+//! can show what the daemon said.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::Duration;
 
-use crate::{bin_path, signal, wait_until, Netns, STARTUP_TIMEOUT};
+use testbed::process::{Launch, Process, Signal};
+
+use crate::{bin_path, wait_until, Netns, STARTUP_TIMEOUT};
 
 /// The stderr line that says the daemon is ready.
 pub const READY: &str = "pollswitch: ready";
@@ -22,26 +22,9 @@ pub const READY: &str = "pollswitch: ready";
 /// How long [`Daemon::stop`] waits after SIGTERM.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
-struct Captured {
-    stderr: String,
-    stdout: String,
-    /// Reader threads that have seen EOF.
-    closed: u8,
-}
-
-type Shared = Arc<(Mutex<Captured>, Condvar)>;
-
-fn lock(shared: &Shared) -> MutexGuard<'_, Captured> {
-    // A reader thread cannot panic while holding the lock, but stay usable if one did.
-    shared.0.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// A running daemon, killed on drop if still running.
 pub struct Daemon {
-    child: Option<Child>,
-    shared: Shared,
-    what: String,
+    proc: Process,
 }
 
 impl Daemon {
@@ -51,8 +34,7 @@ impl Daemon {
     /// When the binary is missing (run `cargo build --workspace`), or it exits or is not
     /// ready within [`STARTUP_TIMEOUT`]; the message has its stderr so far.
     pub fn start(args: &[&str]) -> Daemon {
-        let bin = bin_path("pollswitch");
-        Self::start_command(Command::new(bin), args)
+        Self::launch(Launch::new("pollswitch", bin_path("pollswitch")), args)
     }
 
     /// Like [`Daemon::start`], with the daemon inside `ns`.
@@ -60,9 +42,8 @@ impl Daemon {
     /// # Panics
     /// As [`Daemon::start`].
     pub fn start_in(ns: &Netns, args: &[&str]) -> Daemon {
-        let bin = bin_path("pollswitch");
-        let cmd = ns.command(&[bin.to_str().expect("utf-8 path to pollswitch")]);
-        Self::start_command(cmd, args)
+        let launch = Launch::new("pollswitch", bin_path("pollswitch")).netns(Some(&ns.name));
+        Self::launch(launch, args)
     }
 
     /// Starts any `program` under the same contract (waits for [`READY`] on stderr):
@@ -71,90 +52,60 @@ impl Daemon {
     /// # Panics
     /// As [`Daemon::start`].
     pub fn start_program(program: &Path, args: &[&str]) -> Daemon {
-        Self::start_command(Command::new(program), args)
+        Self::launch(Launch::new("daemon", program), args)
     }
 
-    fn start_command(mut cmd: Command, args: &[&str]) -> Daemon {
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("RUST_BACKTRACE", "1");
-        let what = format!("{:?}", cmd);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        let shared: Shared = Arc::default();
-        let err = child.stderr.take().expect("piped stderr");
-        let out = child.stdout.take().expect("piped stdout");
-        spawn_reader(err, shared.clone(), |c| &mut c.stderr);
-        spawn_reader(out, shared.clone(), |c| &mut c.stdout);
-        let mut d = Daemon {
-            child: Some(child),
-            shared,
-            what,
-        };
+    fn launch(launch: Launch, args: &[&str]) -> Daemon {
+        let proc = launch
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}", testbed::chain(&e)));
+        let mut d = Daemon { proc };
         if !d.wait_for_stderr(READY, STARTUP_TIMEOUT) {
             // Its pipes close a moment before it can be reaped: give that moment.
             let mut exited = None;
             wait_until(Duration::from_secs(1), || {
-                exited = d.child_mut().try_wait().ok().flatten();
+                exited = d.proc.try_wait();
                 exited.is_some()
             });
             let state = match exited {
                 Some(status) => format!("exited early, {status}"),
                 None => format!("not ready after {STARTUP_TIMEOUT:?}"),
             };
-            panic!("{} {state}; stderr so far:\n{}", d.what, d.stderr_text());
+            panic!(
+                "{} {state}; stderr so far:\n{}",
+                d.proc.command(),
+                d.stderr_text()
+            );
         }
         d
     }
 
-    fn child_mut(&mut self) -> &mut Child {
-        self.child
-            .as_mut()
-            .expect("daemon child present until stop")
-    }
-
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("daemon child present").id()
+        self.proc.pid()
     }
 
     /// Everything the daemon wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
-        lock(&self.shared).stderr.clone()
+        self.proc.stderr()
     }
 
     /// Everything the daemon wrote to stdout so far.
     pub fn stdout_text(&self) -> String {
-        lock(&self.shared).stdout.clone()
+        self.proc.stdout()
     }
 
     /// Waits until stderr contains `needle` (anywhere, including lines already seen);
     /// false after `timeout`, or at once when stderr closed without it.
     pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let (_, cv) = &*self.shared;
-        let mut c = lock(&self.shared);
-        loop {
-            if c.stderr.contains(needle) {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            // Both readers closed means the daemon (and anything holding its pipes) is
-            // gone: nothing more will come.
-            if left.is_zero() || c.closed == 2 {
-                return false;
-            }
-            c = cv
-                .wait_timeout(c, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.proc.wait_for_stderr(needle, timeout)
     }
 
     /// Whether the daemon process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child_mut().try_wait(), Ok(None))
+        self.proc.running()
     }
 
     /// Sends SIGTERM, waits for the exit, and returns the exit status and all of stderr.
@@ -163,31 +114,16 @@ impl Daemon {
     /// When the daemon is still running [`STOP_TIMEOUT`] after SIGTERM (it is then
     /// killed with SIGKILL, and the message has its stderr).
     pub fn stop(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().expect("daemon child present");
-        signal(child.id(), "TERM");
-        let mut status = None;
-        wait_until(STOP_TIMEOUT, || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        let Some(status) = status else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
+        // Process::stop also waits (2 s at most) for the readers to copy the last bytes:
+        // a grandchild holding the pipes open must not hang the test.
+        match self.proc.stop(Signal::TERM, STOP_TIMEOUT) {
+            Ok(status) => (status, self.stderr_text()),
+            Err(_) => panic!(
                 "{} still running {STOP_TIMEOUT:?} after SIGTERM (killed); stderr:\n{}",
-                self.what,
+                self.proc.command(),
                 self.stderr_text()
-            );
-        };
-        // Let the readers copy the last bytes; a grandchild holding the pipes open must
-        // not hang the test, hence the bound.
-        let (_, cv) = &*self.shared;
-        let c = lock(&self.shared);
-        let c = cv
-            .wait_timeout_while(c, Duration::from_secs(2), |c| c.closed < 2)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-        (status, c.stderr.clone())
+            ),
+        }
     }
 
     /// Stops the daemon like [`Daemon::stop`] and checks that it shut down cleanly:
@@ -271,46 +207,10 @@ pub fn assert_clean_exit(status: ExitStatus, stderr: &str) {
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Daemon")
-            .field("command", &self.what)
-            .field("pid", &self.child.as_ref().map(Child::id))
+            .field("command", &self.proc.command())
+            .field("pid", &self.proc.pid())
             .finish_non_exhaustive()
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Errors mean it has exited already.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Copies `pipe` line by line into the field `field` picks, waking waiters after each
-/// line, and counts itself closed at EOF.
-fn spawn_reader(
-    pipe: impl Read + Send + 'static,
-    shared: Shared,
-    field: fn(&mut Captured) -> &mut String,
-) {
-    thread::spawn(move || {
-        let mut r = BufReader::new(pipe);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            // A read error ends the capture like EOF does.
-            let n = r.read_until(b'\n', &mut line).unwrap_or(0);
-            let mut c = lock(&shared);
-            if n == 0 {
-                c.closed += 1;
-                shared.1.notify_all();
-                return;
-            }
-            field(&mut c).push_str(&String::from_utf8_lossy(&line));
-            shared.1.notify_all();
-        }
-    });
 }
 
 #[cfg(test)]
@@ -318,6 +218,7 @@ mod tests {
     use super::*;
     use crate::require_tool;
     use std::os::unix::process::ExitStatusExt;
+    use testbed::process::alive;
 
     fn sh() -> std::path::PathBuf {
         require_tool("sh")
@@ -409,6 +310,6 @@ mod tests {
         );
         let pid = d.pid();
         drop(d);
-        assert!(!crate::pid_alive(pid));
+        assert!(!alive(pid));
     }
 }

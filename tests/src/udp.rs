@@ -5,6 +5,8 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use testbed::{drain, DrainLimit};
+
 /// Largest datagram [`UdpEnd::recv_timeout`] returns whole (larger ones are cut).
 pub const MAX_DATAGRAM: usize = 65536;
 
@@ -95,10 +97,8 @@ impl UdpEnd {
                 .set_read_timeout(Some(left))
                 .expect("set UDP read timeout");
             match self.sock.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    buf.truncate(n);
-                    return Some((buf, from));
-                }
+                // An exact copy: a kept datagram must not hold a 64 KiB buffer.
+                Ok((n, from)) => return Some((buf[..n].to_vec(), from)),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => panic!("UDP recv on {}: {e}", self.local_addr()),
@@ -117,9 +117,24 @@ impl UdpEnd {
     /// Every datagram that arrives until none has come for `quiet`, in order.
     ///
     /// # Panics
-    /// See [`UdpEnd::recv_from_timeout`].
+    /// See [`UdpEnd::recv_from_timeout`]; and when more than [`DrainLimit::DEFAULT`]
+    /// datagrams arrive, or they still arrive after its time: a peer that keeps sending
+    /// (a hub flooding back to its sender) fails the test instead of filling memory.
     pub fn drain(&self, quiet: Duration) -> Vec<Vec<u8>> {
-        std::iter::from_fn(|| self.recv_timeout(quiet)).collect()
+        self.drain_limited(quiet, DrainLimit::DEFAULT)
+    }
+
+    /// Like [`UdpEnd::drain`], with bounds of the caller's.
+    ///
+    /// # Panics
+    /// As [`UdpEnd::drain`], with `limit`.
+    pub fn drain_limited(&self, quiet: Duration, limit: DrainLimit) -> Vec<Vec<u8>> {
+        drain(
+            || format!("UdpEnd {}", self.local_addr()),
+            quiet,
+            limit,
+            |t| self.recv_timeout(t),
+        )
     }
 }
 
@@ -151,6 +166,37 @@ mod tests {
         let big = vec![7u8; 65000];
         a.send(&big);
         assert_eq!(b.recv_timeout(Duration::from_secs(1)), Some(big));
+    }
+
+    #[test]
+    fn a_drain_that_never_goes_quiet_fails_loudly() {
+        let a = UdpEnd::new();
+        let b = UdpEnd::to(a.local_addr());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flood = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // Bounded too: at most 5 s of sending.
+                let until = Instant::now() + Duration::from_secs(5);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                    b.send(&[1; 60]);
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        };
+        let limit = DrainLimit {
+            frames: 100,
+            time: Duration::from_secs(3),
+        };
+        let err = std::panic::catch_unwind(|| a.drain_limited(Duration::from_millis(50), limit))
+            .expect_err("a flood");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flood.join().unwrap();
+        let msg = err.downcast_ref::<String>().unwrap();
+        assert!(
+            msg.contains(&a.local_addr().to_string()) && msg.contains("still arriving"),
+            "{msg}"
+        );
     }
 
     #[test]

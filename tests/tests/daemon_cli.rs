@@ -537,7 +537,7 @@ fn sigterm_while_frames_flow_stops_clean_with_every_buffer_back() {
             while !stop3.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(30) {
                 a.send(&frame(BCAST, mac(1), ETH_EXP, 60, i as u8));
                 i += 1;
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::bench::{say, target, udp_links, BenchOpts, Scenario};
+use crate::bench::{rounds, say, target, udp_links, BenchOpts, Scenario};
 use crate::engine;
 use crate::error::{chain, Result};
 use crate::frame;
@@ -155,13 +155,13 @@ fn run(opts: &BenchOpts, systems: &[&'static peer::System]) -> Result<Report> {
             ));
         }
     }
-    for run in 0..opts.runs {
-        for (sys, p, s) in cases.iter_mut() {
-            let sample = measure_idle(sys, opts, *p, run, &mut s.command);
-            say(&s.label, &sample);
-            s.samples.push(sample);
-        }
-    }
+    rounds(
+        opts,
+        &mut cases,
+        |c| &mut c.2,
+        say,
+        |(sys, p, s), run| measure_idle(sys, opts, *p, run, &mut s.command),
+    );
     report.series = cases
         .into_iter()
         .map(|(_, _, mut s)| {

@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use crate::bench::{ratios, say, tap_hub, target, udp_hub, BenchOpts, Scenario};
+use crate::bench::{ratios, rounds, say, tap_hub, target, udp_hub, BenchOpts, Scenario};
 use crate::error::Result;
 use crate::peer;
 use crate::report::{Report, Series};
@@ -50,16 +50,16 @@ fn run(opts: &BenchOpts, systems: &[&'static peer::System]) -> Result<Report> {
             cases.push((sys, via, Series::new(sys.name, &label, params)));
         }
     }
-    for run in 0..opts.runs {
-        for (sys, via, s) in cases.iter_mut() {
-            let sample = match via {
-                Via::Udp => udp_hub::measure_once(sys, opts, rate, run, &mut s.command),
-                Via::Tap => tap_hub::measure_once(sys, opts, rate, run, &mut s.command),
-            };
-            say(&s.label, &sample);
-            s.samples.push(sample);
-        }
-    }
+    rounds(
+        opts,
+        &mut cases,
+        |c| &mut c.2,
+        say,
+        |(sys, via, s), run| match via {
+            Via::Udp => udp_hub::measure_once(sys, opts, rate, run, &mut s.command),
+            Via::Tap => tap_hub::measure_once(sys, opts, rate, run, &mut s.command),
+        },
+    );
     report.series = cases
         .into_iter()
         .map(|(_, _, mut s)| {

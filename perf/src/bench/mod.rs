@@ -9,17 +9,20 @@
 //!      start system ─► open endpoints ─► traffic::run ─► kernel drop counters ─► stop
 //!  summarize ─► ratios, targets ─► Report ─► JSON + table + SVG
 //! ```
+//!
+//! Before each measurement a line `run k of N, ETA mm:ss` goes to stderr ([`Progress`]),
+//! the time left estimated from the measurements done so far.
 
 use std::fs;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
+use testbed::Netns;
 
 use crate::engine;
 use crate::error::{chain, PerfError, Result};
-use crate::netns::Netns;
 use crate::peer::{self, Running, SutOptions, Topology, UdpLink};
 use crate::report::{Cores, Machine, Report, Sample, Series};
 use crate::traffic::{self, Rate, Roles};
@@ -118,7 +121,7 @@ pub struct BenchOpts {
 impl BenchOpts {
     /// Defaults for this machine: generator on core 0, system on core 1, 5 runs of 5 s.
     pub fn defaults() -> BenchOpts {
-        let online = crate::sys::online_cpus();
+        let online = testbed::cpu::online();
         BenchOpts {
             runs: 5,
             duration: Duration::from_secs(5),
@@ -226,15 +229,15 @@ impl BenchOpts {
             system_under_test: self.sut_cores.clone(),
             workers: self.workers,
             used: used.len(),
-            online: crate::sys::online_cpus(),
+            online: testbed::cpu::online(),
             note: format!(
                 "generator on core {}, {sink}; every system under test confined (taskset) to \
                  core(s) {} with {} forwarding worker(s); {} of {} online cores used",
                 self.gen_core,
-                SutOptions::core_list(&self.sut_cores),
+                testbed::cpu::list(&self.sut_cores),
                 self.workers,
                 used.len(),
-                crate::sys::online_cpus()
+                testbed::cpu::online()
             ),
         }
     }
@@ -466,7 +469,74 @@ pub fn measure(system: &peer::System, job: &Job<'_>, run: usize, command: &mut S
     sample
 }
 
-/// Prints one line about a finished sample.
+/// Says before each measurement which one of how many it is and when all will be done:
+/// `run k of N, ETA mm:ss`, the time left being the mean of the measurements done so far
+/// times those left (`--:--` before the first is done).
+#[derive(Debug)]
+pub struct Progress {
+    total: usize,
+    done: usize,
+    started: Option<Instant>,
+    spent: Duration,
+}
+
+impl Progress {
+    /// For `total` measurements.
+    pub fn new(total: usize) -> Progress {
+        Progress {
+            total,
+            done: 0,
+            started: None,
+            spent: Duration::ZERO,
+        }
+    }
+
+    /// The line for the measurement about to start, counting the previous one done.
+    pub fn next(&mut self, now: Instant) -> String {
+        if let Some(t) = self.started.replace(now) {
+            self.spent += now.saturating_duration_since(t);
+            self.done += 1;
+        }
+        let k = self.done + 1;
+        let eta = match self.done {
+            0 => "--:--".to_string(),
+            d => {
+                let left = self.total.saturating_sub(d);
+                let s = (self.spent.as_secs_f64() / d as f64 * left as f64).round() as u64;
+                format!("{:02}:{:02}", s / 60, s % 60)
+            }
+        };
+        format!("run {k} of {}, ETA {eta}", self.total)
+    }
+}
+
+/// Measures every case `opts.runs` times, alternating (A B C A B C ..., so that a drift
+/// of the machine hits every case alike): `measure(case, run)` for each, then `say` and
+/// the sample into the case's series (`series_of`). A progress line goes to stderr
+/// before each measurement.
+pub fn rounds<C>(
+    opts: &BenchOpts,
+    cases: &mut [C],
+    series_of: fn(&mut C) -> &mut Series,
+    say: fn(&str, &Sample),
+    mut measure: impl FnMut(&mut C, usize) -> Sample,
+) {
+    let mut progress = Progress::new(opts.runs * cases.len());
+    for run in 0..opts.runs {
+        for case in cases.iter_mut() {
+            eprintln!(
+                "  {} ({})",
+                progress.next(Instant::now()),
+                series_of(case).label
+            );
+            let sample = measure(case, run);
+            let s = series_of(case);
+            say(&s.label, &sample);
+            s.samples.push(sample);
+        }
+    }
+}
+
 /// Measures every system `opts.runs` times, alternating (A B C A B C ...), each with
 /// `measure_once(system, opts, run, command)`, and returns one summarized series per
 /// system (two-port scenarios: the series' params say so).
@@ -475,23 +545,30 @@ pub fn alternate(
     systems: &[&'static peer::System],
     measure_once: impl Fn(&peer::System, &BenchOpts, usize, &mut String) -> Sample,
 ) -> Vec<Series> {
-    let mut series: Vec<Series> = systems
+    let mut cases: Vec<(&peer::System, Series)> = systems
         .iter()
-        .map(|s| Series::new(s.name, s.name, json!({"ports": 2, "size": opts.size})))
+        .map(|s| {
+            let params = json!({"ports": 2, "size": opts.size});
+            (*s, Series::new(s.name, s.name, params))
+        })
         .collect();
-    for run in 0..opts.runs {
-        for (sys, s) in systems.iter().zip(series.iter_mut()) {
-            let sample = measure_once(sys, opts, run, &mut s.command);
-            say(&s.label, &sample);
-            s.samples.push(sample);
-        }
-    }
-    for s in series.iter_mut() {
-        s.summarize();
-    }
-    series
+    rounds(
+        opts,
+        &mut cases,
+        |c| &mut c.1,
+        say,
+        |(sys, s), run| measure_once(sys, opts, run, &mut s.command),
+    );
+    cases
+        .into_iter()
+        .map(|(_, mut s)| {
+            s.summarize();
+            s
+        })
+        .collect()
 }
 
+/// Prints one line about a finished sample.
 pub fn say(label: &str, s: &Sample) {
     match (&s.outcome, &s.error) {
         (_, Some(e)) => eprintln!(
@@ -698,6 +775,32 @@ mod tests {
             }
         }
         assert!(find("udp-hub").is_ok() && find("nope").is_err());
+    }
+
+    #[test]
+    fn progress_counts_runs_and_estimates_from_those_done() {
+        let t0 = Instant::now();
+        let mut p = Progress::new(4);
+        assert_eq!(p.next(t0), "run 1 of 4, ETA --:--");
+        assert_eq!(
+            p.next(t0 + Duration::from_secs(30)),
+            "run 2 of 4, ETA 01:30"
+        );
+        // 30 s then 50 s: 40 s each, two left.
+        assert_eq!(
+            p.next(t0 + Duration::from_secs(80)),
+            "run 3 of 4, ETA 01:20"
+        );
+        assert_eq!(
+            p.next(t0 + Duration::from_secs(120)),
+            "run 4 of 4, ETA 00:40"
+        );
+        let mut long = Progress::new(1000);
+        long.next(t0);
+        assert_eq!(
+            long.next(t0 + Duration::from_secs(10)),
+            "run 2 of 1000, ETA 166:30"
+        );
     }
 
     #[test]

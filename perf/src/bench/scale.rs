@@ -9,7 +9,7 @@
 
 use serde_json::json;
 
-use crate::bench::{measure, say, udp_links, BenchOpts, Job, Scenario};
+use crate::bench::{measure, rounds, say, udp_links, BenchOpts, Job, Scenario};
 use crate::error::Result;
 use crate::frame;
 use crate::peer::{self, Topology};
@@ -62,36 +62,36 @@ fn run(opts: &BenchOpts, systems: &[&'static peer::System]) -> Result<Report> {
             cases.push((sys, p, Series::new(sys.name, &label, params)));
         }
     }
-    for run in 0..opts.runs {
-        for (sys, p, s) in cases.iter_mut() {
-            let sample = match udp_links(p.ports) {
-                Ok(links) => {
-                    let topology = Topology::UdpHub(links);
-                    let all: Vec<usize> = (0..p.ports).collect();
-                    let roles = Roles {
-                        tx: all.clone(),
-                        rx: all,
-                    };
-                    let cfg = opts.traffic(opts.rate, p.size, frame::BROADCAST);
-                    let job = Job {
-                        topology: &topology,
-                        roles: &roles,
-                        cfg: &cfg,
-                        sut: &opts.sut(p.size),
-                        gen_gso: opts.gen_gso,
-                    };
-                    measure(sys, &job, run, &mut s.command)
-                }
-                Err(e) => crate::report::Sample {
-                    run,
-                    error: Some(e.to_string()),
-                    ..Default::default()
-                },
-            };
-            say(&s.label, &sample);
-            s.samples.push(sample);
-        }
-    }
+    rounds(
+        opts,
+        &mut cases,
+        |c| &mut c.2,
+        say,
+        |(sys, p, s), run| match udp_links(p.ports) {
+            Ok(links) => {
+                let topology = Topology::UdpHub(links);
+                let all: Vec<usize> = (0..p.ports).collect();
+                let roles = Roles {
+                    tx: all.clone(),
+                    rx: all,
+                };
+                let cfg = opts.traffic(opts.rate, p.size, frame::BROADCAST);
+                let job = Job {
+                    topology: &topology,
+                    roles: &roles,
+                    cfg: &cfg,
+                    sut: &opts.sut(p.size),
+                    gen_gso: opts.gen_gso,
+                };
+                measure(sys, &job, run, &mut s.command)
+            }
+            Err(e) => crate::report::Sample {
+                run,
+                error: Some(e.to_string()),
+                ..Default::default()
+            },
+        },
+    );
     report.series = cases
         .into_iter()
         .map(|(_, _, mut s)| {

@@ -12,13 +12,13 @@
 //! Linux bridge.
 
 use serde_json::json;
+use testbed::unique;
 
 use crate::bench::{
     alternate, measure, plot_throughput, ratios, target, BenchOpts, Job, Scenario, TapNamespaces,
 };
 use crate::error::Result;
 use crate::frame;
-use crate::netns::unique;
 use crate::peer::{self, TapLink, Topology};
 use crate::report::{Report, Sample};
 use crate::traffic::{Rate, Roles};

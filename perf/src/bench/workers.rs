@@ -25,20 +25,19 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+use testbed::process::Signal;
+use testbed::QmpClient;
 
-use crate::bench::{not_measured, target, BenchOpts, Scenario};
+use crate::bench::{not_measured, rounds, target, BenchOpts, Scenario};
 use crate::error::{chain, PerfError, Result};
 use crate::frame;
-use crate::peer::pollswitch::READY;
-use crate::peer::{self, Process, SutOptions};
+use crate::peer::{self, pollswitch::READY};
 use crate::report::{Cores, Ratio, Report, Sample, Series};
 use crate::svg::{color, Bar, Svg};
 use crate::sys;
@@ -235,98 +234,6 @@ impl Stats {
     }
 }
 
-/// A QMP client: one JSON object a line each way.
-struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-fn qmp_error(what: &str) -> PerfError {
-    PerfError::peer("pollswitch", format!("QMP: {what}"))
-}
-
-impl Qmp {
-    /// Connects to `path` (retrying until `timeout`), reads the greeting and leaves
-    /// capabilities negotiation mode.
-    fn connect(path: &Path, timeout: Duration) -> Result<Qmp> {
-        let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-                Err(source) => {
-                    return Err(PerfError::Socket {
-                        what: format!("connect to QMP at {}", path.display()),
-                        source,
-                    })
-                }
-            }
-        };
-        let io = |what: &str, source| PerfError::Socket {
-            what: format!("QMP {}: {what}", path.display()),
-            source,
-        };
-        stream
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| io("set_read_timeout", e))?;
-        stream
-            .set_write_timeout(Some(timeout))
-            .map_err(|e| io("set_write_timeout", e))?;
-        let writer = stream.try_clone().map_err(|e| io("clone", e))?;
-        let mut q = Qmp {
-            reader: BufReader::new(stream),
-            writer,
-        };
-        let greeting = q.message()?;
-        if greeting.get("QMP").is_none() {
-            return Err(qmp_error(&format!("expected the greeting, got {greeting}")));
-        }
-        q.execute("qmp_capabilities")?;
-        Ok(q)
-    }
-
-    /// The next message that is not an event.
-    fn message(&mut self) -> Result<Value> {
-        loop {
-            let mut line = String::new();
-            let n = self
-                .reader
-                .read_line(&mut line)
-                .map_err(|source| PerfError::Socket {
-                    what: "QMP: read".into(),
-                    source,
-                })?;
-            if n == 0 {
-                return Err(qmp_error("the daemon closed the connection"));
-            }
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v: Value = serde_json::from_str(&line)
-                .map_err(|e| qmp_error(&format!("not JSON ({e}): {}", line.trim())))?;
-            if v.get("event").is_none() {
-                return Ok(v);
-            }
-        }
-    }
-
-    /// Runs `command` (no arguments) and returns what it returned.
-    fn execute(&mut self, command: &str) -> Result<Value> {
-        let req = json!({ "execute": command }).to_string() + "\n";
-        self.writer
-            .write_all(req.as_bytes())
-            .map_err(|source| PerfError::Socket {
-                what: format!("QMP: send {command}"),
-                source,
-            })?;
-        let v = self.message()?;
-        if let Some(r) = v.get("return") {
-            return Ok(r.clone());
-        }
-        Err(qmp_error(&format!("{command}: {v}")))
-    }
-}
-
 /// One read of the counters and when it happened.
 struct Reading {
     stats: Stats,
@@ -336,9 +243,11 @@ struct Reading {
     took_ns: u64,
 }
 
-fn read_stats(qmp: &mut Qmp) -> Result<Reading> {
+fn read_stats(qmp: &mut QmpClient) -> Result<Reading> {
     let t0 = frame::now_ns();
-    let v = qmp.execute("x-query-stats")?;
+    let v = qmp
+        .try_execute_ok("x-query-stats", Value::Null)
+        .map_err(|e| PerfError::peer("pollswitch", format!("QMP x-query-stats: {e}")))?;
     let t1 = frame::now_ns();
     Ok(Reading {
         stats: Stats::parse(&v)?,
@@ -375,7 +284,7 @@ fn daemon_args(opts: &BenchOpts, case: &Case, sock: &Path) -> Vec<String> {
     );
     a.extend([
         "-cores".to_string(),
-        SutOptions::core_list(&case.cores),
+        testbed::cpu::list(&case.cores),
         "-poll-us".to_string(),
         "0".to_string(),
         "-pool-size".to_string(),
@@ -399,7 +308,7 @@ struct Window {
 }
 
 /// Warm-up, then the window between two reads of the counters.
-fn window(qmp: &mut Qmp, opts: &BenchOpts, case: &Case, pid: u32) -> Result<Window> {
+fn window(qmp: &mut QmpClient, opts: &BenchOpts, case: &Case, pid: u32) -> Result<Window> {
     let w = case.workers;
     let first = read_stats(qmp)?;
     let placed: Vec<u64> = first.stats.workers.iter().map(|x| x.ports).collect();
@@ -563,7 +472,7 @@ fn measure_once(
     let sock = socket_path();
     let _ = fs::remove_file(&sock);
     let argv = daemon_args(opts, case, &sock);
-    let mut proc = match Process::spawn("pollswitch", bin, &argv, None, &case.cores) {
+    let mut proc = match peer::spawn("pollswitch", bin, &argv, None, &case.cores) {
         Ok(p) => p,
         Err(e) => {
             sample.error = Some(format!("start: {}", chain(&e)));
@@ -573,10 +482,10 @@ fn measure_once(
     *command = proc.command().to_string();
     let measured = (|| -> Result<Window> {
         proc.wait_for(READY, START)?;
-        let mut qmp = Qmp::connect(&sock, QMP_TIMEOUT)
-            .map_err(|e| proc.failed(&format!("QMP: {}", chain(&e))))?;
+        let mut qmp = QmpClient::connect_unix_waiting(&sock, QMP_TIMEOUT)
+            .map_err(|e| proc.failed(&format!("QMP at {}: {e}", sock.display())))?;
         window(&mut qmp, opts, case, proc.pid())
-            .map_err(|e| proc.failed(&format!("measure: {}", chain(&e))))
+            .map_err(|e| proc.failed(&format!("measure: {}", chain(&e))).into())
     })();
     match measured {
         Ok(w) => {
@@ -589,7 +498,7 @@ fn measure_once(
         Err(e) => sample.error = Some(chain(&e)),
     }
     if proc.running() {
-        if let Err(e) = proc.stop(libc::SIGTERM, STOP, false) {
+        if let Err(e) = peer::stop(&mut proc, Signal::TERM, STOP, false) {
             let text = format!("stop: {}", chain(&e));
             sample.error = Some(match sample.error.take() {
                 Some(prev) => format!("{prev}; {text}"),
@@ -691,15 +600,18 @@ fn run(opts: &BenchOpts, _systems: &[&'static peer::System]) -> Result<Report> {
             });
         }
     }
-    for run in 0..opts.runs {
-        for case in cases.iter_mut() {
+    rounds(
+        opts,
+        &mut cases,
+        |c| &mut c.series,
+        say,
+        |case, run| {
             let mut command = String::new();
             let sample = measure_once(opts, &bin, case, run, &mut command);
             case.series.command = command;
-            say(&case.series.label, &sample);
-            case.series.samples.push(sample);
-        }
-    }
+            sample
+        },
+    );
     report.series = cases
         .into_iter()
         .map(|mut c| {
@@ -743,9 +655,9 @@ fn run(opts: &BenchOpts, _systems: &[&'static peer::System]) -> Result<Report> {
                 "8 workers were not measured on this machine: {} online core(s), {} given \
                  to the switch (--sut-cores {}), --workers {}; e.g. --workers 8 \
                  --sut-cores 1-8 on a machine with 9 or more cores",
-                sys::online_cpus(),
+                testbed::cpu::online(),
                 opts.sut_cores.len(),
-                SutOptions::core_list(&opts.sut_cores),
+                testbed::cpu::list(&opts.sut_cores),
                 opts.workers
             ),
         ),
@@ -780,11 +692,11 @@ fn run(opts: &BenchOpts, _systems: &[&'static peer::System]) -> Result<Report> {
              {}) and the daemon's -cores refuses a core listed twice, so workers cannot \
              share a core round-robin",
             opts.sut_cores.len(),
-            SutOptions::core_list(&opts.sut_cores)
+            testbed::cpu::list(&opts.sut_cores)
         ));
     }
     if let Some(&most) = measured.iter().max() {
-        if most >= sys::online_cpus() {
+        if most >= testbed::cpu::online() {
             report.notes.push(format!(
                 "with {most} workers every online core busy-polls: this tool's QMP reads, \
                  the daemon's control thread and the rest of the machine share the workers' \
@@ -799,7 +711,7 @@ fn run(opts: &BenchOpts, _systems: &[&'static peer::System]) -> Result<Report> {
 fn cores(opts: &BenchOpts, measured: &[usize]) -> Cores {
     let most = measured.iter().copied().max().unwrap_or(1);
     let used: Vec<usize> = opts.sut_cores.iter().copied().take(most).collect();
-    let online = sys::online_cpus();
+    let online = testbed::cpu::online();
     Cores {
         generator: None,
         sink: None,
@@ -812,7 +724,7 @@ fn cores(opts: &BenchOpts, measured: &[usize]) -> Cores {
              W workers pinned with -cores to the first W of core(s) {}, the daemon confined \
              (taskset) to those W cores; this tool only reads QMP; up to {} of {online} \
              online cores used",
-            SutOptions::core_list(&opts.sut_cores),
+            testbed::cpu::list(&opts.sut_cores),
             used.len()
         ),
     }

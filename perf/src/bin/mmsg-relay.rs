@@ -60,11 +60,9 @@ fn main() {
                 std::process::exit(2)
             });
         args.drain(i..i + 2);
-        // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; the call only reads it.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(core, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        if let Err(e) = testbed::cpu::pin_current_thread(&[core]) {
+            eprintln!("mmsg-relay: pin to core {core}: {e}");
+            std::process::exit(1);
         }
     }
     if args.len() < 2 {

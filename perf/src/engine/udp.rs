@@ -73,7 +73,7 @@ fn open(spec: &Spec) -> Result<Box<dyn Port>> {
             what: format!("{spec}: nonblocking"),
             source,
         })?;
-    sys::big_buffers(sock.as_raw_fd(), sys::SOCKET_BUFFER, true);
+    sys::big_buffers(&sock, sys::SOCKET_BUFFER, true);
     Ok(Box::new(UdpPort {
         sock,
         gso,
@@ -126,7 +126,7 @@ impl Port for UdpPort {
     }
 
     fn rx_drops(&self) -> Option<u64> {
-        sys::socket_drops(self.sock.as_raw_fd())
+        sys::socket_drops(&self.sock)
     }
 
     fn describe(&self) -> String {

@@ -14,8 +14,9 @@
 //! Receive packet steering on the bridge's veth ends moves that work to the system's
 //! cores instead, which makes the comparison like for like.
 
+use testbed::{unique, Netns};
+
 use crate::error::{PerfError, Result};
-use crate::netns::{unique, Netns};
 use crate::peer::{mac_text, move_taps_out, require, Running, SutOptions, System, Topology};
 
 /// Registry entry.
@@ -56,11 +57,11 @@ fn start(topology: &Topology, opts: &SutOptions) -> Result<Box<dyn Running>> {
         commands: Vec::new(),
     };
     let mtu_s = mtu.to_string();
-    let mask = cpu_mask(&opts.cores);
+    let mask = testbed::cpu::hex_mask(&opts.cores);
     let ip = |b: &mut Bridge, args: &[&str]| -> Result<()> {
         b.commands
             .push(format!("ip -n {} {}", b.netns, args.join(" ")));
-        s.ip(args).map(|_| ())
+        Ok(s.ip(args).map(|_| ())?)
     };
     let br = b.bridge.clone();
     ip(
@@ -93,30 +94,14 @@ fn start(topology: &Topology, opts: &SutOptions) -> Result<Box<dyn Running>> {
             "static",
         ];
         b.commands.push(format!("bridge {}", fdb.join(" ")));
-        crate::netns::run("bridge", &fdb)?;
+        testbed::run("bridge", &fdb)?;
         let rps = format!("echo {mask} > /sys/class/net/{end}/queues/rx-0/rps_cpus");
         b.commands
             .push(format!("ip netns exec {sut_netns} sh -c '{rps}'"));
-        s.exec(&["sh", "-c", &rps])?;
+        s.run(&["sh", "-c", &rps])?;
     }
     move_taps_out("bridge", topology, || true)?;
     Ok(Box::new(b))
-}
-
-/// `cores` as the hex CPU mask sysfs takes (`rps_cpus`).
-fn cpu_mask(cores: &[usize]) -> String {
-    // Groups of 32 CPUs, most significant first, comma separated, as the kernel prints.
-    let top = cores.iter().copied().max().unwrap_or(0);
-    let words = top / 32 + 1;
-    let mut w = vec![0u32; words];
-    for &c in cores {
-        w[c / 32] |= 1 << (c % 32);
-    }
-    w.iter()
-        .rev()
-        .map(|x| format!("{x:08x}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 impl Running for Bridge {
@@ -141,17 +126,5 @@ impl Running for Bridge {
         s.ip(&["link", "del", &self.bridge])?;
         self.ends.clear();
         Ok(Vec::new())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_masks_are_sysfs_hex() {
-        assert_eq!(cpu_mask(&[1]), "00000002");
-        assert_eq!(cpu_mask(&[0, 3]), "00000009");
-        assert_eq!(cpu_mask(&[33]), "00000002,00000000");
     }
 }

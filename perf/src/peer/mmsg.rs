@@ -6,8 +6,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use testbed::process::Signal;
+
 use crate::error::Result;
-use crate::peer::{Process, Running, SutOptions, System, Topology};
+use crate::peer::{self, Process, Running, SutOptions, System, Topology};
 
 /// Registry entry.
 pub const SYSTEM: System = System {
@@ -37,7 +39,7 @@ fn start(topology: &Topology, opts: &SutOptions) -> Result<Box<dyn Running>> {
     let bin = crate::peer::require(&bin.to_string_lossy())?;
     let mut argv = vec!["-core".to_string(), opts.worker_cores()[0].to_string()];
     argv.extend(links.iter().map(|l| format!("{}={}", l.own, l.gen)));
-    let mut proc = Process::spawn("mmsg", &bin, &argv, None, &opts.cores)?;
+    let mut proc = peer::spawn("mmsg", &bin, &argv, None, &opts.cores)?;
     proc.wait_for(READY, START)?;
     Ok(Box::new(Relay {
         proc,
@@ -59,7 +61,7 @@ impl Running for Relay {
     }
 
     fn stop(&mut self) -> Result<Vec<String>> {
-        self.proc.stop(libc::SIGTERM, STOP, false)?;
+        peer::stop(&mut self.proc, Signal::TERM, STOP, false)?;
         Ok(Vec::new())
     }
 }

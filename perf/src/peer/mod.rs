@@ -9,24 +9,27 @@
 //! A system builds the topology itself and hands back one endpoint spec per port, in
 //! the topology's order. Every process runs under `taskset` on the cores given, so each
 //! system gets the same CPUs; systems that make interfaces run inside the topology's
-//! namespace and move the generator's ends out to theirs.
+//! namespace and move the generator's ends out to theirs. Processes, namespaces, QEMU
+//! and vde_switch are the test bed's ([`testbed`]): what a system started is tracked, and
+//! removed by the signal handler when a run is interrupted.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use testbed::process::{Launch, Signal};
+use testbed::{wait_until, Netns};
+
 use crate::error::{PerfError, Result};
-use crate::netns::{wait_until, Netns};
 
 pub mod bridge;
 pub mod mmsg;
 pub mod pollswitch;
-mod process;
 pub mod qemu;
 pub mod testpmd;
 pub mod vde;
 
-pub use process::Process;
+pub use testbed::Process;
 
 /// One UDP socket port of a hub: the system listens on `own` and sends to `gen`
 /// (where the generator or sink has its socket).
@@ -121,15 +124,6 @@ impl SutOptions {
             .take(self.workers.max(1))
             .collect()
     }
-
-    /// `cores` as a taskset / -cores list.
-    pub fn core_list(cores: &[usize]) -> String {
-        cores
-            .iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
 }
 
 /// A started system.
@@ -175,38 +169,51 @@ pub fn find(name: &str) -> Result<&'static System> {
     })
 }
 
-/// Where `program` is on PATH, or an error saying how to install it.
+/// Where `program` is on PATH, or an error saying how to install it; a path (the
+/// pollswitch daemon, mmsg-relay) must exist, or the error says how to build it.
 pub fn require(program: &str) -> Result<PathBuf> {
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(PerfError::MissingTool {
-                program: program.into(),
-                hint: "build it: cargo build --release -p ctl".into(),
-            })
-        };
+    if program.contains('/') && !Path::new(program).is_file() {
+        return Err(PerfError::MissingTool {
+            program: program.into(),
+            hint: "build it: cargo build --release -p ctl".into(),
+        });
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let p = dir.join(program);
-        if p.is_file() {
-            return Ok(p);
-        }
+    Ok(testbed::require(program)?)
+}
+
+/// Starts `program args` as system `system`'s process, confined to `cores` (none when
+/// empty), inside namespace `netns` if given.
+pub fn spawn(
+    system: &str,
+    program: &Path,
+    args: &[String],
+    netns: Option<&str>,
+    cores: &[usize],
+) -> Result<Process> {
+    Ok(Launch::new(system, program)
+        .args(args)
+        .netns(netns)
+        .cores(cores)
+        .spawn()?)
+}
+
+/// Stops a system's process with `sig`: an error when it had exited before the stop
+/// (it died during the measurement), when it does not exit within `timeout` (it is then
+/// killed), or when it exits unsuccessfully unless `any_status`.
+pub fn stop(proc: &mut Process, sig: Signal, timeout: Duration, any_status: bool) -> Result<()> {
+    if let Some(status) = proc.try_wait() {
+        return Err(proc
+            .failed(&format!("had already exited ({status}) before the stop"))
+            .into());
     }
-    let hint = match program {
-        "qemu-system-x86_64" => "run scripts/setup-host (QEMU 10 from bookworm-backports)",
-        "vde_switch" => "apt-get install vde2 (scripts/setup-host)",
-        "dpdk-testpmd" => "apt-get install dpdk-dev librte-net-tap23 librte-mempool-ring23",
-        "ip" | "bridge" => "apt-get install iproute2",
-        "taskset" => "apt-get install util-linux",
-        _ => "install it",
-    };
-    Err(PerfError::MissingTool {
-        program: program.into(),
-        hint: hint.into(),
-    })
+    let status = proc.stop(sig, timeout)?;
+    if status.success() || any_status {
+        Ok(())
+    } else {
+        Err(proc
+            .failed(&format!("exited with {status} when stopped"))
+            .into())
+    }
 }
 
 /// Frame bytes as `aa:bb:cc:dd:ee:ff`.
@@ -277,9 +284,10 @@ pub fn move_taps_out(
             ),
         ));
     }
-    ports
-        .iter()
-        .try_for_each(|p| sut.move_link(&p.ifname, &Netns::borrow(&p.netns), *mtu))
+    for p in ports {
+        sut.move_link(&p.ifname, &Netns::borrow(&p.netns), *mtu)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -319,14 +327,40 @@ mod tests {
             pollswitch_args: Vec::new(),
         };
         assert_eq!(o.worker_cores(), [3, 5]);
-        assert_eq!(SutOptions::core_list(&o.cores), "3,5,7");
     }
 
     #[test]
     fn missing_programs_say_how_to_install() {
         let err = require("dpdk-testpmd-nonexistent").unwrap_err().to_string();
         assert!(err.contains("not found"), "{err}");
+        let err = require("/nonexistent/pollswitch").unwrap_err().to_string();
+        assert!(err.contains("cargo build --release -p ctl"), "{err}");
         assert!(require("sh").is_ok());
         assert!(find("pollswitch").is_ok() && find("nope").is_err());
+    }
+
+    #[test]
+    fn stop_says_whether_it_exited_cleanly() {
+        let sh = require("sh").unwrap();
+        let script = |s: &str| vec!["-c".to_string(), s.to_string()];
+        let mut p = spawn(
+            "t",
+            &sh,
+            &script("trap 'exit 0' TERM; echo up; while :; do sleep 0.05; done"),
+            None,
+            &[0],
+        )
+        .unwrap();
+        p.wait_for("up", Duration::from_secs(5)).unwrap();
+        stop(&mut p, Signal::TERM, Duration::from_secs(5), false).unwrap();
+        let err = stop(&mut p, Signal::TERM, Duration::from_secs(1), false).unwrap_err();
+        assert!(err.to_string().contains("already exited"), "{err}");
+        let mut p = spawn("t", &sh, &script("echo up; exec sleep 30"), None, &[]).unwrap();
+        p.wait_for("up", Duration::from_secs(5)).unwrap();
+        // sleep dies of SIGTERM: not a success unless any status is fine.
+        assert!(stop(&mut p, Signal::TERM, Duration::from_secs(5), false).is_err());
+        let mut p = spawn("t", &sh, &script("echo up; exec sleep 30"), None, &[]).unwrap();
+        p.wait_for("up", Duration::from_secs(5)).unwrap();
+        stop(&mut p, Signal::TERM, Duration::from_secs(5), true).unwrap();
     }
 }

@@ -7,8 +7,12 @@
 
 use std::time::Duration;
 
+use testbed::process::{alive, Signal};
+
 use crate::error::Result;
-use crate::peer::{hub_netdevs, move_taps_out, Process, Running, SutOptions, System, Topology};
+use crate::peer::{
+    self, hub_netdevs, move_taps_out, Process, Running, SutOptions, System, Topology,
+};
 
 /// Registry entry.
 pub const SYSTEM: System = System {
@@ -39,7 +43,7 @@ pub fn args(topology: &Topology, opts: &SutOptions) -> Vec<String> {
     let mut a = hub_netdevs(topology);
     a.extend([
         "-cores".to_string(),
-        SutOptions::core_list(&opts.worker_cores()),
+        testbed::cpu::list(&opts.worker_cores()),
         "-poll-us".to_string(),
         opts.poll_us.to_string(),
         "-max-frame".to_string(),
@@ -57,10 +61,10 @@ fn start(topology: &Topology, opts: &SutOptions) -> Result<Box<dyn Running>> {
     };
     let argv = args(topology, opts);
     let mut notes = Vec::new();
-    let mut proc = Process::spawn("pollswitch", &bin, &argv, netns, &opts.cores)?;
+    let mut proc = peer::spawn("pollswitch", &bin, &argv, netns, &opts.cores)?;
     if let Err(e) = proc.wait_for(READY, START) {
         if !e.to_string().contains(REFUSES_TASKSET) {
-            return Err(e);
+            return Err(e.into());
         }
         // The daemon checks -cores against the number of CPUs it may run on, so under
         // `taskset -c 1` core 1 "does not exist". Run it unconfined: -cores still pins
@@ -68,16 +72,16 @@ fn start(topology: &Topology, opts: &SutOptions) -> Result<Box<dyn Running>> {
         notes.push(format!(
             "pollswitch refused to start under taskset ({REFUSES_TASKSET}): started \
              on every CPU, workers pinned by -cores {}",
-            SutOptions::core_list(&opts.worker_cores())
+            testbed::cpu::list(&opts.worker_cores())
         ));
         drop(proc);
         let every_cpu: Vec<usize> = (0..crate::sys::core_times().len().max(1)).collect();
-        proc = Process::spawn("pollswitch", &bin, &argv, netns, &every_cpu)?;
+        proc = peer::spawn("pollswitch", &bin, &argv, netns, &every_cpu)?;
         proc.wait_for(READY, START)?;
     }
     let pid = proc.pid();
-    move_taps_out("pollswitch", topology, || crate::sys::alive(pid))
-        .map_err(|e| proc.failed(&e.to_string()))?;
+    move_taps_out("pollswitch", topology, || alive(pid))
+        .map_err(|e| proc.failed(&crate::error::chain(&e)))?;
     Ok(Box::new(Pollswitch {
         proc,
         endpoints: topology.endpoints(),
@@ -99,7 +103,7 @@ impl Running for Pollswitch {
     }
 
     fn stop(&mut self) -> Result<Vec<String>> {
-        self.proc.stop(libc::SIGTERM, STOP, false)?;
+        peer::stop(&mut self.proc, Signal::TERM, STOP, false)?;
         Ok(self.notes.clone())
     }
 }

@@ -8,9 +8,12 @@
 
 use std::time::Duration;
 
+use testbed::cleanup::{self, Guard, Item};
+use testbed::process::{alive, Signal};
+use testbed::unique;
+
 use crate::error::{PerfError, Result};
-use crate::netns::unique;
-use crate::peer::{move_taps_out, require, Process, Running, SutOptions, System, Topology};
+use crate::peer::{self, move_taps_out, require, Process, Running, SutOptions, System, Topology};
 
 /// Registry entry.
 pub const SYSTEM: System = System {
@@ -30,6 +33,7 @@ struct Testpmd {
     endpoints: Vec<String>,
     /// DPDK's runtime directory for `--file-prefix`, removed on drop.
     runtime_dir: std::path::PathBuf,
+    _runtime_dir_tracked: Guard,
 }
 
 impl Drop for Testpmd {
@@ -97,7 +101,10 @@ fn start(topology: &Topology, opts: &SutOptions) -> Result<Box<dyn Running>> {
     let bin = require("dpdk-testpmd")?;
     let ifnames: Vec<String> = ports.iter().map(|p| p.ifname.clone()).collect();
     let prefix = unique("pmd");
-    let proc = Process::spawn(
+    let runtime_dir = std::path::Path::new("/var/run/dpdk").join(&prefix);
+    // Tracked before DPDK makes it: an interrupted run removes it too.
+    let tracked = cleanup::track(Item::Dir(runtime_dir.clone()));
+    let proc = peer::spawn(
         "testpmd",
         &bin,
         &args(&ifnames, opts, &prefix),
@@ -108,12 +115,13 @@ fn start(topology: &Topology, opts: &SutOptions) -> Result<Box<dyn Running>> {
     let mut t = Testpmd {
         proc,
         endpoints: topology.endpoints(),
-        runtime_dir: std::path::Path::new("/var/run/dpdk").join(&prefix),
+        runtime_dir,
+        _runtime_dir_tracked: tracked,
     };
     t.proc.wait_for(READY, START)?;
     let pid = t.proc.pid();
-    move_taps_out("testpmd", topology, || crate::sys::alive(pid))
-        .map_err(|e| t.proc.failed(&e.to_string()))?;
+    move_taps_out("testpmd", topology, || alive(pid))
+        .map_err(|e| t.proc.failed(&crate::error::chain(&e)))?;
     Ok(Box::new(t))
 }
 
@@ -145,7 +153,7 @@ impl Running for Testpmd {
     fn stop(&mut self) -> Result<Vec<String>> {
         // testpmd re-raises the signal after cleaning up, so its status is "killed by
         // SIGINT"; what matters is that it exits.
-        self.proc.stop(libc::SIGINT, STOP, true)?;
+        peer::stop(&mut self.proc, Signal::INT, STOP, true)?;
         Ok(totals(&self.proc.output()))
     }
 }
