@@ -182,6 +182,28 @@ fn members(data: &Value, arrays: &mut BTreeMap<String, String>) -> Vec<Value> {
         .collect()
 }
 
+/// The argument type of command or event `n`: a named type, the empty object, or an
+/// implicit object (`q_obj_N-arg`, as QEMU names it) made from inline members.
+fn arg_type(
+    n: &str,
+    data: Option<&Value>,
+    out: &mut Vec<Value>,
+    arrays: &mut BTreeMap<String, String>,
+) -> String {
+    match data {
+        None => "q_empty".to_string(),
+        Some(Value::String(t)) => t.clone(),
+        Some(d) => {
+            let implicit = format!("q_obj_{n}-arg");
+            out.push(json!({
+                "name": implicit, "meta-type": "object",
+                "members": members(d, arrays),
+            }));
+            implicit
+        }
+    }
+}
+
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("qapi");
     let mut exprs = Vec::new();
@@ -299,18 +321,7 @@ fn main() {
             out.push(json!({"name": n, "meta-type": "alternate", "members": m}));
         }
         if let Some(Value::String(n)) = e.get("command") {
-            let arg = match e.get("data") {
-                None => "q_empty".to_string(),
-                Some(Value::String(t)) => t.clone(),
-                Some(d) => {
-                    let implicit = format!("q_obj_{n}-arg");
-                    out.push(json!({
-                        "name": implicit, "meta-type": "object",
-                        "members": members(d, &mut arrays),
-                    }));
-                    implicit
-                }
-            };
+            let arg = arg_type(n, e.get("data"), &mut out, &mut arrays);
             let ret = e
                 .get("returns")
                 .map(|t| type_name(t, &mut arrays))
@@ -318,18 +329,7 @@ fn main() {
             out.push(json!({"name": n, "meta-type": "command", "arg-type": arg, "ret-type": ret}));
         }
         if let Some(Value::String(n)) = e.get("event") {
-            let arg = match e.get("data") {
-                None => "q_empty".to_string(),
-                Some(Value::String(t)) => t.clone(),
-                Some(d) => {
-                    let implicit = format!("q_obj_{n}-arg");
-                    out.push(json!({
-                        "name": implicit, "meta-type": "object",
-                        "members": members(d, &mut arrays),
-                    }));
-                    implicit
-                }
-            };
+            let arg = arg_type(n, e.get("data"), &mut out, &mut arrays);
             out.push(json!({"name": n, "meta-type": "event", "arg-type": arg}));
         }
     }

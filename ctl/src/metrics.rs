@@ -156,31 +156,24 @@ pub fn render(ctl: &Control) -> String {
         let id = w.id.to_string();
         f.sample("pollswitch_worker_ports", &[("worker", &id)], w.ports);
     }
-    f.head(
-        "pollswitch_worker_busy_seconds_total",
-        "counter",
-        "Time a worker spent working.",
-    );
-    for w in &workers {
-        let id = w.id.to_string();
-        f.sample(
+    let times: [(&str, &str, fn(&switch::switch::WorkerInfo) -> u64); 2] = [
+        (
             "pollswitch_worker_busy_seconds_total",
-            &[("worker", &id)],
-            w.busy_ns as f64 / 1e9,
-        );
-    }
-    f.head(
-        "pollswitch_worker_idle_seconds_total",
-        "counter",
-        "Time a worker slept.",
-    );
-    for w in &workers {
-        let id = w.id.to_string();
-        f.sample(
+            "Time a worker spent working.",
+            |w| w.busy_ns,
+        ),
+        (
             "pollswitch_worker_idle_seconds_total",
-            &[("worker", &id)],
-            w.idle_ns as f64 / 1e9,
-        );
+            "Time a worker slept.",
+            |w| w.idle_ns,
+        ),
+    ];
+    for (name, help, ns) in times {
+        f.head(name, "counter", help);
+        for w in &workers {
+            let id = w.id.to_string();
+            f.sample(name, &[("worker", &id)], ns(w) as f64 / 1e9);
+        }
     }
     f.head(
         "pollswitch_worker_io_uring_events_total",

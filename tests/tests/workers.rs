@@ -58,6 +58,27 @@ impl Sut {
     }
 }
 
+/// Sends `total` frames of flow 1 from `a` at ~40 kpps while a thread counts what `b`
+/// receives (a socket's queue holds only a few hundred frames); returns the count.
+fn send_while_receiving(a: &UdpEnd, b: &UdpEnd, total: u32) -> u32 {
+    std::thread::scope(|sc| {
+        let rx = sc.spawn(|| {
+            let mut got = 0u32;
+            while got < total && b.recv_timeout(Duration::from_secs(2)).is_some() {
+                got += 1;
+            }
+            got
+        });
+        for seq in 0..total {
+            a.send(&seq_frame(1, seq));
+            if seq % 16 == 15 {
+                std::thread::sleep(Duration::from_micros(400));
+            }
+        }
+        rx.join().unwrap()
+    })
+}
+
 /// A frame of flow `src` with sequence number `seq` in its payload.
 fn seq_frame(src: u8, seq: u32) -> Vec<u8> {
     let mut f = frame(BCAST, mac(src), ETH_EXP, 64, src);
@@ -161,23 +182,7 @@ fn a_stalled_egress_port_holds_its_share_and_the_others_forward_on() {
     until_path_works(&a, &b, probe, "a to b");
     b.drain(Duration::from_millis(200));
     let total = 3000u32;
-    let got = std::thread::scope(|sc| {
-        let rx = sc.spawn(|| {
-            let mut got = 0u32;
-            while got < total && b.recv_timeout(Duration::from_secs(2)).is_some() {
-                got += 1;
-            }
-            got
-        });
-        for seq in 0..total {
-            a.send(&seq_frame(1, seq));
-            if seq % 16 == 15 {
-                // ~40 kpps.
-                std::thread::sleep(Duration::from_micros(400));
-            }
-        }
-        rx.join().unwrap()
-    });
+    let got = send_while_receiving(&a, &b, total);
     assert_eq!(
         got, total,
         "b received {got} of {total} while s was stalled"
@@ -292,22 +297,7 @@ fn a_tap_whose_far_side_takes_nothing_drops_at_itself_while_others_forward() {
     b.drain(Duration::from_millis(200));
     let before = sut.port("t");
     let total = 3000u32;
-    let got = std::thread::scope(|sc| {
-        let rx = sc.spawn(|| {
-            let mut got = 0u32;
-            while got < total && b.recv_timeout(Duration::from_secs(2)).is_some() {
-                got += 1;
-            }
-            got
-        });
-        for seq in 0..total {
-            a.send(&seq_frame(1, seq));
-            if seq % 16 == 15 {
-                std::thread::sleep(Duration::from_micros(400));
-            }
-        }
-        rx.join().unwrap()
-    });
+    let got = send_while_receiving(&a, &b, total);
     assert_eq!(
         got, total,
         "b received {got} of {total} beside the stuck tap"
