@@ -156,7 +156,8 @@ pub fn render(ctl: &Control) -> String {
         let id = w.id.to_string();
         f.sample("pollswitch_worker_ports", &[("worker", &id)], w.ports);
     }
-    let times: [(&str, &str, fn(&switch::switch::WorkerInfo) -> u64); 2] = [
+    type Ns = fn(&switch::switch::WorkerInfo) -> u64;
+    let times: [(&str, &str, Ns); 2] = [
         (
             "pollswitch_worker_busy_seconds_total",
             "Time a worker spent working.",
