@@ -90,6 +90,11 @@ pub fn parse_chardev(spec: &str) -> Result<Chardev, CtlError> {
         }
         kv.insert(k, v);
     }
+    for (k, v) in &kv {
+        if k != "path" {
+            crate::osarg::check_utf8(&format!("-chardev ... {k}="), v)?;
+        }
+    }
     let id = kv
         .get("id")
         .cloned()

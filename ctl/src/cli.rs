@@ -375,6 +375,12 @@ impl DaemonArgs {
                 Some(value) => value,
                 None => return Err(CliError::MissingArgument(option)),
             };
+            // Only paths may hold bytes that are not UTF-8 (crate::osarg); the parsers
+            // of -qmp and -chardev check the other parts of their values.
+            if !matches!(name, "pidfile" | "D" | "qmp" | "qmp-pretty" | "chardev") {
+                crate::osarg::check_utf8(&option, &value)
+                    .map_err(|e| CliError::Other(e.to_string()))?;
+            }
             match name {
                 "netdev" => {
                     let netdev = parse_netdev(&option, &value)?;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod log;
 pub mod metrics;
 pub mod netdev;
+pub mod osarg;
 pub mod process;
 pub mod qapi;
 pub mod qmp;

@@ -7,8 +7,6 @@
 //! The few lifecycle lines tools wait for (`pollswitch: ready`, the pool line at exit)
 //! stay plain lines on stderr, whatever the log does.
 
-use std::path::Path;
-
 use tracing_subscriber::EnvFilter;
 
 use crate::error::CtlError;
@@ -35,8 +33,8 @@ pub fn init(cfg: &LogConfig) -> Result<(), CtlError> {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(Path::new(f))
-                .map_err(|e| CtlError::Invalid(format!("-D {f}: {e}")))?;
+                .open(crate::osarg::path(f))
+                .map_err(|e| CtlError::Invalid(format!("-D {}: {e}", crate::osarg::display(f))))?;
             let w = std::sync::Mutex::new(file);
             if ts {
                 b.with_writer(w).try_init()

@@ -101,9 +101,11 @@ pub struct PidFile {
 impl PidFile {
     /// Writes this process's id to `path`.
     pub fn create(path: &str) -> Result<PidFile, CtlError> {
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .map_err(|e| CtlError::Invalid(format!("-pidfile {path}: {e}")))?;
-        Ok(PidFile { path: path.into() })
+        let p = crate::osarg::path(path);
+        std::fs::write(&p, format!("{}\n", std::process::id())).map_err(|e| {
+            CtlError::Invalid(format!("-pidfile {}: {e}", crate::osarg::display(path)))
+        })?;
+        Ok(PidFile { path: p })
     }
 }
 

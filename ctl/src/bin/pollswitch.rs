@@ -12,22 +12,12 @@ use switch::pool::PageKind;
 use switch::SwitchConfig;
 
 fn main() -> ExitCode {
-    // Arguments as the OS gives them: one that is not UTF-8 is an error, not a panic.
-    let mut argv = Vec::new();
-    for (i, a) in std::env::args_os().skip(1).enumerate() {
-        match a.into_string() {
-            Ok(s) => argv.push(s),
-            Err(raw) => {
-                eprintln!(
-                    "pollswitch: argument {} is not valid UTF-8 ({}): pollswitch takes UTF-8 \
-                     arguments, paths included",
-                    i + 1,
-                    raw.to_string_lossy()
-                );
-                return ExitCode::from(1);
-            }
-        }
-    }
+    // Arguments as the OS gives them: paths may be any bytes, other values must be
+    // UTF-8 (ctl::osarg); nothing panics on either.
+    let argv: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(ctl::osarg::encode)
+        .collect();
     let args = match DaemonArgs::parse(argv) {
         Ok(a) => a,
         Err(e) => {

@@ -284,6 +284,12 @@ pub fn monitors(args: &crate::cli::DaemonArgs) -> Result<Vec<MonitorSpec>, CtlEr
 pub fn parse_endpoint(spec: &str) -> Result<Endpoint, CtlError> {
     let mut parts = crate::cli::split_commas(spec).into_iter();
     let head = parts.next().unwrap_or_default();
+    // Only a unix socket's path may hold bytes that are not UTF-8.
+    let shown = crate::osarg::display(spec);
+    if !head.starts_with("unix:") || parts.clone().any(|p| crate::osarg::has_raw(&p)) {
+        crate::osarg::check_utf8("-qmp", spec)?;
+    }
+    let spec = shown.as_str();
     let (mut server, mut wait) = (false, true);
     for p in parts {
         match p.as_str() {
@@ -421,7 +427,7 @@ fn reader_loop(
 /// The bound endpoints; dropping it removes the unix sockets it made.
 #[derive(Debug, Default)]
 pub struct Listeners {
-    paths: Vec<String>,
+    paths: Vec<std::path::PathBuf>,
 }
 
 impl Drop for Listeners {
@@ -435,7 +441,7 @@ impl Drop for Listeners {
 /// Binds a unix socket that is never accessible to others, not even for a moment: the
 /// file is created under umask 0177 (mode 0600), and set to 0600 again in case the
 /// path's directory or filesystem made it otherwise.
-fn bind_private(path: &str) -> std::io::Result<UnixListener> {
+fn bind_private(path: &std::path::Path) -> std::io::Result<UnixListener> {
     let l = backends::sys::with_umask(0o177, || UnixListener::bind(path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
@@ -451,12 +457,16 @@ pub fn listen(monitors: &[MonitorSpec], ctl: &Sender<Msg>) -> Result<Listeners, 
                 Inherited::Unix(l) => serve_unix(l, ctl.clone(), pretty),
                 Inherited::Tcp(l) => serve_tcp(l, ctl.clone(), pretty),
             },
-            Endpoint::Unix(path) => {
-                let _ = std::fs::remove_file(path);
-                let l = bind_private(path).map_err(|e| {
-                    CtlError::Invalid(format!("-qmp unix:{path}: cannot listen: {e}"))
+            Endpoint::Unix(name) => {
+                let path = crate::osarg::path(name);
+                let _ = std::fs::remove_file(&path);
+                let l = bind_private(&path).map_err(|e| {
+                    CtlError::Invalid(format!(
+                        "-qmp unix:{}: cannot listen: {e}",
+                        crate::osarg::display(name)
+                    ))
                 })?;
-                bound.paths.push(path.clone());
+                bound.paths.push(path);
                 serve_unix(l, ctl.clone(), pretty);
             }
             Endpoint::Tcp(addr) => {
