@@ -163,7 +163,10 @@ fn null(o: &NetdevXNullOptions, env: &BuildEnv<'_>) -> Result<SpecKind, CtlError
 
 fn unsupported(ty: &str) -> CtlError {
     let why = match ty {
-        "netmap" => "netmap needs the netmap kernel module (/dev/netmap), which pollswitch does not drive yet",
+        "netmap" if !std::path::Path::new("/dev/netmap").exists() => {
+            "netmap: /dev/netmap not found (is the netmap kernel module loaded?)"
+        }
+        "netmap" => "/dev/netmap is there, but pollswitch does not drive netmap yet",
         "vhost-vdpa" => "vhost-vdpa needs a vDPA device (/dev/vhost-vdpa-N), which pollswitch does not drive yet",
         _ => "its backend is not built yet",
     };

@@ -32,6 +32,9 @@ const OP_CANCEL_LISTEN: u8 = 5;
 const RX_CHUNK: usize = 256 * 1024;
 /// Frames waiting for rx_burst before we stop reading (TCP then pushes back).
 const READY_MAX: usize = 512;
+/// Longest length prefix that can still be a frame (64 KiB and a header, as QEMU's
+/// frames go up to 65535 bytes plus a virtio-net header): beyond it the stream is lost.
+const MAX_STREAM_FRAME: usize = 65536 + 64;
 /// Bytes queued for sending before frames are refused (tx-full).
 const TX_BUF_MAX: usize = 1 << 20;
 
@@ -56,6 +59,8 @@ pub struct StreamPort {
     recv_posted: bool,
     rxbuf: Box<[u8]>,
     rx_len: usize,
+    /// Bytes of an over-long frame still to be skipped as they arrive.
+    skip: usize,
     ready: VecDeque<Pkt>,
     sending: Vec<u8>,
     sent: usize,
@@ -105,6 +110,7 @@ impl StreamPort {
             recv_posted: false,
             rxbuf: vec![0u8; RX_CHUNK + 4 + max_frame].into_boxed_slice(),
             rx_len: 0,
+            skip: 0,
             ready: VecDeque::new(),
             sending: Vec::with_capacity(TX_BUF_MAX),
             sent: 0,
@@ -258,6 +264,7 @@ impl StreamPort {
         self.conn = None;
         self.state = Conn::None;
         self.rx_len = 0;
+        self.skip = 0;
         self.sending.clear();
         self.sent = 0;
         self.fill.clear();
@@ -268,20 +275,46 @@ impl StreamPort {
     fn parse(&mut self, io: &mut Io<'_>) {
         let max = io.pool().max_frame();
         let mut at = 0;
+        // The rest of an over-long frame, skipped as it arrives.
+        if self.skip > 0 {
+            let n = self.skip.min(self.rx_len);
+            self.skip -= n;
+            at = n;
+        }
         // At most READY_MAX frames wait (the port's share of the pool); the rest of the
         // bytes stay in the buffer until rx_burst makes room.
-        while self.rx_len - at >= 4 && self.ready.len() < READY_MAX {
+        while self.skip == 0 && self.rx_len - at >= 4 && self.ready.len() < READY_MAX {
             let len = u32::from_be_bytes([
                 self.rxbuf[at],
                 self.rxbuf[at + 1],
                 self.rxbuf[at + 2],
                 self.rxbuf[at + 3],
             ]) as usize;
-            if len == 0 || len > max {
+            if len > MAX_STREAM_FRAME {
+                // Not a frame at all: the stream is out of step, and only a new
+                // connection can bring it back.
                 io.counters.count_drop(DropReason::BadLength, 1);
                 self.rx_len = 0;
                 self.close_conn(io);
                 return;
+            }
+            if len == 0 || len > max {
+                // A frame the switch does not carry: its length is known, so skip just
+                // it and keep the stream (QEMU forwards such frames; we count them).
+                let why = if len == 0 {
+                    DropReason::Undersize
+                } else {
+                    DropReason::Oversize
+                };
+                io.counters.count_drop(why, 1);
+                let have = self.rx_len - at - 4;
+                if have >= len {
+                    at += 4 + len;
+                } else {
+                    self.skip = len - have;
+                    at = self.rx_len;
+                }
+                continue;
             }
             if self.rx_len - at < 4 + len {
                 break;
