@@ -9,10 +9,12 @@
 
 pub mod error;
 pub mod io;
+pub mod l2tpv3;
 pub mod nic;
 pub mod null;
 pub mod socket;
 pub mod sys;
 pub mod tap;
+pub mod vde;
 
 pub use error::Error;

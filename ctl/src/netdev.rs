@@ -87,7 +87,9 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
             (kind, None)
         }
         NetdevOpts::Socket(o) => (socket(&nd.id, o, env)?, None),
+        NetdevOpts::L2tpv3(o) => (l2tpv3(&nd.id, o)?, None),
         NetdevOpts::XNull(o) => (null(o, env)?, None),
+        NetdevOpts::Vde(o) => (vde(&nd.id, o)?, None),
         NetdevOpts::Nic(o) => {
             let mac = match &o.macaddr {
                 Some(m) => parse_mac(m)
@@ -121,6 +123,24 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
             nic: nic_out.is_some(),
         },
         nic: nic_out,
+    })
+}
+
+/// `vde`: a client port of a vde_switch; our own socket gets `mode=` (default 0700, as
+/// in QEMU) and `group=`.
+fn vde(id: &str, o: &crate::qapi::NetdevVdeOptions) -> Result<SpecKind, CtlError> {
+    use backends::vde::{VdeConfig, VdePort};
+    let port = VdePort::open(VdeConfig {
+        sock: o.sock.as_ref().map(std::path::PathBuf::from),
+        port: o.port.unwrap_or(0),
+        group: o.group.clone(),
+        mode: o.mode.map(u32::from),
+        description: format!("pollswitch {id}"),
+    })
+    .map_err(backend_err(id))?;
+    Ok(SpecKind::Port {
+        queues: vec![Box::new(port)],
+        poll_us: None,
     })
 }
 
@@ -335,6 +355,106 @@ fn socket(id: &str, o: &NetdevSocketOptions, env: &mut BuildEnv<'_>) -> Result<S
     };
     Ok(SpecKind::Port {
         queues: vec![b],
+        poll_us: None,
+    })
+}
+
+/// `l2tpv3`: checks the options in QEMU's order and with its messages, resolves the
+/// addresses (the family from `ipv6=`, or from the addresses when it is not given),
+/// and opens the session's socket.
+fn l2tpv3(id: &str, o: &crate::qapi::NetdevL2TPv3Options) -> Result<SpecKind, CtlError> {
+    use backends::l2tpv3::{L2tpv3Config, L2tpv3Port, Layout};
+    use std::net::{SocketAddr, ToSocketAddrs};
+    if o.offset.is_some_and(|n| n > 256) {
+        return Err(CtlError::Invalid(
+            "offset must be less than 256 bytes".into(),
+        ));
+    }
+    if o.rxcookie.is_some() != o.txcookie.is_some() {
+        return Err(CtlError::Invalid(
+            "require both 'rxcookie' and 'txcookie' or neither".into(),
+        ));
+    }
+    let udp = o.udp == Some(true);
+    if udp && (o.srcport.is_none() || o.dstport.is_none()) {
+        return Err(CtlError::Invalid(
+            "need both src and dst port for udp".into(),
+        ));
+    }
+    // As in QEMU 10: a 64-bit cookie whenever cookie64 is given at all.
+    let cookie_len = match (o.txcookie.is_some(), o.cookie64.is_some()) {
+        (false, _) => 0,
+        (true, true) => 8,
+        (true, false) => 4,
+    };
+    if cookie_len == 4 {
+        for (name, v) in [("txcookie", o.txcookie), ("rxcookie", o.rxcookie)] {
+            if let Some(v) = v.filter(|&v| v > u64::from(u32::MAX)) {
+                return Err(CtlError::Invalid(format!(
+                    "{name} {v:#x} does not fit in a 32-bit cookie (add cookie64=on)"
+                )));
+            }
+        }
+    }
+    let resolve = |what: &str,
+                   host: &str,
+                   port: Option<&str>,
+                   want_v6: Option<bool>|
+     -> Result<SocketAddr, CtlError> {
+        let port: u16 = match (udp, port) {
+            (true, Some(p)) => p.parse().map_err(|_| {
+                CtlError::Invalid(format!("could not resolve {what}, invalid port '{p}'"))
+            })?,
+            _ => 0,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| CtlError::Invalid(format!("could not resolve {what}, error = {e}")))?
+            .collect();
+        addrs
+            .iter()
+            .find(|a| want_v6.map_or(a.is_ipv4(), |v6| a.is_ipv6() == v6))
+            .or_else(|| addrs.iter().find(|_| want_v6.is_none()))
+            .copied()
+            .ok_or_else(|| {
+                CtlError::Invalid(format!(
+                    "could not resolve {what}, no {} address for '{host}'",
+                    if want_v6 == Some(true) {
+                        "IPv6"
+                    } else {
+                        "IPv4"
+                    }
+                ))
+            })
+    };
+    let src = resolve("src", &o.src, o.srcport.as_deref(), o.ipv6)?;
+    // Without ipv6=, the destination is looked up in the family the source has.
+    let dst = resolve(
+        "dst",
+        &o.dst,
+        o.dstport.as_deref(),
+        Some(o.ipv6.unwrap_or(src.is_ipv6())),
+    )?;
+    let cfg = L2tpv3Config {
+        src,
+        dst,
+        layout: Layout {
+            udp,
+            cookie_len,
+            // pincounter implies a counter (QEMU sets it but forgets its 4 bytes).
+            counter: o.counter == Some(true) || o.pincounter == Some(true),
+            offset: o.offset.unwrap_or(0) as usize,
+        },
+        txsession: o.txsession,
+        rxsession: o.rxsession.unwrap_or(o.txsession),
+        txcookie: o.txcookie.unwrap_or(0),
+        rxcookie: o.rxcookie.unwrap_or(0),
+        pincounter: o.pincounter == Some(true),
+    };
+    let port = L2tpv3Port::open(cfg).map_err(backend_err(id))?;
+    Ok(SpecKind::Port {
+        queues: vec![Box::new(port)],
         poll_us: None,
     })
 }

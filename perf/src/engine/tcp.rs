@@ -256,11 +256,19 @@ mod tests {
 
     #[test]
     fn frames_cross_a_stream_whole_and_in_order() {
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let mut a = open_spec(&format!("tcp:listen=127.0.0.1:{port}")).unwrap();
+        // A free port, and the listener on it: another test may take a port between
+        // our probe and the engine's bind, so a taken one is tried again.
+        let (port, mut a) = (0..20)
+            .find_map(|_| {
+                let port = {
+                    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                    l.local_addr().unwrap().port()
+                };
+                open_spec(&format!("tcp:listen=127.0.0.1:{port}"))
+                    .ok()
+                    .map(|a| (port, a))
+            })
+            .expect("a free TCP port within 20 tries");
         let mut b = open_spec(&format!("tcp:connect=127.0.0.1:{port}")).unwrap();
         let t = thread::spawn(move || {
             b.connect(Duration::from_secs(5)).unwrap();
