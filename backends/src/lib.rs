@@ -7,9 +7,11 @@
 //! and only count what goes wrong.
 #![deny(unsafe_code)]
 
+pub mod bridge;
 pub mod error;
 pub mod io;
 pub mod l2tpv3;
+pub mod netmap;
 pub mod nic;
 pub mod null;
 pub mod socket;

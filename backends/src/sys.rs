@@ -96,6 +96,139 @@ pub fn ioctl_val(fd: BorrowedFd<'_>, req: libc::c_ulong, val: libc::c_ulong) -> 
     }
 }
 
+/// SIOCGIFMTU / SIOCSIFMTU: an interface's MTU (an int in the ifreq union).
+pub const SIOCGIFMTU: libc::c_ulong = 0x8921;
+/// Sets an interface's MTU.
+pub const SIOCSIFMTU: libc::c_ulong = 0x8922;
+/// SIOCGIFHWADDR / SIOCSIFHWADDR: an interface's MAC (a sockaddr in the union).
+pub const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
+/// Sets an interface's MAC.
+pub const SIOCSIFHWADDR: libc::c_ulong = 0x8924;
+/// SIOCGIFFLAGS / SIOCSIFFLAGS: an interface's IFF_* flags (a short in the union).
+pub const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
+/// Sets an interface's flags.
+pub const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
+/// SIOCGIFINDEX: an interface's index (an int in the union).
+pub const SIOCGIFINDEX: libc::c_ulong = 0x8933;
+/// SIOCBRADDIF: adds the interface whose index is in the union to the named bridge.
+pub const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+
+/// `struct ifreq` with its union as bytes, for the socket ioctls that keep an int
+/// (MTU, ifindex), a short (flags) or a sockaddr (MAC) there.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IfReqData {
+    /// Interface name, NUL-terminated.
+    pub name: [u8; libc::IFNAMSIZ],
+    /// The union, in the kernel's byte order (native).
+    pub data: [u8; 24],
+}
+
+impl IfReqData {
+    /// An ifreq for interface `name` with an all-zero union.
+    pub fn new(name: &str) -> IfReqData {
+        IfReqData {
+            name: IfReq::new(name, 0).name,
+            data: [0; 24],
+        }
+    }
+
+    /// The union's first int (MTU, ifindex).
+    pub fn int(&self) -> libc::c_int {
+        libc::c_int::from_ne_bytes([self.data[0], self.data[1], self.data[2], self.data[3]])
+    }
+
+    /// Sets the union's first int.
+    pub fn set_int(&mut self, v: libc::c_int) {
+        self.data[..4].copy_from_slice(&v.to_ne_bytes());
+    }
+
+    /// The union's first short (flags).
+    pub fn short(&self) -> libc::c_short {
+        libc::c_short::from_ne_bytes([self.data[0], self.data[1]])
+    }
+
+    /// Sets the union's first short.
+    pub fn set_short(&mut self, v: libc::c_short) {
+        self.data[..2].copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
+/// `ioctl(fd, req, &mut IfReqData)`, for the SIOC* requests above on any socket.
+pub fn ioctl_ifreq_data(
+    fd: BorrowedFd<'_>,
+    req: libc::c_ulong,
+    ifr: &mut IfReqData,
+) -> io::Result<()> {
+    // SAFETY: `ifr` is a live, writable 40-byte struct ifreq (name and union), which is
+    // all these requests read or write.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, ifr as *mut IfReqData) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Receives one descriptor sent with SCM_RIGHTS along with at least one byte of data
+/// (the bridge helper's protocol). `Ok(None)`: the peer closed without sending one.
+/// Received descriptors are close-on-exec; any extra ones are closed.
+pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    // Room for a few descriptors, so that a helper sending more does not leave any
+    // unclosed in our table (the kernel truncates what does not fit: MSG_CTRUNC).
+    let mut cbuf = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    let n = loop {
+        // SAFETY: `msg` points at `iov` (one live byte) and `cbuf` (a live, 8-aligned
+        // buffer of the length given), both outliving the call.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        break n;
+    };
+    let mut got = None;
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel just filled, within
+    // `msg_controllen`; each SCM_RIGHTS payload holds `(cmsg_len - CMSG_LEN(0)) / 4`
+    // descriptors, which are now ours (read unaligned: CMSG_DATA need not be aligned).
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<libc::c_int>();
+                let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                for i in 0..count {
+                    let fd = std::os::fd::OwnedFd::from_raw_fd(data.add(i).read_unaligned());
+                    if got.is_none() {
+                        got = Some(fd);
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if n == 0 && got.is_none() {
+        return Ok(None);
+    }
+    Ok(got)
+}
+
 /// A private copy (close-on-exec) of descriptor number `fd`, which the caller names but
 /// does not own: the original stays as it was.
 pub fn dup_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {

@@ -90,6 +90,8 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
         NetdevOpts::L2tpv3(o) => (l2tpv3(&nd.id, o)?, None),
         NetdevOpts::XNull(o) => (null(o, env)?, None),
         NetdevOpts::Vde(o) => (vde(&nd.id, o)?, None),
+        NetdevOpts::Bridge(o) => (bridge(&nd.id, o)?, None),
+        NetdevOpts::Netmap(o) => (netmap(&nd.id, o)?, None),
         NetdevOpts::Nic(o) => {
             let mac = match &o.macaddr {
                 Some(m) => parse_mac(m)
@@ -144,6 +146,40 @@ fn vde(id: &str, o: &crate::qapi::NetdevVdeOptions) -> Result<SpecKind, CtlError
     })
 }
 
+/// `bridge`: a tap attached to bridge `br` (default br0), by `helper` when one is given
+/// (as QEMU runs qemu-bridge-helper), else by pollswitch itself (QEMU would run its
+/// default helper).
+fn bridge(id: &str, o: &crate::qapi::NetdevBridgeOptions) -> Result<SpecKind, CtlError> {
+    use backends::bridge::BridgeConfig;
+    let (queues, _ifname) = backends::bridge::open(&BridgeConfig {
+        br: o.br.clone(),
+        helper: o.helper.clone(),
+    })
+    .map_err(backend_err(id))?;
+    Ok(SpecKind::Port {
+        queues: queues
+            .into_iter()
+            .map(|q| Box::new(q) as Box<dyn Backend>)
+            .collect(),
+        poll_us: None,
+    })
+}
+
+/// `netmap`: a port of a netmap NIC or of a VALE switch (`valeX:Y`), through
+/// `devname` (default /dev/netmap).
+fn netmap(id: &str, o: &crate::qapi::NetdevNetmapOptions) -> Result<SpecKind, CtlError> {
+    use backends::netmap::{NetmapConfig, NetmapPort};
+    let port = NetmapPort::open(&NetmapConfig {
+        ifname: o.ifname.clone(),
+        devname: o.devname.clone(),
+    })
+    .map_err(backend_err(id))?;
+    Ok(SpecKind::Port {
+        queues: vec![Box::new(port)],
+        poll_us: None,
+    })
+}
+
 /// The `x-null` extension: an in-memory source/sink.
 fn null(o: &NetdevXNullOptions, env: &BuildEnv<'_>) -> Result<SpecKind, CtlError> {
     use backends::null::{NullConfig, NullMode, NullPort};
@@ -183,10 +219,6 @@ fn null(o: &NetdevXNullOptions, env: &BuildEnv<'_>) -> Result<SpecKind, CtlError
 
 fn unsupported(ty: &str) -> CtlError {
     let why = match ty {
-        "netmap" if !std::path::Path::new("/dev/netmap").exists() => {
-            "netmap: /dev/netmap not found (is the netmap kernel module loaded?)"
-        }
-        "netmap" => "/dev/netmap is there, but pollswitch does not drive netmap yet",
         "vhost-vdpa" => "vhost-vdpa needs a vDPA device (/dev/vhost-vdpa-N), which pollswitch does not drive yet",
         _ => "its backend is not built yet",
     };
@@ -217,15 +249,9 @@ fn tap(
                 .into(),
         ));
     }
-    if o.br.is_some() || o.helper.is_some() {
-        return Err(CtlError::Unsupported(
-            "br= and helper= are not supported: pollswitch has no bridge helper backend yet; \
-             create the tap with ifname= and add it to the bridge with a script="
-                .into(),
-        ));
-    }
     if o.fd.is_some()
         && (o.ifname.is_some()
+            || o.helper.is_some()
             || o.script.is_some()
             || o.downscript.is_some()
             || o.queues.is_some()
@@ -236,9 +262,28 @@ fn tap(
                 .into(),
         ));
     }
-    if o.fds.is_some() && (o.ifname.is_some() || o.script.is_some() || o.downscript.is_some()) {
+    if o.fds.is_some()
+        && (o.ifname.is_some()
+            || o.script.is_some()
+            || o.downscript.is_some()
+            || o.helper.is_some())
+    {
         return Err(CtlError::Invalid(
             "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, and vhostfd= are invalid with fds=".into(),
+        ));
+    }
+    // As QEMU: helper= runs the bridge helper for br= (default br0); br= without
+    // helper= is ignored.
+    if o.helper.is_some()
+        && (o.ifname.is_some()
+            || o.script.is_some()
+            || o.downscript.is_some()
+            || o.vnet_hdr.is_some()
+            || o.queues.is_some())
+    {
+        return Err(CtlError::Invalid(
+            "ifname=, script=, downscript=, vnet_hdr=, queues=, and vhostfds= are invalid with helper="
+                .into(),
         ));
     }
     if o.queues == Some(0) {
@@ -252,6 +297,10 @@ fn tap(
         for f in list.split(':') {
             fds.push(env.fds.take(f)?);
         }
+    }
+    if let Some(h) = &o.helper {
+        let br = o.br.as_deref().unwrap_or(backends::bridge::DEFAULT_BRIDGE);
+        fds.push(backends::bridge::run_helper(h, br).map_err(backend_err(id))?);
     }
     let cfg = TapConfig {
         ifname: o.ifname.clone(),

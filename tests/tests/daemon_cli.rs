@@ -113,7 +113,11 @@ fn unsupported_options_are_refused_saying_why() {
         &["-netdev", "tap,id=tf,script=no,downscript=no,vhostforce=on"],
         &["tf", "vhost"],
     );
-    refused(&["-netdev", "tap,id=tb,br=br0"], &["tb", "br"]);
+    // helper= makes the helper create the tap: naming it too is QEMU's error.
+    refused(
+        &["-netdev", "tap,id=tb,helper=/nonexistent-helper,ifname=x"],
+        &["tb", "helper"],
+    );
     // Types this host can never run: the message says what they would need.
     refused(&["-netdev", "netmap,id=nm,ifname=eth0"], &["nm", "netmap"]);
     refused(

@@ -278,7 +278,9 @@ fn netdev_add_checks_like_qemu() {
     assert_eq!(class, "GenericError");
     assert!(desc.contains("s0") && desc.contains("in use"), "{desc}");
     // Types whose backend is not built yet are refused by name; vhost is refused with why.
-    for ty in ["user", "bridge", "netmap", "vhost-user", "vhost-vdpa"] {
+    // (bridge is built, and would attach to the host's br0: tests/tests/bridge.rs tests it
+    // inside a namespace of its own.)
+    for ty in ["user", "netmap", "vhost-user", "vhost-vdpa"] {
         let mut a = json!({"id": "x", "type": ty});
         match ty {
             "netmap" => a["ifname"] = json!("vale0:1"),
@@ -287,6 +289,18 @@ fn netdev_add_checks_like_qemu() {
         }
         let (class, desc) = err(&c.execute("netdev_add", a));
         assert_eq!(class, "GenericError");
+        if ty == "netmap" {
+            // netmap is built: it fails opening the device, naming it.
+            if !std::path::Path::new("/dev/netmap").exists() {
+                assert!(
+                    desc.contains(
+                        "netmap: /dev/netmap not found (is the netmap kernel module loaded?)"
+                    ),
+                    "{ty}: {desc}"
+                );
+            }
+            continue;
+        }
         assert!(desc.contains(&format!("'{ty}'")), "{ty}: {desc}");
     }
     let (_, desc) = err(&c.execute(
