@@ -530,11 +530,7 @@ impl DgramIo {
         if self.stopping || self.poll_armed {
             return;
         }
-        let sqe = opcode::PollAdd::new(types::Fd(self.fd.as_raw_fd()), libc::POLLIN as u32)
-            .multi(true)
-            .build();
-        // SAFETY: a poll request points to no memory of ours.
-        if unsafe { io.submit(sqe, OP_POLL, 0) } {
+        if io.poll_readable(std::os::fd::AsFd::as_fd(&self.fd), OP_POLL) {
             self.poll_armed = true;
             self.inflight += 1;
         }
@@ -946,16 +942,9 @@ impl DgramIo {
             }
             return true;
         }
-        if !self.cancel_sent {
-            let sqe = opcode::AsyncCancel2::new(
-                types::CancelBuilder::fd(types::Fd(self.fd.as_raw_fd())).all(),
-            )
-            .build();
-            // SAFETY: a cancel request points to no memory of ours.
-            if unsafe { io.submit(sqe, OP_CANCEL, 0) } {
-                self.inflight += 1;
-                self.cancel_sent = true;
-            }
+        if !self.cancel_sent && io.cancel_all(std::os::fd::AsFd::as_fd(&self.fd), OP_CANCEL) {
+            self.inflight += 1;
+            self.cancel_sent = true;
         }
         false
     }

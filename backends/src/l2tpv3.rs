@@ -18,7 +18,6 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use io_uring::{opcode, types};
 use socket2::{Domain, Protocol, Socket, Type};
 use switch::pool::{HEADROOM, MIN_FRAME};
 use switch::{Backend, DropReason, Io, Pkt, BURST};
@@ -230,11 +229,7 @@ impl L2tpv3Port {
         if self.stopping || self.poll_armed {
             return;
         }
-        let sqe = opcode::PollAdd::new(types::Fd(self.fd.as_raw_fd()), libc::POLLIN as u32)
-            .multi(true)
-            .build();
-        // SAFETY: a poll request points to no memory of ours.
-        if unsafe { io.submit(sqe, OP_POLL, 0) } {
+        if io.poll_readable(std::os::fd::AsFd::as_fd(&self.fd), OP_POLL) {
             self.poll_armed = true;
             self.inflight += 1;
         }
@@ -479,16 +474,9 @@ impl Backend for L2tpv3Port {
         if self.inflight == 0 {
             return true;
         }
-        if !self.cancel_sent {
-            let sqe = opcode::AsyncCancel2::new(
-                types::CancelBuilder::fd(types::Fd(self.fd.as_raw_fd())).all(),
-            )
-            .build();
-            // SAFETY: a cancel request points to no memory of ours.
-            if unsafe { io.submit(sqe, OP_CANCEL, 0) } {
-                self.inflight += 1;
-                self.cancel_sent = true;
-            }
+        if !self.cancel_sent && io.cancel_all(std::os::fd::AsFd::as_fd(&self.fd), OP_CANCEL) {
+            self.inflight += 1;
+            self.cancel_sent = true;
         }
         false
     }

@@ -48,7 +48,6 @@ use std::fs::OpenOptions;
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use io_uring::{opcode, types};
 use switch::{Backend, DropReason, Io, Pkt};
 
 use crate::error::Error;
@@ -723,11 +722,7 @@ impl NetmapPort {
         if self.stopping || self.poll_armed {
             return;
         }
-        let sqe = opcode::PollAdd::new(types::Fd(self.fd.as_raw_fd()), libc::POLLIN as u32)
-            .multi(true)
-            .build();
-        // SAFETY: a poll request points to no memory of ours.
-        if unsafe { io.submit(sqe, OP_POLL, 0) } {
+        if io.poll_readable(std::os::fd::AsFd::as_fd(&self.fd), OP_POLL) {
             self.poll_armed = true;
             self.inflight += 1;
         }
@@ -866,16 +861,9 @@ impl Backend for NetmapPort {
         if self.inflight == 0 {
             return true;
         }
-        if !self.cancel_sent {
-            let sqe = opcode::AsyncCancel2::new(
-                types::CancelBuilder::fd(types::Fd(self.fd.as_raw_fd())).all(),
-            )
-            .build();
-            // SAFETY: a cancel request points to no memory of ours.
-            if unsafe { io.submit(sqe, OP_CANCEL, 0) } {
-                self.inflight += 1;
-                self.cancel_sent = true;
-            }
+        if !self.cancel_sent && io.cancel_all(std::os::fd::AsFd::as_fd(&self.fd), OP_CANCEL) {
+            self.inflight += 1;
+            self.cancel_sent = true;
         }
         false
     }

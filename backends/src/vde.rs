@@ -317,16 +317,12 @@ impl VdePort {
             return;
         }
         let data_done = c.data.stop(io);
-        if c.ctl_inflight > 0 && !c.cancel_sent {
-            let sqe = opcode::AsyncCancel2::new(
-                types::CancelBuilder::fd(types::Fd(c.ctl.as_raw_fd())).all(),
-            )
-            .build();
-            // SAFETY: a cancel request points to no memory of ours.
-            if unsafe { io.submit(sqe, OP_CTL_CANCEL, 0) } {
-                c.ctl_inflight += 1;
-                c.cancel_sent = true;
-            }
+        if c.ctl_inflight > 0
+            && !c.cancel_sent
+            && io.cancel_all(std::os::fd::AsFd::as_fd(&c.ctl), OP_CTL_CANCEL)
+        {
+            c.ctl_inflight += 1;
+            c.cancel_sent = true;
         }
         if data_done && c.ctl_inflight == 0 {
             // Closing the control stream frees the port on the switch, if it is there.

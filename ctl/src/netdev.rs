@@ -87,6 +87,8 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
             (kind, None)
         }
         NetdevOpts::Socket(o) => (socket(&nd.id, o, env)?, None),
+        NetdevOpts::Stream(o) => (stream(&nd.id, o, env)?, None),
+        NetdevOpts::Dgram(o) => (dgram(&nd.id, o, env)?, None),
         NetdevOpts::L2tpv3(o) => (l2tpv3(&nd.id, o)?, None),
         NetdevOpts::XNull(o) => (null(o, env)?, None),
         NetdevOpts::Vde(o) => (vde(&nd.id, o)?, None),
@@ -406,6 +408,185 @@ fn socket(id: &str, o: &NetdevSocketOptions, env: &mut BuildEnv<'_>) -> Result<S
         queues: vec![b],
         poll_us: None,
     })
+}
+
+/// An inet `SocketAddress` resolved to one address: IPv4 preferred unless only
+/// `ipv6=on` is given; an empty host is the wildcard address.
+fn inet_addr(a: &crate::qapi::InetSocketAddress) -> Result<std::net::SocketAddr, CtlError> {
+    use std::net::ToSocketAddrs;
+    let port: u16 = a
+        .port
+        .parse()
+        .map_err(|_| CtlError::Invalid(format!("invalid port '{}'", a.port)))?;
+    let want_v6 = a.ipv6 == Some(true) && a.ipv4 != Some(true);
+    let host = match a.host.as_str() {
+        "" if want_v6 => "::",
+        "" => "0.0.0.0",
+        h => h.trim_start_matches('[').trim_end_matches(']'),
+    };
+    let addrs: Vec<std::net::SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            CtlError::Invalid(format!(
+                "address resolution failed for {}:{}: {e}",
+                a.host, a.port
+            ))
+        })?
+        .filter(|x| !(a.ipv4 == Some(false) && x.is_ipv4()))
+        .filter(|x| !(a.ipv6 == Some(false) && x.is_ipv6()))
+        .collect();
+    addrs
+        .iter()
+        .find(|x| x.is_ipv6() == want_v6)
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| {
+            CtlError::Invalid(format!(
+                "address resolution failed for {}:{}",
+                a.host, a.port
+            ))
+        })
+}
+
+/// A unix `SocketAddress`: a path, or with `abstract=on` a name in Linux's abstract
+/// namespace (always of the name's own length, `tight=on`).
+fn unix_addr(a: &crate::qapi::UnixSocketAddress) -> Result<socket2::SockAddr, CtlError> {
+    let path = if a.abstract_ == Some(true) {
+        if a.tight == Some(false) {
+            return Err(CtlError::Invalid(
+                "abstract unix sockets with tight=off are not supported by pollswitch".into(),
+            ));
+        }
+        format!("\0{}", a.path)
+    } else {
+        a.path.clone()
+    };
+    socket2::SockAddr::unix(&path)
+        .map_err(|e| CtlError::Invalid(format!("unix socket path '{}': {e}", a.path)))
+}
+
+/// `stream`: a server (`server=on`, one client at a time) or a client that, with
+/// `reconnect`/`reconnect-ms`, reconnects whenever its connection is gone.
+fn stream(
+    id: &str,
+    o: &crate::qapi::NetdevStreamOptions,
+    env: &mut BuildEnv<'_>,
+) -> Result<SpecKind, CtlError> {
+    use crate::qapi::SocketAddress;
+    use std::time::Duration;
+    let server = o.server == Some(true);
+    if server && (o.reconnect.is_some() || o.reconnect_ms.is_some()) {
+        return Err(CtlError::Invalid(
+            "'reconnect' and 'reconnect-ms' options are incompatible with socket in server mode"
+                .into(),
+        ));
+    }
+    if o.reconnect.is_some() && o.reconnect_ms.is_some() {
+        return Err(CtlError::Invalid(
+            "'reconnect' and 'reconnect-ms' are mutually exclusive".into(),
+        ));
+    }
+    // A delay of 0 (or less) means no reconnecting, as in QEMU.
+    let reconnect = match (o.reconnect, o.reconnect_ms) {
+        (Some(s), _) if s > 0 => Some(Duration::from_secs(s as u64)),
+        (_, Some(ms)) if ms > 0 => Some(Duration::from_millis(ms as u64)),
+        _ => None,
+    };
+    let mf = env.max_frame;
+    let addr: socket2::SockAddr = match &o.addr {
+        SocketAddress::Inet(a) => inet_addr(a)?.into(),
+        SocketAddress::Unix(a) => unix_addr(a)?,
+        SocketAddress::Fd(f) => {
+            let fd = env.fds.take(&f.str)?;
+            let port = if server {
+                StreamPort::from_listener_fd(fd, mf, None)
+            } else {
+                StreamPort::from_fd(fd, mf, None)
+            };
+            return Ok(SpecKind::Port {
+                queues: vec![Box::new(port.map_err(backend_err(id))?)],
+                poll_us: None,
+            });
+        }
+        SocketAddress::Vsock(_) => {
+            return Err(CtlError::Unsupported(
+                "stream: vsock addresses are not supported by pollswitch".into(),
+            ))
+        }
+    };
+    let port = if server {
+        StreamPort::listen_at(&addr, mf, None)
+    } else {
+        StreamPort::connect_to(addr, reconnect, mf, None)
+    }
+    .map_err(backend_err(id))?;
+    Ok(SpecKind::Port {
+        queues: vec![Box::new(port)],
+        poll_us: None,
+    })
+}
+
+/// `dgram`: one frame per datagram between `local` and `remote` (both inet or both
+/// unix), to a multicast group (`remote` inet multicast, `local` optional), or on a
+/// datagram socket passed in (`local.type=fd`, no `remote`). Checked in QEMU's order,
+/// with its messages.
+fn dgram(
+    id: &str,
+    o: &crate::qapi::NetdevDgramOptions,
+    env: &mut BuildEnv<'_>,
+) -> Result<SpecKind, CtlError> {
+    use crate::qapi::SocketAddress;
+    let invalid = |m: &str| CtlError::Invalid(m.to_string());
+    let port_of = |b: UdpPort| SpecKind::Port {
+        queues: vec![Box::new(b)],
+        poll_us: None,
+    };
+    if let Some(SocketAddress::Inet(r)) = &o.remote {
+        let group = inet_addr(r)?;
+        if group.ip().is_multicast() {
+            let local = match &o.local {
+                None => None,
+                Some(SocketAddress::Inet(l)) => match inet_addr(l)? {
+                    std::net::SocketAddr::V4(v) => Some(*v.ip()),
+                    _ => return Err(invalid("multicast requires an IPv4 local address")),
+                },
+                Some(_) => return Err(invalid("multicast only supports inet type for local")),
+            };
+            return Ok(port_of(
+                UdpPort::mcast(group, local, None).map_err(backend_err(id))?,
+            ));
+        }
+    }
+    let Some(local) = &o.local else {
+        return Err(invalid("dgram requires local= parameter"));
+    };
+    match &o.remote {
+        Some(remote) => {
+            if matches!(local, SocketAddress::Fd(_)) {
+                return Err(invalid("don't set remote with local.fd"));
+            }
+            if remote.type_name() != local.type_name() {
+                return Err(invalid("remote and local types must be the same"));
+            }
+        }
+        None => {
+            if !matches!(local, SocketAddress::Fd(_)) {
+                return Err(invalid("type=inet or type=unix requires remote parameter"));
+            }
+        }
+    }
+    let b = match (local, &o.remote) {
+        (SocketAddress::Inet(l), Some(SocketAddress::Inet(r))) => {
+            UdpPort::udp(inet_addr(r)?, inet_addr(l)?, None)
+        }
+        (SocketAddress::Unix(l), Some(SocketAddress::Unix(r))) => {
+            UdpPort::unix(&unix_addr(l)?, &unix_addr(r)?, None)
+        }
+        (SocketAddress::Fd(f), None) => UdpPort::from_fd(env.fds.take(&f.str)?, None),
+        _ => return Err(invalid("only support inet or fd type for local")),
+    }
+    .map_err(backend_err(id))?;
+    Ok(port_of(b))
 }
 
 /// `l2tpv3`: checks the options in QEMU's order and with its messages, resolves the

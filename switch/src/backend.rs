@@ -179,6 +179,33 @@ impl<'a> Io<'a> {
         unsafe { self.uring.push(&sqe, self.stats) }
     }
 
+    /// Arms a multishot readiness poll (POLLIN) on `fd` for this port: its completions
+    /// come back with `op`, one per wake-up, until one without `IORING_CQE_F_MORE`
+    /// ends it. False when the kernel would not take the request.
+    pub fn poll_readable(&mut self, fd: std::os::fd::BorrowedFd<'_>, op: u8) -> bool {
+        use std::os::fd::AsRawFd;
+        let sqe = io_uring::opcode::PollAdd::new(
+            io_uring::types::Fd(fd.as_raw_fd()),
+            libc::POLLIN as u32,
+        )
+        .multi(true)
+        .build();
+        // SAFETY: a poll request points to no memory.
+        unsafe { self.submit(sqe, op, 0) }
+    }
+
+    /// Cancels every request of this port on `fd` (stopping a port); the cancel's own
+    /// completion comes back with `op`. False when the kernel would not take it.
+    pub fn cancel_all(&mut self, fd: std::os::fd::BorrowedFd<'_>, op: u8) -> bool {
+        use std::os::fd::AsRawFd;
+        let sqe = io_uring::opcode::AsyncCancel2::new(
+            io_uring::types::CancelBuilder::fd(io_uring::types::Fd(fd.as_raw_fd())).all(),
+        )
+        .build();
+        // SAFETY: a cancel request points to no memory.
+        unsafe { self.submit(sqe, op, 0) }
+    }
+
     /// Copies a received frame into a new packet and counts it; a frame shorter than an
     /// Ethernet header or longer than the maximum, or one the pool has no buffer for, is
     /// counted as a drop instead and `None` returned.

@@ -1,4 +1,5 @@
-//! Stream socket ports: `listen=`, `connect=` and stream `fd=`. Each frame travels as a
+//! Stream socket ports: `listen=`, `connect=` and stream `fd=`, and `-netdev stream`
+//! (`server=on` or a client, TCP or unix, with `reconnect-ms`). Each frame travels as a
 //! 4-byte big-endian length followed by the frame (QEMU's framing).
 //!
 //! ```text
@@ -8,15 +9,18 @@
 //!      buffer is in flight at a time while the other fills (many frames per syscall)
 //!  a length of 0 or over the maximum frame closes this connection only (counted as
 //!  bad-length); a listening port then accepts the next one
+//!  a client with a reconnect delay, once its connection is gone (or never made),
+//!  connects again from housekeeping every delay until it succeeds (io_uring connect)
 //! ```
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use switch::{Backend, DropReason, Io, Pkt};
 
 use crate::error::Error;
@@ -27,6 +31,7 @@ const OP_RECV: u8 = 2;
 const OP_SEND: u8 = 3;
 const OP_CANCEL_CONN: u8 = 4;
 const OP_CANCEL_LISTEN: u8 = 5;
+const OP_CONNECT: u8 = 6;
 
 /// Bytes read per recv request (on top of room for one whole frame).
 const RX_CHUNK: usize = 256 * 1024;
@@ -69,8 +74,54 @@ pub struct StreamPort {
     stopping: bool,
     cancel_listen_sent: bool,
     poll_us: Option<u32>,
+    /// A client that reconnects: where to, and how long to wait between attempts.
+    reconnect: Option<Reconnect>,
     /// Connections accepted or made so far (for reports and tests).
     pub connections: u64,
+}
+
+/// The reconnect state of a client.
+struct Reconnect {
+    /// Boxed: an in-flight connect request points at it.
+    addr: Box<SockAddr>,
+    delay: Duration,
+    /// When to try next (when not connected and no attempt is in flight).
+    next: Instant,
+    /// The socket of the attempt in flight.
+    pending: Option<OwnedFd>,
+}
+
+/// A stream socket of `addr`'s family (TCP for inet).
+fn stream_socket(addr: &SockAddr) -> Result<Socket, Error> {
+    let proto = if addr.is_unix() {
+        None
+    } else {
+        Some(Protocol::TCP)
+    };
+    Socket::new(addr.domain(), Type::STREAM.cloexec(), proto).map_err(|source| Error::Socket {
+        what: "socket",
+        addr: describe(addr),
+        source,
+    })
+}
+
+/// An address as messages show it: `host:port` or the unix path.
+pub fn describe(addr: &SockAddr) -> String {
+    if let Some(a) = addr.as_socket() {
+        return a.to_string();
+    }
+    match addr.as_pathname() {
+        Some(p) => p.display().to_string(),
+        None => match addr.as_abstract_namespace() {
+            Some(name) => format!("@{}", String::from_utf8_lossy(name)),
+            None => "?".into(),
+        },
+    }
+}
+
+fn addr_err(what: &'static str, addr: &SockAddr) -> impl FnOnce(std::io::Error) -> Error {
+    let addr = describe(addr);
+    move |source| Error::Socket { what, addr, source }
 }
 
 fn sock_err(what: &'static str, addr: &SocketAddr) -> impl FnOnce(std::io::Error) -> Error {
@@ -119,6 +170,89 @@ impl StreamPort {
             stopping: false,
             cancel_listen_sent: false,
             poll_us,
+            reconnect: None,
+        }
+    }
+
+    /// `-netdev stream,server=on`: listens on `addr` (inet or unix) and accepts one
+    /// connection at a time.
+    pub fn listen_at(
+        addr: &SockAddr,
+        max_frame: usize,
+        poll_us: Option<u32>,
+    ) -> Result<StreamPort, Error> {
+        let s = stream_socket(addr)?;
+        if !addr.is_unix() {
+            s.set_reuse_address(true)
+                .map_err(addr_err("set SO_REUSEADDR on", addr))?;
+        } else if let Some(p) = addr.as_pathname() {
+            // As QEMU does: a stale socket file of an earlier run is replaced.
+            let _ = std::fs::remove_file(p);
+        }
+        s.bind(addr).map_err(addr_err("bind", addr))?;
+        s.listen(1).map_err(addr_err("listen on", addr))?;
+        Ok(StreamPort::new(Some(s.into()), None, max_frame, poll_us))
+    }
+
+    /// `-netdev stream` client: connects to `addr` now. Without a reconnect delay a
+    /// failure is an error; with one, the port starts unconnected and tries again every
+    /// `reconnect`, as it does whenever the connection is lost.
+    pub fn connect_to(
+        addr: SockAddr,
+        reconnect: Option<Duration>,
+        max_frame: usize,
+        poll_us: Option<u32>,
+    ) -> Result<StreamPort, Error> {
+        let conn = stream_socket(&addr)?;
+        let conn = match conn.connect(&addr) {
+            Ok(()) => {
+                let _ = conn.set_tcp_nodelay(true);
+                Some(OwnedFd::from(conn))
+            }
+            Err(e) if reconnect.is_none() => return Err(addr_err("connect to", &addr)(e)),
+            Err(e) => {
+                tracing::info!(
+                    "socket stream: connect to {} failed ({e}), will retry",
+                    describe(&addr)
+                );
+                None
+            }
+        };
+        let mut port = StreamPort::new(None, conn, max_frame, poll_us);
+        port.reconnect = reconnect.map(|delay| Reconnect {
+            addr: Box::new(addr),
+            delay,
+            next: Instant::now() + delay,
+            pending: None,
+        });
+        Ok(port)
+    }
+
+    /// Starts a connection attempt when one is due.
+    fn post_connect(&mut self, io: &mut Io<'_>) {
+        if self.state != Conn::None || self.stopping {
+            return;
+        }
+        let Some(r) = &mut self.reconnect else { return };
+        if r.pending.is_some() || Instant::now() < r.next {
+            return;
+        }
+        r.next = Instant::now() + r.delay;
+        let Ok(sock) = stream_socket(&r.addr) else {
+            return;
+        };
+        let fd = OwnedFd::from(sock);
+        let sqe = opcode::Connect::new(
+            types::Fd(fd.as_raw_fd()),
+            r.addr.as_ptr().cast(),
+            r.addr.len(),
+        )
+        .build();
+        // SAFETY: the address is boxed in `self.reconnect` and outlives the request: it
+        // is dropped only with the port, after `stop` has seen every request complete.
+        if unsafe { io.submit(sqe, OP_CONNECT, 0) } {
+            r.pending = Some(fd);
+            self.listen_inflight += 1;
         }
     }
 
@@ -161,6 +295,20 @@ impl StreamPort {
             source,
         })?;
         Ok(StreamPort::new(None, Some(fd), max_frame, poll_us))
+    }
+
+    /// A listening stream socket passed in (`-netdev stream,server=on,addr.type=fd`).
+    pub fn from_listener_fd(
+        fd: OwnedFd,
+        max_frame: usize,
+        poll_us: Option<u32>,
+    ) -> Result<StreamPort, Error> {
+        set_blocking(std::os::fd::AsFd::as_fd(&fd)).map_err(|source| Error::Socket {
+            what: "make blocking",
+            addr: "fd".into(),
+            source,
+        })?;
+        Ok(StreamPort::new(Some(fd), None, max_frame, poll_us))
     }
 
     /// The listening address, if listening (useful with port 0).
@@ -268,6 +416,9 @@ impl StreamPort {
         self.sending.clear();
         self.sent = 0;
         self.fill.clear();
+        if let Some(r) = &mut self.reconnect {
+            r.next = Instant::now() + r.delay;
+        }
         self.post_accept(io);
     }
 
@@ -432,6 +583,23 @@ impl Backend for StreamPort {
                     }
                 }
             }
+            OP_CONNECT => {
+                self.listen_inflight -= 1;
+                let fd = self.reconnect.as_mut().and_then(|r| r.pending.take());
+                if let (Some(fd), true, false) = (fd, res == 0, self.stopping) {
+                    let sock = socket2::SockRef::from(&fd);
+                    let _ = sock.set_tcp_nodelay(true);
+                    if let Some(r) = &self.reconnect {
+                        tracing::info!("socket stream: connected to {}", describe(&r.addr));
+                    }
+                    self.conn = Some(fd);
+                    self.state = Conn::Open;
+                    self.connections += 1;
+                    self.post_recv(io);
+                    self.post_send(io);
+                }
+                // On failure the next attempt is due `delay` after this one started.
+            }
             OP_CANCEL_CONN => self.conn_inflight -= 1,
             OP_CANCEL_LISTEN => self.listen_inflight -= 1,
             _ => {}
@@ -441,6 +609,7 @@ impl Backend for StreamPort {
 
     fn housekeeping(&mut self, io: &mut Io<'_>) {
         self.post_accept(io);
+        self.post_connect(io);
         self.post_recv(io);
     }
 
@@ -451,7 +620,8 @@ impl Backend for StreamPort {
         }
         self.close_conn(io);
         if self.listen_inflight > 0 && !self.cancel_listen_sent {
-            if let Some(l) = &self.listener {
+            let pending = self.reconnect.as_ref().and_then(|r| r.pending.as_ref());
+            if let Some(l) = self.listener.as_ref().or(pending) {
                 let sqe = opcode::AsyncCancel2::new(
                     types::CancelBuilder::fd(types::Fd(l.as_raw_fd())).all(),
                 )

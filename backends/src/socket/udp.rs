@@ -145,6 +145,40 @@ impl UdpPort {
         })
     }
 
+    /// `-netdev dgram` on unix sockets: binds `local` (a stale socket file is
+    /// replaced, as QEMU does) and sends every frame to `remote`, which must exist
+    /// already (the socket is connected to it).
+    pub fn unix(
+        local: &socket2::SockAddr,
+        remote: &socket2::SockAddr,
+        poll_us: Option<u32>,
+    ) -> Result<UdpPort, Error> {
+        use crate::socket::stream::describe;
+        let s = Socket::new(Domain::UNIX, Type::DGRAM.cloexec(), None)
+            .map_err(sock_err("socket", describe(local)))?;
+        if let Some(p) = local.as_pathname() {
+            let _ = std::fs::remove_file(p);
+        }
+        s.bind(local).map_err(sock_err("bind", describe(local)))?;
+        s.connect(remote)
+            .map_err(sock_err("connect to", describe(remote)))?;
+        Ok(UdpPort {
+            rx: DgramIo::new(
+                s.into(),
+                DgramConfig {
+                    rx: RxMode::Recv,
+                    tx: TxMode::Send,
+                    vnet_hdr_len: 0,
+                    dest: None,
+                    ignore_src: None,
+                    gso: false,
+                },
+            ),
+            tx: None,
+            poll_us,
+        })
+    }
+
     /// A datagram socket passed in. Frames go to its connected peer.
     pub fn from_fd(fd: OwnedFd, poll_us: Option<u32>) -> Result<UdpPort, Error> {
         set_blocking(std::os::fd::AsFd::as_fd(&fd)).map_err(sock_err("make blocking", "fd"))?;

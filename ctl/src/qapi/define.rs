@@ -13,7 +13,10 @@
 //!
 //! Each member is `field: PRESENCE KIND = "wire-name"`, PRESENCE `req` or `opt` (the
 //! schema's `*`), KIND the schema type: `str`, `bool`, `int`, `int32`, `uint16`,
-//! `uint32`, `uint64`, `size`, `StrList` (`['str']`), `StringList` (`['String']`) or `IntList` (`['int']`).
+//! `uint32`, `uint64`, `size`, `StrList` (`['str']`), `StringList` (`['String']`), `IntList` (`['int']`),
+//! or `(Type)`: a nested object whose type implements `QapiStruct` (a struct or a
+//! flat union such as `SocketAddress`), read from a JSON object or from dotted keys
+//! (`addr.port=...`) and written back as an object.
 //! The macro emits the struct (an `opt` member is an `Option`) and its
 //! [`QapiStruct`](crate::qapi::QapiStruct) impl, which reads members in schema order
 //! from any [`Input`](crate::qapi::Input) and writes back exactly those that are set.
@@ -24,7 +27,7 @@ macro_rules! qapi_struct {
         pub struct $name:ident {
             $(
                 $(#[$fmeta:meta])*
-                $field:ident : $presence:ident $kind:ident = $wire:literal
+                $field:ident : $presence:ident $kind:tt = $wire:literal
             ),* $(,)?
         }
     ) => {
@@ -55,9 +58,10 @@ macro_rules! qapi_struct {
         }
     };
 
-    (@ty req $kind:ident) => { qapi_struct!(@rust $kind) };
-    (@ty opt $kind:ident) => { Option<qapi_struct!(@rust $kind)> };
+    (@ty req $kind:tt) => { qapi_struct!(@rust $kind) };
+    (@ty opt $kind:tt) => { Option<qapi_struct!(@rust $kind)> };
 
+    (@rust ($t:ident)) => { $t };
     (@rust str) => { String };
     (@rust bool) => { bool };
     (@rust int) => { i64 };
@@ -70,10 +74,10 @@ macro_rules! qapi_struct {
     (@rust StringList) => { Vec<String> };
     (@rust IntList) => { Vec<i64> };
 
-    (@read $input:ident req $kind:ident $wire:literal) => {
+    (@read $input:ident req $kind:tt $wire:literal) => {
         qapi_struct!(@take $input $kind $wire)?
     };
-    (@read $input:ident opt $kind:ident $wire:literal) => {
+    (@read $input:ident opt $kind:tt $wire:literal) => {
         if $crate::qapi::Input::has($input, $wire) {
             Some(qapi_struct!(@take $input $kind $wire)?)
         } else {
@@ -81,6 +85,9 @@ macro_rules! qapi_struct {
         }
     };
 
+    (@take $input:ident ($t:ident) $wire:literal) => {
+        $crate::qapi::take_struct::<$t, _>($input, $wire)
+    };
     (@take $input:ident str $wire:literal) => { $input.take_str($wire) };
     (@take $input:ident bool $wire:literal) => { $input.take_bool($wire) };
     (@take $input:ident int $wire:literal) => { $input.take_i64($wire) };
@@ -93,15 +100,18 @@ macro_rules! qapi_struct {
     (@take $input:ident StringList $wire:literal) => { $input.take_string_list($wire) };
     (@take $input:ident IntList $wire:literal) => { $input.take_int_list($wire) };
 
-    (@write $out:ident req $kind:ident $wire:literal $v:expr) => {
+    (@write $out:ident req $kind:tt $wire:literal $v:expr) => {
         $out.insert($wire.to_string(), qapi_struct!(@value $kind $v));
     };
-    (@write $out:ident opt $kind:ident $wire:literal $v:expr) => {
+    (@write $out:ident opt $kind:tt $wire:literal $v:expr) => {
         if let Some(v) = $v {
             $out.insert($wire.to_string(), qapi_struct!(@value $kind v));
         }
     };
 
+    (@value ($t:ident) $v:expr) => {
+        ::serde_json::Value::Object($crate::qapi::QapiStruct::to_qmp($v))
+    };
     (@value str $v:expr) => { ::serde_json::Value::String(::core::clone::Clone::clone($v)) };
     (@value StrList $v:expr) => {
         ::serde_json::Value::Array(

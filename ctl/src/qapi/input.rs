@@ -37,6 +37,10 @@ pub trait Input {
     fn take_string_list(&mut self, name: &str) -> Result<Vec<String>, QapiError>;
     /// Takes a `['int']` list.
     fn take_int_list(&mut self, name: &str) -> Result<Vec<i64>, QapiError>;
+    /// A member that is a nested object (a struct or union type): its members, as an
+    /// input of their own. From JSON it is an object value; from `key=value` pairs it
+    /// is every key `name.MEMBER`, as QEMU's keyval parser nests dotted keys.
+    fn take_object(&mut self, name: &str) -> Result<Nested, QapiError>;
     /// Ends the visit of the top-level struct: any member not taken is an error.
     fn finish(&mut self) -> Result<(), QapiError>;
 
@@ -82,6 +86,37 @@ pub trait QapiStruct: Sized {
         self.write_members(&mut out);
         out
     }
+}
+
+/// The members of a nested object, taken out of its parent input.
+#[derive(Debug, Clone)]
+pub enum Nested {
+    /// A JSON object.
+    Json(Map<String, Value>),
+    /// `key=value` pairs, the `name.` prefix removed.
+    Keyval(KeyvalInput),
+}
+
+/// Reads nested struct member `name` of type `T`: its members, then a check for
+/// leftovers, errors naming the member in full (`addr.port`), as QEMU's visitors do.
+pub fn take_struct<T: QapiStruct, I: Input + ?Sized>(
+    input: &mut I,
+    name: &str,
+) -> Result<T, QapiError> {
+    fn visit<T: QapiStruct, J: Input>(mut j: J) -> Result<T, QapiError> {
+        let v = T::read_members(&mut j)?;
+        j.finish()?;
+        Ok(v)
+    }
+    match input.take_object(name)? {
+        Nested::Json(map) => visit(JsonInput::new(&map)),
+        Nested::Keyval(k) => visit(k).map_err(|e| match e {
+            // The keyval visitor QEMU uses for nested keys says "unexpected".
+            QapiError::InvalidParameter(n) => QapiError::Unexpected(n),
+            other => other,
+        }),
+    }
+    .map_err(|e| prefix_error(e, name))
 }
 
 /// A QMP argument object, read as strictly as QEMU's QObject input visitor.
@@ -199,6 +234,13 @@ impl Input for JsonInput<'_> {
         Ok(out)
     }
 
+    fn take_object(&mut self, name: &str) -> Result<Nested, QapiError> {
+        match self.get(name)? {
+            Value::Object(m) => Ok(Nested::Json(m.clone())),
+            _ => Err(QapiError::invalid_type(name, "object")),
+        }
+    }
+
     fn finish(&mut self) -> Result<(), QapiError> {
         // QEMU reports whichever leftover its hash table yields first; we report the
         // first in the order the client sent them, which is at least stable.
@@ -216,6 +258,11 @@ fn prefix_error(e: QapiError, prefix: &str) -> QapiError {
     match e {
         QapiError::Missing(n) => QapiError::Missing(full(n)),
         QapiError::Unexpected(n) => QapiError::Unexpected(full(n)),
+        QapiError::InvalidParameter(n) => QapiError::InvalidParameter(full(n)),
+        QapiError::InvalidValue { name, expects } => QapiError::InvalidValue {
+            name: full(name),
+            expects,
+        },
         QapiError::InvalidType { name, expected } => QapiError::InvalidType {
             name: full(name),
             expected,
@@ -262,9 +309,38 @@ impl KeyvalInput {
     }
 }
 
+/// `addr.port` under `addr` is `port`.
+fn nested_key<'k>(key: &'k str, name: &str) -> Option<&'k str> {
+    key.strip_prefix(name)?
+        .strip_prefix('.')
+        .filter(|rest| !rest.is_empty())
+}
+
 impl Input for KeyvalInput {
     fn has(&self, name: &str) -> bool {
-        self.unvisited.iter().any(|(k, _)| k == name)
+        self.unvisited
+            .iter()
+            .any(|(k, _)| k == name || nested_key(k, name).is_some())
+    }
+
+    fn take_object(&mut self, name: &str) -> Result<Nested, QapiError> {
+        if self.unvisited.iter().any(|(k, _)| k == name) {
+            // `addr=x`: a scalar where an object belongs.
+            return Err(QapiError::invalid_type(name, "object"));
+        }
+        let mut inner = Vec::new();
+        self.unvisited
+            .retain(|(k, values)| match nested_key(k, name) {
+                Some(rest) => {
+                    inner.push((rest.to_string(), values.clone()));
+                    false
+                }
+                None => true,
+            });
+        if inner.is_empty() {
+            return Err(QapiError::Missing(name.to_string()));
+        }
+        Ok(Nested::Keyval(KeyvalInput { unvisited: inner }))
     }
 
     fn take_str(&mut self, name: &str) -> Result<String, QapiError> {
@@ -485,5 +561,95 @@ mod tests {
         assert_eq!(i.take_string_list("hostfwd").unwrap(), ["a", "b"]);
         assert_eq!(i.take_str("x").unwrap(), "1");
         assert!(i.finish().is_ok());
+    }
+
+    /// `{ 'a': 'int', '*b': 'str' }`, for the nested-object tests.
+    #[derive(Debug, PartialEq)]
+    struct Inner {
+        a: i64,
+        b: Option<String>,
+    }
+
+    impl QapiStruct for Inner {
+        fn read_members<I: Input + ?Sized>(input: &mut I) -> Result<Self, QapiError> {
+            let a = input.take_i64("a")?;
+            let b = if input.has("b") {
+                Some(input.take_str("b")?)
+            } else {
+                None
+            };
+            Ok(Inner { a, b })
+        }
+        fn write_members(&self, out: &mut Map<String, Value>) {
+            out.insert("a".into(), self.a.into());
+        }
+    }
+
+    #[test]
+    fn nested_objects_from_json() {
+        let m = obj(
+            json!({"o": {"a": 1, "b": "x"}, "s": 1, "m": {}, "u": {"a": 1, "z": 0},
+                           "t": {"a": "1"}}),
+        );
+        let mut i = JsonInput::new(&m);
+        assert!(i.has("o"));
+        assert_eq!(
+            take_struct::<Inner, _>(&mut i, "o").unwrap(),
+            Inner {
+                a: 1,
+                b: Some("x".into())
+            }
+        );
+        let err = |i: &mut JsonInput, n: &str| e(take_struct::<Inner, _>(i, n));
+        assert_eq!(
+            err(&mut i, "s"),
+            "Invalid parameter type for 's', expected: object"
+        );
+        assert_eq!(err(&mut i, "m"), "Parameter 'm.a' is missing");
+        assert_eq!(err(&mut i, "u"), "Parameter 'u.z' is unexpected");
+        assert_eq!(
+            err(&mut i, "t"),
+            "Invalid parameter type for 't.a', expected: integer"
+        );
+        assert_eq!(err(&mut i, "gone"), "Parameter 'gone' is missing");
+        assert!(i.finish().is_ok());
+    }
+
+    #[test]
+    fn nested_objects_from_dotted_keys() {
+        let mut i = kv(&[("o.a", "1"), ("x", "2"), ("o.b", "y"), ("oo.a", "3")]);
+        assert!(i.has("o"));
+        assert!(!i.has("o.c"));
+        assert_eq!(
+            take_struct::<Inner, _>(&mut i, "o").unwrap(),
+            Inner {
+                a: 1,
+                b: Some("y".into())
+            }
+        );
+        assert!(!i.has("o"), "all of o.* was taken");
+        assert_eq!(
+            take_struct::<Inner, _>(&mut i, "oo").unwrap(),
+            Inner { a: 3, b: None }
+        );
+        assert_eq!(i.take_str("x").unwrap(), "2");
+        assert!(i.finish().is_ok());
+
+        let mut i = kv(&[
+            ("o", "1"),
+            ("p.a", "z"),
+            ("q.b", "1"),
+            ("r.a", "1"),
+            ("r.c", "1"),
+        ]);
+        let err = |i: &mut KeyvalInput, n: &str| e(take_struct::<Inner, _>(i, n));
+        assert_eq!(
+            err(&mut i, "o"),
+            "Invalid parameter type for 'o', expected: object"
+        );
+        assert_eq!(err(&mut i, "p"), "Parameter 'p.a' expects an int64 value");
+        assert_eq!(err(&mut i, "q"), "Parameter 'q.a' is missing");
+        assert_eq!(err(&mut i, "r"), "Parameter 'r.c' is unexpected");
+        assert_eq!(err(&mut i, "s"), "Parameter 's' is missing");
     }
 }

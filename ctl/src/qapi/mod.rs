@@ -24,13 +24,17 @@ mod error;
 mod input;
 pub mod netdev;
 mod scalar;
+pub mod sockets;
 
 pub use error::QapiError;
-pub use input::{Input, JsonInput, KeyvalInput, QapiStruct};
+pub use input::{take_struct, Input, JsonInput, KeyvalInput, Nested, QapiStruct};
 pub use netdev::{
-    NetClientDriver, NetLegacyNicOptions, Netdev, NetdevBridgeOptions, NetdevHubPortOptions,
-    NetdevL2TPv3Options, NetdevNetmapOptions, NetdevOpts, NetdevSocketOptions, NetdevTapOptions,
-    NetdevUserOptions, NetdevVdeOptions, NetdevVhostUserOptions, NetdevVhostVDPAOptions,
-    NetdevXNullOptions,
+    NetClientDriver, NetLegacyNicOptions, Netdev, NetdevBridgeOptions, NetdevDgramOptions,
+    NetdevHubPortOptions, NetdevL2TPv3Options, NetdevNetmapOptions, NetdevOpts,
+    NetdevSocketOptions, NetdevStreamOptions, NetdevTapOptions, NetdevUserOptions,
+    NetdevVdeOptions, NetdevVhostUserOptions, NetdevVhostVDPAOptions, NetdevXNullOptions,
 };
 pub use scalar::{id_wellformed, parse_bool, parse_size};
+pub use sockets::{
+    InetSocketAddress, SocketAddress, StringBox, UnixSocketAddress, VsockSocketAddress,
+};

@@ -17,6 +17,7 @@ use super::define::qapi_struct;
 use super::error::QapiError;
 use super::input::{Input, JsonInput, KeyvalInput, QapiStruct};
 use super::scalar::{id_wellformed, parse_strtoul10};
+use super::sockets::SocketAddress;
 
 qapi_struct! {
     /// Create a new Network Interface Card.
@@ -177,6 +178,38 @@ qapi_struct! {
 }
 
 qapi_struct! {
+    /// Configuration info for stream socket netdev.
+    ///
+    /// Only SocketAddress types 'unix', 'inet' and 'fd' are supported.
+    pub struct NetdevStreamOptions {
+        /// socket address to listen on (server=true) or connect to (server=false)
+        addr: req (SocketAddress) = "addr",
+        /// create server socket (default: false)
+        server: opt bool = "server",
+        /// for a client socket, if a socket is disconnected, then attempt a reconnect
+        /// after the given number of seconds (deprecated: use reconnect-ms)
+        reconnect: opt int = "reconnect",
+        /// for a client socket, if a socket is disconnected, then attempt a reconnect
+        /// after the given number of milliseconds (since QEMU 9.2)
+        reconnect_ms: opt int = "reconnect-ms",
+    }
+}
+
+qapi_struct! {
+    /// Configuration info for datagram socket netdev.
+    ///
+    /// Only SocketAddress types 'unix', 'inet' and 'fd' are supported. If remote
+    /// address is present and it's a multicast address, local address is optional.
+    /// Otherwise local address is required and remote address is optional.
+    pub struct NetdevDgramOptions {
+        /// local address
+        local: opt (SocketAddress) = "local",
+        /// remote address
+        remote: opt (SocketAddress) = "remote",
+    }
+}
+
+qapi_struct! {
     /// Connect to a vde switch running on the host.
     pub struct NetdevVdeOptions {
         /// socket path
@@ -278,6 +311,10 @@ pub enum NetClientDriver {
     L2tpv3,
     /// `socket`
     Socket,
+    /// `stream` (QEMU 7.2+)
+    Stream,
+    /// `dgram` (QEMU 7.2+)
+    Dgram,
     /// `vde`
     Vde,
     /// `bridge`
@@ -296,13 +333,15 @@ pub enum NetClientDriver {
 
 impl NetClientDriver {
     /// Every value, in schema order, extensions last.
-    pub const ALL: [NetClientDriver; 13] = [
+    pub const ALL: [NetClientDriver; 15] = [
         NetClientDriver::None,
         NetClientDriver::Nic,
         NetClientDriver::User,
         NetClientDriver::Tap,
         NetClientDriver::L2tpv3,
         NetClientDriver::Socket,
+        NetClientDriver::Stream,
+        NetClientDriver::Dgram,
         NetClientDriver::Vde,
         NetClientDriver::Bridge,
         NetClientDriver::Hubport,
@@ -321,6 +360,8 @@ impl NetClientDriver {
             NetClientDriver::Tap => "tap",
             NetClientDriver::L2tpv3 => "l2tpv3",
             NetClientDriver::Socket => "socket",
+            NetClientDriver::Stream => "stream",
+            NetClientDriver::Dgram => "dgram",
             NetClientDriver::Vde => "vde",
             NetClientDriver::Bridge => "bridge",
             NetClientDriver::Hubport => "hubport",
@@ -350,6 +391,10 @@ pub enum NetdevOpts {
     L2tpv3(NetdevL2TPv3Options),
     /// `socket`
     Socket(NetdevSocketOptions),
+    /// `stream`
+    Stream(NetdevStreamOptions),
+    /// `dgram`
+    Dgram(NetdevDgramOptions),
     /// `vde`
     Vde(NetdevVdeOptions),
     /// `bridge`
@@ -375,6 +420,8 @@ impl NetdevOpts {
             NetdevOpts::Tap(_) => NetClientDriver::Tap,
             NetdevOpts::L2tpv3(_) => NetClientDriver::L2tpv3,
             NetdevOpts::Socket(_) => NetClientDriver::Socket,
+            NetdevOpts::Stream(_) => NetClientDriver::Stream,
+            NetdevOpts::Dgram(_) => NetClientDriver::Dgram,
             NetdevOpts::Vde(_) => NetClientDriver::Vde,
             NetdevOpts::Bridge(_) => NetClientDriver::Bridge,
             NetdevOpts::Hubport(_) => NetClientDriver::Hubport,
@@ -402,6 +449,8 @@ impl NetdevOpts {
             NetClientDriver::Tap => NetdevOpts::Tap(QapiStruct::read_members(input)?),
             NetClientDriver::L2tpv3 => NetdevOpts::L2tpv3(QapiStruct::read_members(input)?),
             NetClientDriver::Socket => NetdevOpts::Socket(QapiStruct::read_members(input)?),
+            NetClientDriver::Stream => NetdevOpts::Stream(QapiStruct::read_members(input)?),
+            NetClientDriver::Dgram => NetdevOpts::Dgram(QapiStruct::read_members(input)?),
             NetClientDriver::Vde => NetdevOpts::Vde(QapiStruct::read_members(input)?),
             NetClientDriver::Bridge => NetdevOpts::Bridge(QapiStruct::read_members(input)?),
             NetClientDriver::Hubport => NetdevOpts::Hubport(QapiStruct::read_members(input)?),
@@ -420,6 +469,8 @@ impl NetdevOpts {
             NetdevOpts::Tap(o) => o.write_members(out),
             NetdevOpts::L2tpv3(o) => o.write_members(out),
             NetdevOpts::Socket(o) => o.write_members(out),
+            NetdevOpts::Stream(o) => o.write_members(out),
+            NetdevOpts::Dgram(o) => o.write_members(out),
             NetdevOpts::Vde(o) => o.write_members(out),
             NetdevOpts::Bridge(o) => o.write_members(out),
             NetdevOpts::Hubport(o) => o.write_members(out),
@@ -554,6 +605,7 @@ fn expand_ipv6_net(pairs: &mut Vec<(String, String)>) -> Result<(), QapiError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sockets::{InetSocketAddress, UnixSocketAddress};
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
@@ -704,6 +756,58 @@ mod tests {
                         udp: Some("127.0.0.1:5000".into()),
                         localaddr: Some("127.0.0.1:5001".into()),
                         ..Default::default()
+                    }),
+                ),
+            ),
+            (
+                json!({"id": "st0", "type": "stream", "server": true,
+                       "addr": {"type": "inet", "host": "127.0.0.1", "port": "1234",
+                                "numeric": true, "to": 1240, "ipv4": true,
+                                "keep-alive": false},
+                       "reconnect-ms": 500}),
+                concat!(
+                    "type=stream,id=st0,server=on,addr.type=inet,addr.host=127.0.0.1,",
+                    "addr.port=1234,addr.numeric=on,addr.to=1240,addr.ipv4=on,",
+                    "addr.keep-alive=off,reconnect-ms=500",
+                ),
+                nd(
+                    "st0",
+                    NetdevOpts::Stream(NetdevStreamOptions {
+                        addr: SocketAddress::Inet(InetSocketAddress {
+                            host: "127.0.0.1".into(),
+                            port: "1234".into(),
+                            numeric: Some(true),
+                            to: Some(1240),
+                            ipv4: Some(true),
+                            keep_alive: Some(false),
+                            ..Default::default()
+                        }),
+                        server: Some(true),
+                        reconnect_ms: Some(500),
+                        ..Default::default()
+                    }),
+                ),
+            ),
+            (
+                json!({"id": "dg0", "type": "dgram",
+                       "local": {"type": "unix", "path": "/tmp/a", "abstract": false},
+                       "remote": {"type": "unix", "path": "/tmp/b"}}),
+                concat!(
+                    "type=dgram,id=dg0,local.type=unix,local.path=/tmp/a,",
+                    "local.abstract=off,remote.type=unix,remote.path=/tmp/b",
+                ),
+                nd(
+                    "dg0",
+                    NetdevOpts::Dgram(NetdevDgramOptions {
+                        local: Some(SocketAddress::Unix(UnixSocketAddress {
+                            path: "/tmp/a".into(),
+                            abstract_: Some(false),
+                            tight: None,
+                        })),
+                        remote: Some(SocketAddress::Unix(UnixSocketAddress {
+                            path: "/tmp/b".into(),
+                            ..Default::default()
+                        })),
                     }),
                 ),
             ),
@@ -1080,6 +1184,62 @@ mod tests {
                 ("vhost", "x")
             ]),
             Err("Parameter 'vhost' expects 'on' or 'off'".into())
+        );
+    }
+
+    #[test]
+    fn nested_socket_addresses_as_qemu_reports_them() {
+        // The texts QEMU 10 prints for these -netdev stream lines.
+        assert_eq!(
+            kv_line("type=stream,id=s"),
+            Err("Parameter 'addr' is missing".into())
+        );
+        assert_eq!(
+            kv_line("type=stream,id=s,addr.type=inet,addr.host=127.0.0.1"),
+            Err("Parameter 'addr.port' is missing".into())
+        );
+        assert_eq!(
+            kv_line("type=stream,id=s,addr.host=1,addr.port=2"),
+            Err("Parameter 'addr.type' is missing".into())
+        );
+        assert_eq!(
+            kv_line("type=stream,id=s,addr.type=bogus"),
+            Err("Parameter 'type' does not accept value 'bogus'".into())
+        );
+        assert_eq!(
+            kv_line("type=stream,id=s,addr.type=inet,addr.host=a,addr.port=1,addr.bogus=1"),
+            Err("Parameter 'addr.bogus' is unexpected".into())
+        );
+        assert_eq!(
+            kv_line("type=stream,id=s,addr=x"),
+            Err("Invalid parameter type for 'addr', expected: object".into())
+        );
+        assert_eq!(
+            kv_line("type=stream,id=s,addr.type=inet,addr.host=a,addr.port=1,server=maybe"),
+            Err("Parameter 'server' expects 'on' or 'off'".into())
+        );
+        // The same members over QMP name the member in full too.
+        assert_eq!(
+            qmp(json!({"id": "s", "type": "stream", "addr": {"type": "unix"}})),
+            Err("Parameter 'addr.path' is missing".into())
+        );
+        assert_eq!(
+            qmp(json!({"id": "s", "type": "stream", "addr": "x"})),
+            Err("Invalid parameter type for 'addr', expected: object".into())
+        );
+        assert_eq!(
+            qmp(json!({"id": "d", "type": "dgram",
+                       "local": {"type": "fd", "str": "3", "x": 1}})),
+            Err("Parameter 'local.x' is unexpected".into())
+        );
+        // dgram with neither address is a valid visit (net_init_dgram refuses it).
+        let d = kv_line("type=dgram,id=d").unwrap();
+        assert_eq!(
+            d.opts,
+            NetdevOpts::Dgram(NetdevDgramOptions {
+                local: None,
+                remote: None
+            })
         );
     }
 
