@@ -392,12 +392,7 @@ impl StreamPort {
         self.state = Conn::Closing;
         if self.conn_inflight > 0 {
             if let Some(c) = &self.conn {
-                let sqe = opcode::AsyncCancel2::new(
-                    types::CancelBuilder::fd(types::Fd(c.as_raw_fd())).all(),
-                )
-                .build();
-                // SAFETY: a cancel request points to no memory of ours.
-                if unsafe { io.submit(sqe, OP_CANCEL_CONN, 0) } {
+                if io.cancel_all(std::os::fd::AsFd::as_fd(c), OP_CANCEL_CONN) {
                     self.conn_inflight += 1;
                 }
             }
@@ -622,12 +617,7 @@ impl Backend for StreamPort {
         if self.listen_inflight > 0 && !self.cancel_listen_sent {
             let pending = self.reconnect.as_ref().and_then(|r| r.pending.as_ref());
             if let Some(l) = self.listener.as_ref().or(pending) {
-                let sqe = opcode::AsyncCancel2::new(
-                    types::CancelBuilder::fd(types::Fd(l.as_raw_fd())).all(),
-                )
-                .build();
-                // SAFETY: a cancel request points to no memory of ours.
-                if unsafe { io.submit(sqe, OP_CANCEL_LISTEN, 0) } {
+                if io.cancel_all(std::os::fd::AsFd::as_fd(l), OP_CANCEL_LISTEN) {
                     self.listen_inflight += 1;
                     self.cancel_listen_sent = true;
                 }
