@@ -548,7 +548,7 @@ fn sigterm_while_frames_flow_stops_clean_with_every_buffer_back() {
     use std::sync::Arc;
     let (mut a, mut b) = (UdpEnd::new(), UdpEnd::new());
     let d = Args::new().udp("a", 0, &mut a).udp("b", 0, &mut b).start();
-    common::until_path_works(&a, &b, |i| frame(BCAST, mac(0xee), 0x88b6, 60, i), "a to b");
+    common::until_path_works(&a, &b, common::probe, "a to b");
     let stop = Arc::new(AtomicBool::new(false));
     let got = Arc::new(AtomicU64::new(0));
     std::thread::scope(|s| {

@@ -13,15 +13,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{expect_frame, expect_nothing, mac, until_path_works, Args, BCAST, ETH_EXP, WAIT};
+use common::{expect_frame, expect_nothing, mac, Args, BCAST, ETH_EXP, WAIT};
 use serde_json::{json, Value};
 use tests::{frame, free_udp_port, wait_until, Daemon, QemuPeer, QmpClient, TempDir, UdpEnd};
 
 const SIZES: [usize; 4] = [14, 60, 1514, 9000];
-
-fn probe(i: u8) -> Vec<u8> {
-    frame(BCAST, mac(0xee), 0x88b6, 60, i)
-}
 
 /// pollswitch with l2tpv3 port `l` (spec without the type and id) and a UDP end `a`
 /// on hub 0, and a QMP socket.
@@ -78,18 +74,7 @@ fn qemu_with(spec: &str, end: &mut UdpEnd) -> QemuPeer {
 /// Frames of several sizes both ways, nothing back to a sender, no drops on `l`.
 fn exchange(sut: &Sut, q: &UdpEnd, what: &str) {
     let a = &sut.a;
-    until_path_works(a, q, probe, &format!("{what}: pollswitch to QEMU"));
-    until_path_works(q, a, probe, &format!("{what}: QEMU to pollswitch"));
-    for (k, len) in SIZES.into_iter().enumerate() {
-        let f = frame(BCAST, mac(1), ETH_EXP, len, k as u8);
-        a.send(&f);
-        expect_frame(q, &f, &format!("{what}: {len} bytes pollswitch to QEMU"));
-        let g = frame(mac(1), mac(2), ETH_EXP, len, 100 + k as u8);
-        q.send(&g);
-        expect_frame(a, &g, &format!("{what}: {len} bytes QEMU to pollswitch"));
-    }
-    expect_nothing(a, &format!("{what}: pollswitch side"));
-    expect_nothing(q, &format!("{what}: QEMU side"));
+    common::exchange(a, q, &SIZES, what);
     let p = port_stat(&mut sut.qmp(), "l");
     let drops: u64 = p["drops"]
         .as_object()

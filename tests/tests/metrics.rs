@@ -75,7 +75,7 @@ fn prometheus_endpoint_reads_as_the_format_says() {
         .udp("a", 0, &mut a)
         .udp("b", 0, &mut b)
         .start();
-    until_path_works(&a, &b, |i| frame(BCAST, mac(0xee), 0x88b6, 60, i), "a to b");
+    until_path_works(&a, &b, common::probe, "a to b");
     for i in 0..100u8 {
         a.send(&frame(BCAST, mac(1), 0x88b5, 100, i));
     }

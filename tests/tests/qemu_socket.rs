@@ -14,39 +14,16 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{
-    expect_frame, expect_nothing, mac, read_framed, udp_spec, until_path_works, wait_closed,
-    write_framed, Args, BCAST, ETH_EXP, WAIT,
+    expect_frame, expect_nothing, mac, qemu_with, read_framed, wait_closed, write_framed, Args,
+    BCAST, ETH_EXP, WAIT,
 };
-use tests::{frame, free_tcp_port, free_udp_port, QemuPeer, UdpEnd};
+use tests::{frame, free_tcp_port, free_udp_port, UdpEnd};
 
 const SIZES: [usize; 5] = [14, 60, 1514, 9000, 9216];
 
-/// A QEMU hub with `spec` (id `p`) and a `socket,udp=` netdev `q` talking to `end`.
-fn qemu_with(spec: &str, end: &mut UdpEnd) -> QemuPeer {
-    let q = udp_spec("q", end);
-    QemuPeer::hub(None, &[spec, &q])
-}
-
-/// Probe frames: broadcast, ethertype 0x88b6 (not the one real frames use).
-fn probe(i: u8) -> Vec<u8> {
-    frame(BCAST, mac(0xee), 0x88b6, 60, i)
-}
-
-/// Frames of every size both ways between `a` (behind pollswitch) and `q` (behind
-/// QEMU), and nothing back to a sender.
+/// [`common::exchange`] with this file's frame sizes.
 fn exchange(a: &UdpEnd, q: &UdpEnd, what: &str) {
-    until_path_works(a, q, probe, &format!("{what}: pollswitch to QEMU"));
-    until_path_works(q, a, probe, &format!("{what}: QEMU to pollswitch"));
-    for (k, len) in SIZES.into_iter().enumerate() {
-        let f = frame(BCAST, mac(1), ETH_EXP, len, k as u8);
-        a.send(&f);
-        expect_frame(q, &f, &format!("{what}: {len} bytes pollswitch to QEMU"));
-        let g = frame(mac(1), mac(2), ETH_EXP, len, 100 + k as u8);
-        q.send(&g);
-        expect_frame(a, &g, &format!("{what}: {len} bytes QEMU to pollswitch"));
-    }
-    expect_nothing(a, &format!("{what}: pollswitch side"));
-    expect_nothing(q, &format!("{what}: QEMU side"));
+    common::exchange(a, q, &SIZES, what);
 }
 
 #[test]

@@ -14,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{mac, until_path_works, Args, BCAST, ETH_EXP};
+use common::{mac, probe, until_path_works, Args, BCAST, ETH_EXP};
 use serde_json::json;
 use tests::{frame, QmpClient, TempDir, UdpEnd};
 
@@ -25,10 +25,6 @@ const LIMIT: Duration = Duration::from_millis(15);
 const FRAMES: usize = 300;
 /// Time between frames: every worker is asleep again when the next one comes.
 const GAP: Duration = Duration::from_millis(2);
-
-fn probe(i: u8) -> Vec<u8> {
-    frame(BCAST, mac(0xee), 0x88b6, 60, i)
-}
 
 /// Sends FRAMES frames one at a time from `from` and times each to `to`; returns the
 /// latencies.

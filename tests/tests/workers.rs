@@ -9,13 +9,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{mac, udp_spec, until_path_works, Args, BCAST, ETH_EXP};
+use common::{mac, probe, udp_spec, until_path_works, Args, BCAST, ETH_EXP};
 use serde_json::{json, Value};
 use tests::{frame, wait_until, Daemon, QmpClient, TempDir, UdpEnd};
-
-fn probe(i: u8) -> Vec<u8> {
-    frame(BCAST, mac(0xee), 0x88b6, 60, i)
-}
 
 struct Sut {
     d: Daemon,

@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use tests::{free_udp_port, Daemon, Netns, UdpEnd};
+use tests::{frame, free_udp_port, Daemon, Netns, QemuPeer, UdpEnd};
 
 /// How long a frame that must arrive may take (a loaded 2-core machine).
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -24,6 +24,36 @@ pub fn mac(n: u8) -> [u8; 6] {
 pub const BCAST: [u8; 6] = [0xff; 6];
 /// An ethertype no kernel stack acts on (IEEE local experimental).
 pub const ETH_EXP: u16 = 0x88b5;
+/// The ethertype of probe frames ([`probe`]): not the one real frames use.
+pub const ETH_PROBE: u16 = 0x88b6;
+
+/// The `i`-th probe frame for [`until_path_works`]: broadcast, [`ETH_PROBE`], 60 bytes.
+pub fn probe(i: u8) -> Vec<u8> {
+    frame(BCAST, mac(0xee), ETH_PROBE, 60, i)
+}
+
+/// A QEMU hub with netdev `spec` and a `socket,udp=` netdev `q` talking to `end`.
+pub fn qemu_with(spec: &str, end: &mut UdpEnd) -> QemuPeer {
+    let q = udp_spec("q", end);
+    QemuPeer::hub(None, &[spec, &q])
+}
+
+/// Frames of each of `sizes` both ways between `a` (behind pollswitch) and `q`
+/// (behind a peer), once the path works each way, and nothing back to a sender.
+pub fn exchange(a: &UdpEnd, q: &UdpEnd, sizes: &[usize], what: &str) {
+    until_path_works(a, q, probe, &format!("{what}: pollswitch to QEMU"));
+    until_path_works(q, a, probe, &format!("{what}: QEMU to pollswitch"));
+    for (k, &len) in sizes.iter().enumerate() {
+        let f = frame(BCAST, mac(1), ETH_EXP, len, k as u8);
+        a.send(&f);
+        expect_frame(q, &f, &format!("{what}: {len} bytes pollswitch to QEMU"));
+        let g = frame(mac(1), mac(2), ETH_EXP, len, 100 + k as u8);
+        q.send(&g);
+        expect_frame(a, &g, &format!("{what}: {len} bytes QEMU to pollswitch"));
+    }
+    expect_nothing(a, &format!("{what}: pollswitch side"));
+    expect_nothing(q, &format!("{what}: QEMU side"));
+}
 
 /// The daemon's command line, built up netdev by netdev.
 ///
