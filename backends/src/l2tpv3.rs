@@ -16,8 +16,9 @@
 #![allow(unsafe_code)]
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
+use crate::readiness::Readiness;
 use socket2::{Domain, Protocol, Socket, Type};
 use switch::pool::{HEADROOM, MIN_FRAME};
 use switch::{Backend, DropReason, Io, Pkt, BURST};
@@ -30,9 +31,6 @@ pub const IPPROTO_L2TP: i32 = 115;
 /// Length of an IPv4 header without options, which a raw IPv4 socket hands us in front
 /// of every datagram (QEMU assumes the same length).
 const IPV4_HDR: usize = 20;
-
-const OP_POLL: u8 = 1;
-const OP_CANCEL: u8 = 2;
 
 /// Where the fields of an L2TPv3 data header lie, and what goes in them.
 ///
@@ -165,10 +163,7 @@ pub struct L2tpv3Port {
     readable: bool,
     /// Counter of the last frame sent.
     sent: u32,
-    poll_armed: bool,
-    inflight: usize,
-    stopping: bool,
-    cancel_sent: bool,
+    wake: Readiness,
 }
 
 fn sock_err(what: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> Error {
@@ -217,22 +212,9 @@ impl L2tpv3Port {
             cfg,
             spare: Vec::with_capacity(BURST),
             sent: 0,
-            poll_armed: false,
             readable: true,
-            inflight: 0,
-            stopping: false,
-            cancel_sent: false,
+            wake: Readiness::default(),
         })
-    }
-
-    fn arm_poll(&mut self, io: &mut Io<'_>) {
-        if self.stopping || self.poll_armed {
-            return;
-        }
-        if io.poll_readable(std::os::fd::AsFd::as_fd(&self.fd), OP_POLL) {
-            self.poll_armed = true;
-            self.inflight += 1;
-        }
     }
 
     /// One `recvmmsg` of up to `want` datagrams; the accepted frames go to `out`.
@@ -406,16 +388,16 @@ impl Backend for L2tpv3Port {
     }
 
     fn start(&mut self, io: &mut Io<'_>) {
-        self.arm_poll(io);
+        self.wake.arm(io, self.fd.as_fd());
     }
 
     fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
-        if self.stopping {
+        if self.wake.stopping() {
             return 0;
         }
-        self.arm_poll(io);
+        self.wake.arm(io, self.fd.as_fd());
         // Without a poll armed nothing would tell us of new datagrams: read every time.
-        if !self.readable && self.poll_armed {
+        if !self.readable && self.wake.armed() {
             return 0;
         }
         // Cleared before reading: a datagram queued after the read that finds the
@@ -439,7 +421,7 @@ impl Backend for L2tpv3Port {
     }
 
     fn tx_burst(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
-        if self.stopping {
+        if self.wake.stopping() {
             return 0;
         }
         let mut taken = 0;
@@ -454,31 +436,15 @@ impl Backend for L2tpv3Port {
     }
 
     fn complete(&mut self, _io: &mut Io<'_>, op: u8, _tag: u32, _res: i32, flags: u32) {
-        match op {
-            OP_POLL => {
-                self.readable = true;
-                if !io_uring::cqueue::more(flags) {
-                    self.poll_armed = false;
-                    self.inflight = self.inflight.saturating_sub(1);
-                }
-            }
-            OP_CANCEL => self.inflight = self.inflight.saturating_sub(1),
-            _ => {}
+        if self.wake.complete(op, flags) {
+            self.readable = true;
         }
     }
 
     fn stop(&mut self, io: &mut Io<'_>) -> bool {
-        self.stopping = true;
         let mut spare = std::mem::take(&mut self.spare);
         io.free_all(&mut spare);
-        if self.inflight == 0 {
-            return true;
-        }
-        if !self.cancel_sent && io.cancel_all(std::os::fd::AsFd::as_fd(&self.fd), OP_CANCEL) {
-            self.inflight += 1;
-            self.cancel_sent = true;
-        }
-        false
+        self.wake.stop(io, self.fd.as_fd())
     }
 
     /// The spare receive buffers: received frames are handed on within the same

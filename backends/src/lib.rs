@@ -14,6 +14,7 @@ pub mod l2tpv3;
 pub mod netmap;
 pub mod nic;
 pub mod null;
+pub mod readiness;
 pub mod socket;
 pub mod sys;
 pub mod tap;

@@ -48,6 +48,7 @@ use std::fs::OpenOptions;
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
+use crate::readiness::Readiness;
 use switch::{Backend, DropReason, Io, Pkt};
 
 use crate::error::Error;
@@ -575,9 +576,6 @@ impl Drop for Mapping {
     }
 }
 
-const OP_POLL: u8 = 1;
-const OP_CANCEL: u8 = 2;
-
 /// One registered netmap port: all of its NIC ring pairs, served by one worker.
 pub struct NetmapPort {
     map: Mapping,
@@ -587,10 +585,7 @@ pub struct NetmapPort {
     scratch: Vec<u8>,
     next_rx: usize,
     next_tx: usize,
-    poll_armed: bool,
-    inflight: u32,
-    cancel_sent: bool,
-    stopping: bool,
+    wake: Readiness,
 }
 
 // SAFETY: the mapping is owned by the port alone; whichever single thread owns the
@@ -695,10 +690,7 @@ impl NetmapPort {
             scratch: Vec::new(),
             next_rx: 0,
             next_tx: 0,
-            poll_armed: false,
-            inflight: 0,
-            cancel_sent: false,
-            stopping: false,
+            wake: Readiness::default(),
         })
     }
 
@@ -714,17 +706,6 @@ impl NetmapPort {
             if e.raw_os_error() != Some(libc::EINTR) {
                 io.count_op_error();
             }
-        }
-    }
-
-    /// Arms the multishot readiness poll that wakes the worker.
-    fn arm_poll(&mut self, io: &mut Io<'_>) {
-        if self.stopping || self.poll_armed {
-            return;
-        }
-        if io.poll_readable(std::os::fd::AsFd::as_fd(&self.fd), OP_POLL) {
-            self.poll_armed = true;
-            self.inflight += 1;
         }
     }
 
@@ -799,14 +780,14 @@ impl Backend for NetmapPort {
     }
 
     fn start(&mut self, io: &mut Io<'_>) {
-        self.arm_poll(io);
+        self.wake.arm(io, self.fd.as_fd());
     }
 
     fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
-        if self.stopping {
+        if self.wake.stopping() {
             return 0;
         }
-        self.arm_poll(io);
+        self.wake.arm(io, self.fd.as_fd());
         let mut n = 0;
         // Frames left from the last sync, then a sync (giving back what we consumed and
         // fetching new frames), then those, as far as `max` goes.
@@ -824,7 +805,7 @@ impl Backend for NetmapPort {
     }
 
     fn tx_burst(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
-        if self.stopping || pkts.is_empty() {
+        if self.wake.stopping() || pkts.is_empty() {
             return 0;
         }
         let (mut taken, sent) = self.push_tx(io, pkts, 0);
@@ -846,26 +827,12 @@ impl Backend for NetmapPort {
     }
 
     fn complete(&mut self, _io: &mut Io<'_>, op: u8, _tag: u32, _res: i32, flags: u32) {
-        match op {
-            OP_POLL if !io_uring::cqueue::more(flags) => {
-                self.poll_armed = false;
-                self.inflight = self.inflight.saturating_sub(1);
-            }
-            OP_CANCEL => self.inflight = self.inflight.saturating_sub(1),
-            _ => {}
-        }
+        // The poll only wakes the worker; rx_burst syncs and reads whether or not.
+        self.wake.complete(op, flags);
     }
 
     fn stop(&mut self, io: &mut Io<'_>) -> bool {
-        self.stopping = true;
-        if self.inflight == 0 {
-            return true;
-        }
-        if !self.cancel_sent && io.cancel_all(std::os::fd::AsFd::as_fd(&self.fd), OP_CANCEL) {
-            self.inflight += 1;
-            self.cancel_sent = true;
-        }
-        false
+        self.wake.stop(io, self.fd.as_fd())
     }
 
     /// Received frames are copied into pool buffers handed on in the same `rx_burst`;
