@@ -118,6 +118,43 @@ pub struct DgramConfig {
     pub gso: bool,
 }
 
+impl DgramConfig {
+    /// A connected datagram socket: `recv` and `send` to its peer, no header, no source
+    /// to ignore; `gso` for runs of equal frames (UDP only).
+    pub fn connected(gso: bool) -> DgramConfig {
+        DgramConfig {
+            rx: RxMode::Recv,
+            tx: TxMode::Send,
+            vnet_hdr_len: 0,
+            dest: None,
+            ignore_src: None,
+            gso,
+        }
+    }
+
+    /// The most pool buffers a queue of this kind holds at once on receive: lent plus
+    /// ready.
+    pub fn rx_held(&self, pool_buffers: u32) -> usize {
+        match self.rx {
+            // Read into a fresh buffer and handed on in the same breath.
+            RxMode::ReadSync => 0,
+            _ => {
+                rx_budget(pool_buffers, usize::from(RX_RING)).max(rx_budget(pool_buffers, RX_SLOTS))
+            }
+        }
+    }
+
+    /// The most pool buffers a queue of this kind holds at once on send: frames in
+    /// flight.
+    pub fn tx_held(&self, pool_buffers: u32) -> usize {
+        match self.tx {
+            // Written and freed in the same breath.
+            TxMode::WriteSync => 0,
+            TxMode::Send => tx_budget(pool_buffers),
+        }
+    }
+}
+
 struct RxSlot {
     pkt: Option<Pkt>,
     iov: libc::iovec,
@@ -444,22 +481,12 @@ impl DgramIo {
 
     /// The most pool buffers this queue holds at once on receive: lent plus ready.
     pub fn rx_held(&self, pool_buffers: u32) -> usize {
-        match self.cfg.rx {
-            // Read into a fresh buffer and handed on in the same breath.
-            RxMode::ReadSync => 0,
-            _ => {
-                rx_budget(pool_buffers, usize::from(RX_RING)).max(rx_budget(pool_buffers, RX_SLOTS))
-            }
-        }
+        self.cfg.rx_held(pool_buffers)
     }
 
     /// The most pool buffers this queue holds at once on send: frames in flight.
     pub fn tx_held(&self, pool_buffers: u32) -> usize {
-        match self.cfg.tx {
-            // Written and freed in the same breath.
-            TxMode::WriteSync => 0,
-            TxMode::Send => tx_budget(pool_buffers),
-        }
+        self.cfg.tx_held(pool_buffers)
     }
 
     /// The descriptor.

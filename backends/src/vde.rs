@@ -30,7 +30,7 @@ use io_uring::{opcode, types};
 use switch::{Backend, DropReason, Io, Pkt};
 
 use crate::error::Error;
-use crate::io::{rx_budget, tx_budget, DgramConfig, DgramIo, RxMode, TxMode, RX_RING, RX_SLOTS};
+use crate::io::{DgramConfig, DgramIo};
 
 /// `struct sockaddr_un` as vde_switch reads and writes it: `sun_family` (native u16)
 /// and 108 bytes of NUL-padded path.
@@ -256,14 +256,7 @@ impl VdePort {
             "could not open vde: connect to the data socket",
             &remote,
         ))?;
-        let cfg = DgramConfig {
-            rx: RxMode::Recv,
-            tx: TxMode::Send,
-            vnet_hdr_len: 0,
-            dest: None,
-            ignore_src: None,
-            gso: false,
-        };
+        let cfg = DgramConfig::connected(false);
         Ok(Conn {
             ctl: ctl.into(),
             data: DgramIo::new(data.into(), cfg),
@@ -443,8 +436,8 @@ impl Backend for VdePort {
     fn max_held(&self, pool: &switch::Pool) -> usize {
         // As the datagram engine holds it (receive budget plus frames in flight); the
         // same for every attachment.
-        let n = pool.count();
-        rx_budget(n, usize::from(RX_RING)).max(rx_budget(n, RX_SLOTS)) + tx_budget(n)
+        let (cfg, n) = (DgramConfig::connected(false), pool.count());
+        cfg.rx_held(n) + cfg.tx_held(n)
     }
 }
 

@@ -138,6 +138,16 @@ fn tcp_socket(addr: &SocketAddr) -> Result<Socket, Error> {
     .map_err(sock_err("socket", addr))
 }
 
+/// A descriptor passed in, made blocking (io_uring waits for readiness itself).
+fn blocking(fd: OwnedFd) -> Result<OwnedFd, Error> {
+    set_blocking(std::os::fd::AsFd::as_fd(&fd)).map_err(|source| Error::Socket {
+        what: "make blocking",
+        addr: "fd".into(),
+        source,
+    })?;
+    Ok(fd)
+}
+
 impl StreamPort {
     fn new(
         listener: Option<OwnedFd>,
@@ -289,11 +299,7 @@ impl StreamPort {
         max_frame: usize,
         poll_us: Option<u32>,
     ) -> Result<StreamPort, Error> {
-        set_blocking(std::os::fd::AsFd::as_fd(&fd)).map_err(|source| Error::Socket {
-            what: "make blocking",
-            addr: "fd".into(),
-            source,
-        })?;
+        let fd = blocking(fd)?;
         Ok(StreamPort::new(None, Some(fd), max_frame, poll_us))
     }
 
@@ -303,11 +309,7 @@ impl StreamPort {
         max_frame: usize,
         poll_us: Option<u32>,
     ) -> Result<StreamPort, Error> {
-        set_blocking(std::os::fd::AsFd::as_fd(&fd)).map_err(|source| Error::Socket {
-            what: "make blocking",
-            addr: "fd".into(),
-            source,
-        })?;
+        let fd = blocking(fd)?;
         Ok(StreamPort::new(Some(fd), None, max_frame, poll_us))
     }
 

@@ -163,17 +163,7 @@ impl UdpPort {
         s.connect(remote)
             .map_err(sock_err("connect to", describe(remote)))?;
         Ok(UdpPort {
-            rx: DgramIo::new(
-                s.into(),
-                DgramConfig {
-                    rx: RxMode::Recv,
-                    tx: TxMode::Send,
-                    vnet_hdr_len: 0,
-                    dest: None,
-                    ignore_src: None,
-                    gso: false,
-                },
-            ),
+            rx: DgramIo::new(s.into(), DgramConfig::connected(false)),
             tx: None,
             poll_us,
         })
@@ -183,17 +173,7 @@ impl UdpPort {
     pub fn from_fd(fd: OwnedFd, poll_us: Option<u32>) -> Result<UdpPort, Error> {
         set_blocking(std::os::fd::AsFd::as_fd(&fd)).map_err(sock_err("make blocking", "fd"))?;
         Ok(UdpPort {
-            rx: DgramIo::new(
-                fd,
-                DgramConfig {
-                    rx: RxMode::Recv,
-                    tx: TxMode::Send,
-                    vnet_hdr_len: 0,
-                    dest: None,
-                    ignore_src: None,
-                    gso: true,
-                },
-            ),
+            rx: DgramIo::new(fd, DgramConfig::connected(true)),
             tx: None,
             poll_us,
         })
