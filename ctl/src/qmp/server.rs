@@ -480,46 +480,49 @@ pub fn listen(monitors: &[MonitorSpec], ctl: &Sender<Msg>) -> Result<Listeners, 
     Ok(bound)
 }
 
-fn start_unix_client(s: UnixStream, ctl: Sender<Msg>, pretty: bool) {
+/// Registers a new client with the control loop: its writer thread (which shuts the
+/// connection when writing fails) and its id. `None` when the control loop is gone.
+fn register<W: Write + Send + 'static>(
+    w: W,
+    on_error: impl FnOnce() + Send + 'static,
+    ctl: &Sender<Msg>,
+    pretty: bool,
+) -> Option<(ClientId, Outbox)> {
     let id = NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = spawn_writer(w, on_error);
+    let connected = Msg::Connected {
+        id,
+        out: out.clone(),
+        pretty,
+    };
+    ctl.send(connected).ok()?;
+    Some((id, out))
+}
+
+fn start_unix_client(s: UnixStream, ctl: Sender<Msg>, pretty: bool) {
     let (Ok(w), Ok(closer)) = (s.try_clone(), s.try_clone()) else {
         return;
     };
-    let out = spawn_writer(w, move || {
+    let on_error = move || {
         let _ = closer.shutdown(std::net::Shutdown::Both);
-    });
-    if ctl
-        .send(Msg::Connected {
-            id,
-            out: out.clone(),
-            pretty,
-        })
-        .is_err()
-    {
+    };
+    let Some((id, out)) = register(w, on_error, &ctl, pretty) else {
         return;
-    }
+    };
     std::thread::spawn(move || reader_loop(id, ctl, out, |buf| recv_with_fds(&s, buf)));
 }
 
 fn start_tcp_client(s: TcpStream, ctl: Sender<Msg>, pretty: bool) {
-    let id = NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _ = s.set_nodelay(true);
     let (Ok(w), Ok(closer), Ok(mut r)) = (s.try_clone(), s.try_clone(), s.try_clone()) else {
         return;
     };
-    let out = spawn_writer(w, move || {
+    let on_error = move || {
         let _ = closer.shutdown(std::net::Shutdown::Both);
-    });
-    if ctl
-        .send(Msg::Connected {
-            id,
-            out: out.clone(),
-            pretty,
-        })
-        .is_err()
-    {
+    };
+    let Some((id, out)) = register(w, on_error, &ctl, pretty) else {
         return;
-    }
+    };
     std::thread::spawn(move || {
         reader_loop(id, ctl, out, |buf| r.read(buf).map(|n| (n, Vec::new())))
     });
