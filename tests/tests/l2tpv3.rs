@@ -76,10 +76,7 @@ fn exchange(sut: &Sut, q: &UdpEnd, what: &str) {
     let a = &sut.a;
     common::exchange(a, q, &SIZES, what);
     let p = port_stat(&mut sut.qmp(), "l");
-    let drops: u64 = p["drops"]
-        .as_object()
-        .map(|m| m.values().filter_map(Value::as_u64).sum())
-        .unwrap_or(0);
+    let drops = common::total_drops(&p);
     assert_eq!(drops, 0, "{what}: drops on the l2tpv3 port: {p}");
 }
 

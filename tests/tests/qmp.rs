@@ -1,6 +1,8 @@
 //! QMP conformance: the daemon driven over a real unix socket, command by command, with
 //! QEMU's texts and classes, events, descriptor passing, and several clients at once.
 
+mod common;
+
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -859,12 +861,7 @@ fn thousand_hot_add_del_cycles_under_traffic() {
     );
     assert_eq!(received.load(Relaxed), sent, "the other port lost nothing");
     for p in [&pa, &pb] {
-        let drops: u64 = p["drops"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum();
+        let drops: u64 = common::total_drops(p);
         assert_eq!(drops, 0, "{p}");
     }
     assert!(wait_until(Duration::from_secs(5), || stats(&mut c)["pool"]

@@ -152,12 +152,7 @@ fn a_hub_across_two_workers_keeps_every_flow_whole_and_in_order() {
     }
     let stats = sut.stats();
     for p in stats["ports"].as_array().unwrap() {
-        let drops: u64 = p["drops"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum();
+        let drops: u64 = common::total_drops(p);
         assert_eq!(drops, 0, "{p}");
     }
     sut.stop();
@@ -190,12 +185,7 @@ fn a_stalled_egress_port_holds_its_share_and_the_others_forward_on() {
         tx_full >= u64::from(total) - 256,
         "the stalled port must drop and count at itself: {s}"
     );
-    let a_drops: u64 = sut.port("a")["drops"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
+    let a_drops: u64 = common::total_drops(&sut.port("a"));
     assert_eq!(a_drops, 0, "nothing dropped at the receiving port");
     let pool = sut.stats()["pool"].clone();
     let (free, count) = (
@@ -300,15 +290,7 @@ fn a_tap_whose_far_side_takes_nothing_drops_at_itself_while_others_forward() {
     );
     // Every frame flooded to the tap is accounted for there: sent into the kernel or
     // dropped and counted at the tap itself.
-    let count = |p: &Value| {
-        p["tx-packets"].as_u64().unwrap()
-            + p["drops"]
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|v| v.as_u64().unwrap())
-                .sum::<u64>()
-    };
+    let count = |p: &Value| p["tx-packets"].as_u64().unwrap() + common::total_drops(p);
     assert!(
         wait_until(Duration::from_secs(5), || count(&sut.port("t"))
             - count(&before)
@@ -316,12 +298,7 @@ fn a_tap_whose_far_side_takes_nothing_drops_at_itself_while_others_forward() {
         "tap: before {before}, after {}",
         sut.port("t")
     );
-    let a_drops: u64 = sut.port("a")["drops"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
+    let a_drops: u64 = common::total_drops(&sut.port("a"));
     assert_eq!(a_drops, 0, "nothing dropped at the receiving port");
     eprintln!("tap after: {}", sut.port("t"));
     sut.stop();

@@ -27,6 +27,16 @@ pub const ETH_EXP: u16 = 0x88b5;
 /// The ethertype of probe frames ([`probe`]): not the one real frames use.
 pub const ETH_PROBE: u16 = 0x88b6;
 
+/// All drops of a port as `x-query-stats` reports it (every reason summed).
+pub fn total_drops(port: &serde_json::Value) -> u64 {
+    port["drops"]
+        .as_object()
+        .unwrap_or_else(|| panic!("a port with drops: {port}"))
+        .values()
+        .map(|v| v.as_u64().unwrap_or_else(|| panic!("a drop count: {v}")))
+        .sum()
+}
+
 /// The `i`-th probe frame for [`until_path_works`]: broadcast, [`ETH_PROBE`], 60 bytes.
 pub fn probe(i: u8) -> Vec<u8> {
     frame(BCAST, mac(0xee), ETH_PROBE, 60, i)
