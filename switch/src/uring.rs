@@ -246,15 +246,15 @@ impl Uring {
             // Full: hand the queue to the kernel. EBUSY means the completion queue is
             // backed up: reap it into the backlog so the kernel can post again.
             self.enter(stats);
-            self.collect();
+            Self::collect(&mut self.ring, &mut self.backlog);
         }
         UringStats::bump(&stats.sq_refused);
         false
     }
 
-    fn collect(&mut self) {
-        let cq = self.ring.completion();
-        self.backlog.extend(cq.map(|c| Completion {
+    /// Moves the completions the kernel posted into `out`.
+    fn collect(ring: &mut IoUring, out: &mut Vec<Completion>) {
+        out.extend(ring.completion().map(|c| Completion {
             token: c.user_data(),
             res: c.result(),
             flags: c.flags(),
@@ -312,8 +312,10 @@ impl Uring {
         if dropped != stats.cq_dropped.load(Ordering::Relaxed) {
             stats.cq_dropped.store(dropped, Ordering::Relaxed);
         }
-        self.collect();
+        // What a full submission queue made us reap first, then the rest, straight into
+        // `out` (no copy through the backlog on the common path).
         out.append(&mut self.backlog);
+        Self::collect(&mut self.ring, out);
         out.len() - before
     }
 

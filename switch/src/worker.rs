@@ -479,11 +479,8 @@ impl Worker {
             ..
         } = self;
         let me = eng.shared.id;
-        let Some(Some(src_slot)) = slots.get(src_idx) else {
-            eng.cache.free_all(rx);
-            return;
-        };
-        let src_counters = src_slot.counters.clone();
+        // Drops at the source, counted once per burst on its counters at the end.
+        let (mut no_dest, mut ring_full) = (0u64, 0u64);
         let entry = match topo.get(src) {
             Some(e) if e.link_up && !e.dests.is_empty() => e,
             other => {
@@ -491,14 +488,18 @@ impl Worker {
                     Some(e) if !e.link_up => DropReason::LinkDown,
                     _ => DropReason::NoDest,
                 };
-                src_counters.count_drop(why, rx.len() as u64);
+                if let Some(Some(s)) = slots.get(src_idx) {
+                    s.counters.count_drop(why, rx.len() as u64);
+                }
                 eng.cache.free_all(rx);
                 return;
             }
         };
         let ndest = entry.dests.len() as u32;
+        // A flow hash only when some destination has several queues to choose from.
+        let spread = entry.dests.iter().any(|g| g.queues.len() > 1);
         for pkt in rx.drain(..) {
-            let hash = if entry.dests.iter().any(|g| g.queues.len() > 1) {
+            let hash = if spread {
                 frame_hash(eng.pool.bytes(&pkt))
             } else {
                 0
@@ -511,7 +512,7 @@ impl Worker {
                 } else if let Some(v) = outq.get_mut(q.worker as usize) {
                     v.push((q.port, p));
                 } else {
-                    src_counters.count_drop(DropReason::NoDest, 1);
+                    no_dest += 1;
                     eng.cache.free(p);
                 }
             }
@@ -525,13 +526,19 @@ impl Worker {
                 None => 0,
             };
             if !q.is_empty() {
-                src_counters.count_drop(DropReason::RingFull, q.len() as u64);
+                ring_full += q.len() as u64;
                 for (_, p) in q.drain(..) {
                     eng.cache.free(p);
                 }
             }
             if pushed > 0 {
                 peers[w].bell.notify();
+            }
+        }
+        if no_dest + ring_full > 0 {
+            if let Some(Some(s)) = slots.get(src_idx) {
+                s.counters.count_drop(DropReason::NoDest, no_dest);
+                s.counters.count_drop(DropReason::RingFull, ring_full);
             }
         }
     }
