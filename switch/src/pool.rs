@@ -133,7 +133,8 @@ enum Region {
 impl Drop for Region {
     fn drop(&mut self) {
         if let Region::Heap { ptr, layout } = self {
-            // SAFETY: allocated in `Region::heap` with this layout, freed once here.
+            // SAFETY: allocated in `Region::new` (the Miri build) with this layout, freed
+            // once here.
             unsafe { std::alloc::dealloc(*ptr, *layout) };
         }
     }
