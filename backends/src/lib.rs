@@ -18,6 +18,7 @@ pub mod readiness;
 pub mod socket;
 pub mod sys;
 pub mod tap;
+pub mod user;
 pub mod vde;
 
 pub use error::Error;

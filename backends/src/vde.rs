@@ -292,6 +292,7 @@ impl VdePort {
         c.closing = true;
         if !self.stopping {
             self.outages += 1;
+            io.counters.set_carrier(false);
             tracing::warn!(
                 "vde ({}): switch at {} went away ({why}); frames to the port are dropped \
                  (not-connected) until it is back, retrying every {RECONNECT_INTERVAL:?}",
@@ -335,6 +336,7 @@ impl VdePort {
         match self.attach(RECONNECT_REPLY_TIMEOUT) {
             Ok(mut c) => {
                 self.reconnects += 1;
+                io.counters.set_carrier(true);
                 tracing::info!(
                     "vde ({}): attached to {} again",
                     self.cfg.description,

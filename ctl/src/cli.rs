@@ -41,11 +41,11 @@ after '=' (-netdev=tap,id=t0).
   -netdev TYPE,id=ID[,KEY=VALUE]...
                    Add a port, as QEMU's -netdev does (repeatable). TYPE is one of
                    tap, socket, stream, dgram, hubport, nic, l2tpv3, vde, bridge,
-                   netmap (where the host has it), or x-null (an in-memory
-                   source/sink for benchmarks); the keys are that type's members in
-                   qapi/net.json (tap: ifname, queues, poll-us, sndbuf, ...; nested
-                   ones dotted: addr.type=inet,addr.port=5000). user, vhost-user and
-                   vhost-vdpa are refused, saying why.
+                   user (libslirp NAT), netmap (where the host has it), or x-null
+                   (an in-memory source/sink for benchmarks); the keys are that
+                   type's members in qapi/net.json (tap: ifname, queues, poll-us,
+                   sndbuf, ...; nested ones dotted: addr.type=inet,addr.port=5000).
+                   vhost-user and vhost-vdpa are refused, saying why.
                    Write ',,' for a comma inside a value; repeat a key for a list
                    (hostfwd=A,hostfwd=B). Booleans: on/off, yes/no, true/false, y/n.
                    Sizes take k, M, G, T suffixes. A JSON object

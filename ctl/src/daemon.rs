@@ -30,6 +30,8 @@ pub struct NetdevEntry {
     pub config: Netdev,
     /// Present for NICs.
     pub nic: Option<NicState>,
+    /// Present for user networks: their stack's control handle.
+    pub user: Option<backends::user::UserHandle>,
 }
 
 /// The daemon.
@@ -122,6 +124,7 @@ impl Daemon {
         self.netdevs.push(NetdevEntry {
             config: built.config,
             nic,
+            user: built.user,
         });
         Ok(())
     }

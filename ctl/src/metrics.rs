@@ -254,6 +254,18 @@ pub fn render(ctl: &Control) -> String {
             u8::from(*up),
         );
     }
+    f.head(
+        "pollswitch_port_carrier",
+        "gauge",
+        "1 while the backend has its peer (0: a vde_switch gone, a stream unconnected).",
+    );
+    for (id, ty, _, c) in &ports {
+        f.sample(
+            "pollswitch_port_carrier",
+            &[("port", id), ("type", ty)],
+            u8::from(c.carrier),
+        );
+    }
     out
 }
 

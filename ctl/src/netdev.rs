@@ -70,12 +70,15 @@ pub struct Built {
     pub config: Netdev,
     /// For a NIC: its control handle and address.
     pub nic: Option<(NicHandle, Mac)>,
+    /// For a user network: its stack's control handle.
+    pub user: Option<backends::user::UserHandle>,
 }
 
 /// Builds the switch client for a netdev. `mac` is the address a NIC without
 /// `macaddr=` gets.
 pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, CtlError> {
     let mut nic_out = None;
+    let mut user_out = None;
     let mut config = nd.clone();
     let (kind, peer) = match &nd.opts {
         NetdevOpts::Hubport(o) => hubport(o),
@@ -94,6 +97,11 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
         NetdevOpts::Vde(o) => (vde(&nd.id, o)?, None),
         NetdevOpts::Bridge(o) => (bridge(&nd.id, o)?, None),
         NetdevOpts::Netmap(o) => (netmap(&nd.id, o)?, None),
+        NetdevOpts::User(o) => {
+            let (kind, handle) = user(&nd.id, o)?;
+            user_out = Some(handle);
+            (kind, None)
+        }
         NetdevOpts::Nic(o) => {
             let mac = match &o.macaddr {
                 Some(m) => parse_mac(m)
@@ -127,7 +135,49 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
             nic: nic_out.is_some(),
         },
         nic: nic_out,
+        user: user_out,
     })
+}
+
+/// `user`: QEMU's user-mode network through libslirp, on a thread of its own.
+fn user(
+    id: &str,
+    o: &crate::qapi::NetdevUserOptions,
+) -> Result<(SpecKind, backends::user::UserHandle), CtlError> {
+    use backends::user::{UserArgs, UserConfig, UserPort};
+    let args = UserArgs {
+        hostname: o.hostname.clone(),
+        restrict: o.restrict,
+        ipv4: o.ipv4,
+        ipv6: o.ipv6,
+        ip: o.ip.clone(),
+        net: o.net.clone(),
+        host: o.host.clone(),
+        tftp: o.tftp.clone(),
+        bootfile: o.bootfile.clone(),
+        dhcpstart: o.dhcpstart.clone(),
+        dns: o.dns.clone(),
+        dnssearch: o.dnssearch.clone().unwrap_or_default(),
+        domainname: o.domainname.clone(),
+        ipv6_prefix: o.ipv6_prefix.clone(),
+        ipv6_prefixlen: o.ipv6_prefixlen,
+        ipv6_host: o.ipv6_host.clone(),
+        ipv6_dns: o.ipv6_dns.clone(),
+        smb: o.smb.clone(),
+        smbserver: o.smbserver.clone(),
+        hostfwd: o.hostfwd.clone().unwrap_or_default(),
+        guestfwd: o.guestfwd.clone().unwrap_or_default(),
+        tftp_server_name: o.tftp_server_name.clone(),
+    };
+    let cfg = UserConfig::parse(&args).map_err(backend_err(id))?;
+    let (port, handle) = UserPort::open(id, cfg).map_err(backend_err(id))?;
+    Ok((
+        SpecKind::Port {
+            queues: vec![Box::new(port)],
+            poll_us: None,
+        },
+        handle,
+    ))
 }
 
 /// `vde`: a client port of a vde_switch; our own socket gets `mode=` (default 0700, as

@@ -4,7 +4,7 @@
 //! anyone at any time without stopping traffic. A single writer means an add is a relaxed
 //! load and store, with no locked instruction on the packet path.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Why a frame was dropped. The order is the order of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,6 +82,9 @@ pub struct PortCounters {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     drops: [AtomicU64; NREASONS],
+    /// The backend has lost its peer (a vde_switch gone, a stream without connection):
+    /// "no carrier", the reverse so that the default is up.
+    no_carrier: AtomicBool,
 }
 
 #[inline]
@@ -109,6 +112,11 @@ impl PortCounters {
     pub fn count_drop(&self, why: DropReason, n: u64) {
         bump(&self.drops[why as usize], n);
     }
+    /// Says whether the backend has its peer (carrier); only the owning worker calls it.
+    #[inline]
+    pub fn set_carrier(&self, up: bool) {
+        self.no_carrier.store(!up, Ordering::Relaxed);
+    }
     /// A copy of the current values.
     pub fn snapshot(&self) -> CounterSnapshot {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -118,12 +126,13 @@ impl PortCounters {
             tx_packets: r(&self.tx_packets),
             tx_bytes: r(&self.tx_bytes),
             drops: std::array::from_fn(|i| r(&self.drops[i])),
+            carrier: !self.no_carrier.load(Ordering::Relaxed),
         }
     }
 }
 
 /// Counter values at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterSnapshot {
     /// Frames received from the backend.
     pub rx_packets: u64,
@@ -135,6 +144,21 @@ pub struct CounterSnapshot {
     pub tx_bytes: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; NREASONS],
+    /// Whether the backend has its peer (every queue, for several).
+    pub carrier: bool,
+}
+
+impl Default for CounterSnapshot {
+    fn default() -> CounterSnapshot {
+        CounterSnapshot {
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            drops: [0; NREASONS],
+            carrier: true,
+        }
+    }
 }
 
 impl CounterSnapshot {
@@ -155,6 +179,7 @@ impl CounterSnapshot {
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
+        self.carrier &= o.carrier;
     }
 }
 
@@ -174,6 +199,14 @@ mod tests {
         assert_eq!((s.tx_packets, s.tx_bytes), (2, 120));
         assert_eq!(s.dropped(DropReason::Oversize), 3);
         assert_eq!(s.total_drops(), 3);
+        assert!(s.carrier, "up until a backend says otherwise");
+        c.set_carrier(false);
+        let mut sum = CounterSnapshot::default();
+        sum.add(&c.snapshot());
+        assert!(
+            !sum.carrier,
+            "one queue without its peer takes the sum down"
+        );
         let names: std::collections::HashSet<_> =
             DropReason::ALL.iter().map(|d| d.name()).collect();
         assert_eq!(names.len(), DropReason::ALL.len());

@@ -280,9 +280,9 @@ fn netdev_add_checks_like_qemu() {
     assert_eq!(class, "GenericError");
     assert!(desc.contains("s0") && desc.contains("in use"), "{desc}");
     // Types whose backend is not built yet are refused by name; vhost is refused with why.
-    // (bridge is built, and would attach to the host's br0: tests/tests/bridge.rs tests it
-    // inside a namespace of its own.)
-    for ty in ["user", "netmap", "vhost-user", "vhost-vdpa"] {
+    // (bridge and user are built: tests/tests/bridge.rs and user.rs test them inside
+    // namespaces of their own.)
+    for ty in ["netmap", "vhost-user", "vhost-vdpa"] {
         let mut a = json!({"id": "x", "type": ty});
         match ty {
             "netmap" => a["ifname"] = json!("vale0:1"),

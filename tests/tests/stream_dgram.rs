@@ -147,11 +147,24 @@ fn stream_client_reconnects_when_the_qemu_server_restarts() {
         format!("stream,id=p,server=on,addr.type=inet,addr.host=127.0.0.1,addr.port={port}");
     let (mut a, mut q) = (UdpEnd::new(), UdpEnd::new());
     let qemu = qemu_with(&server, &mut q);
-    let d = pollswitch(
-        &format!("stream,id=s,addr.type=inet,addr.host=127.0.0.1,addr.port={port},reconnect=1"),
-        &mut a,
-    );
+    let dir = TempDir::new();
+    let sock = dir.join("qmp.sock");
+    let d = Args::new()
+        .opt("-qmp", &format!("unix:{},server=on,wait=off", sock.display()))
+        .netdev(&format!(
+            "stream,id=s,addr.type=inet,addr.host=127.0.0.1,addr.port={port},reconnect=1"
+        ))
+        .on_hub("s", 0)
+        .udp("a", 0, &mut a)
+        .start();
+    let mut c = tests::QmpClient::connect_unix_negotiated(&sock).expect("QMP");
+    let carrier = |c: &mut tests::QmpClient| {
+        let st = c.execute_ok("x-query-stats", serde_json::Value::Null);
+        let p = st["ports"].as_array().unwrap().iter().find(|p| p["name"] == "s").cloned();
+        p.unwrap_or_else(|| panic!("no port s: {st}"))["carrier"].clone()
+    };
     exchange(&a, &q, "stream client, first QEMU server");
+    assert_eq!(carrier(&mut c), serde_json::json!(true), "connected");
     // The server dies without a word.
     let pid = qemu.pid().to_string();
     let killed = std::process::Command::new("kill")
@@ -160,10 +173,17 @@ fn stream_client_reconnects_when_the_qemu_server_restarts() {
         .expect("run kill");
     assert!(killed.success(), "kill -KILL {pid}");
     drop(qemu);
+    assert!(
+        d.wait_for_stderr("peer disconnected", Duration::from_secs(5)),
+        "{}",
+        d.stderr_text()
+    );
+    assert_eq!(carrier(&mut c), serde_json::json!(false), "no carrier without the server");
     std::thread::sleep(Duration::from_millis(200));
     // A new one on the same address: the client finds it again within its delay.
     let _qemu = qemu_with(&server, &mut q);
     exchange(&a, &q, "stream client, restarted QEMU server");
+    assert_eq!(carrier(&mut c), serde_json::json!(true), "connected again");
     d.stop_clean();
 }
 

@@ -152,7 +152,20 @@ fn frames_cross_a_vde_switch_and_flow_again_after_it_restarts() {
         expect_frame(&u, &back, &format!("{len}-byte frame vde → udp"));
     }
 
-    // The switch goes away under traffic and comes back on the same directory.
+    // The switch goes away under traffic and comes back on the same directory; the
+    // port's carrier (x-query-stats) follows.
+    let mut c = QmpClient::connect_unix_negotiated(&qmp).expect("connect to QMP");
+    let carrier = |c: &mut QmpClient| {
+        let st = c.execute_ok("x-query-stats", Value::Null);
+        let p = st["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "v")
+            .cloned();
+        p.unwrap_or_else(|| panic!("no port v: {st}"))["carrier"].clone()
+    };
+    assert_eq!(carrier(&mut c), json!(true), "attached at start");
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -171,6 +184,11 @@ fn frames_cross_a_vde_switch_and_flow_again_after_it_restarts() {
             "no warning that the switch went away:\n{}",
             d.stderr_text()
         );
+        assert_eq!(
+            carrier(&mut c),
+            json!(false),
+            "no carrier while the switch is gone"
+        );
         std::thread::sleep(Duration::from_millis(100));
         sw = Switch::start(&swdir, &pidfile);
         assert!(
@@ -178,6 +196,7 @@ fn frames_cross_a_vde_switch_and_flow_again_after_it_restarts() {
             "the port did not re-attach:\n{}",
             d.stderr_text()
         );
+        assert_eq!(carrier(&mut c), json!(true), "carrier back with the switch");
         let b2 = VdePort::connect_to(&sw.dir, 0, "test b2");
         assert!(
             b2.recv_timeout(WAIT).is_some(),
@@ -194,7 +213,6 @@ fn frames_cross_a_vde_switch_and_flow_again_after_it_restarts() {
     });
 
     // netdev_add / query-netdev / netdev_del over QMP.
-    let mut c = QmpClient::connect_unix_negotiated(&qmp).expect("connect to QMP");
     let before_fds = fds(d.pid());
     c.execute_ok(
         "netdev_add",

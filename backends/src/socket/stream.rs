@@ -390,6 +390,7 @@ impl StreamPort {
         }
         if !self.stopping {
             tracing::info!("socket stream: peer disconnected");
+            io.counters.set_carrier(false);
         }
         self.state = Conn::Closing;
         if self.conn_inflight > 0 {
@@ -483,6 +484,7 @@ impl Backend for StreamPort {
     }
 
     fn start(&mut self, io: &mut Io<'_>) {
+        io.counters.set_carrier(self.state == Conn::Open);
         self.post_accept(io);
         self.post_recv(io);
     }
@@ -549,6 +551,7 @@ impl Backend for StreamPort {
                     self.conn = Some(fd);
                     self.state = Conn::Open;
                     self.connections += 1;
+                    io.counters.set_carrier(true);
                     self.post_recv(io);
                     self.post_send(io);
                 }
@@ -592,6 +595,7 @@ impl Backend for StreamPort {
                     self.conn = Some(fd);
                     self.state = Conn::Open;
                     self.connections += 1;
+                    io.counters.set_carrier(true);
                     self.post_recv(io);
                     self.post_send(io);
                 }

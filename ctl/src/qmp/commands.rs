@@ -373,6 +373,9 @@ fn closefd(ctl: &mut Control, client: ClientId, args: &Map<String, Value>) -> Re
 
 /// `key=value` of the options a netdev was created with, as `info network` shows them.
 fn info_str(e: &NetdevEntry) -> String {
+    if let Some(u) = &e.user {
+        return u.info().to_string();
+    }
     if let (NetdevOpts::Nic(o), Some(n)) = (&e.config.opts, &e.nic) {
         return format!(
             "model={},macaddr={}",
@@ -451,10 +454,89 @@ fn human_monitor_command(
     let words: Vec<&str> = a.command_line.split_whitespace().collect();
     let out = match words.as_slice() {
         ["info", "network"] => info_network(ctl),
+        ["info", "usernet"] => info_usernet(ctl),
+        ["hostfwd_add", rest @ ..] => hostfwd(ctl, "hostfwd_add", rest),
+        ["hostfwd_remove", rest @ ..] => hostfwd(ctl, "hostfwd_remove", rest),
         [] => String::new(),
         [cmd, ..] => format!("unknown command: '{}'\r\n", cmd),
     };
     Ok(Value::String(out))
+}
+
+/// The user network `id` names (or the first one), as HMP's hostfwd commands find it:
+/// `Err` is what they print instead.
+fn user_stack<'a>(
+    ctl: &'a Control,
+    id: Option<&str>,
+) -> std::result::Result<&'a backends::user::UserHandle, String> {
+    match id {
+        Some(id) => match ctl.daemon.netdev(id) {
+            None => Err(format!("unrecognized netdev id '{id}'\r\n")),
+            Some(e) => e
+                .user
+                .as_ref()
+                .ok_or_else(|| "invalid device specified\r\n".to_string()),
+        },
+        None => ctl
+            .daemon
+            .netdevs()
+            .iter()
+            .find_map(|e| e.user.as_ref())
+            .ok_or_else(|| "user mode network stack not in use\r\n".to_string()),
+    }
+}
+
+/// HMP `hostfwd_add [netdev_id] RULE` and `hostfwd_remove [netdev_id] RULE`, with
+/// QEMU's output.
+fn hostfwd(ctl: &Control, cmd: &str, args: &[&str]) -> String {
+    let (id, rule) = match args {
+        [rule] => (None, *rule),
+        [id, rule] => (Some(*id), *rule),
+        [] => return format!("{cmd}: missing argument\r\n"),
+        _ => return format!("{cmd}: too many arguments\r\n"),
+    };
+    let stack = match user_stack(ctl, id) {
+        Ok(s) => s,
+        Err(msg) => return msg,
+    };
+    if cmd == "hostfwd_add" {
+        return match stack.hostfwd_add(rule) {
+            Ok(()) => String::new(),
+            Err(e) => format!("{e}\r\n"),
+        };
+    }
+    let Some((udp, host)) = backends::user::parse_hostfwd_remove(rule) else {
+        return "invalid format\r\n".into();
+    };
+    match stack.hostfwd_remove(udp, host) {
+        Ok(found) => format!(
+            "host forwarding rule for {rule} {}\r\n",
+            if found { "removed" } else { "not found" }
+        ),
+        Err(e) => format!("{e}\r\n"),
+    }
+}
+
+/// HMP `info usernet`: each user network's hub and connection table.
+fn info_usernet(ctl: &Control) -> String {
+    let hubs = ctl.daemon.hubs();
+    let mut s = String::new();
+    for e in ctl.daemon.netdevs() {
+        let Some(u) = &e.user else { continue };
+        let id = &e.config.id;
+        let hub = hubs
+            .iter()
+            .find(|(_, ports)| {
+                ports
+                    .iter()
+                    .any(|p| ctl.daemon.peer_of(p).as_deref() == Some(id))
+            })
+            .map_or(-1, |(h, _)| *h);
+        let table = u.connections().unwrap_or_else(|e| format!("{e}\n"));
+        s.push_str(&format!("Hub {hub} ({id}):\r\n"));
+        s.push_str(&table.replace('\n', "\r\n"));
+    }
+    s
 }
 
 fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
@@ -487,12 +569,24 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
             .map(|d| (d.name().to_string(), json!(c.dropped(*d))))
             .collect();
         let link_up = sw.graph().get(&e.config.id).is_some_and(|c| c.link_up);
-        ports.push(json!({
+        let mut port = json!({
             "name": e.config.id, "type": e.config.opts.type_name(), "link-up": link_up,
+            "carrier": c.carrier,
             "rx-packets": c.rx_packets, "rx-bytes": c.rx_bytes,
             "tx-packets": c.tx_packets, "tx-bytes": c.tx_bytes,
             "drops": drops,
-        }));
+        });
+        if let Some(u) = &e.user {
+            use std::sync::atomic::Ordering::Relaxed;
+            let k = u.counters();
+            port["user-stack"] = json!({
+                "frames-in": k.from_switch.load(Relaxed),
+                "frames-out": k.to_switch.load(Relaxed),
+                "frames-out-dropped": k.to_switch_full.load(Relaxed),
+                "guest-errors": k.guest_errors.load(Relaxed),
+            });
+        }
+        ports.push(port);
     }
     Ok(json!({
         "pool": {
