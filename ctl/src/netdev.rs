@@ -169,8 +169,13 @@ fn user(
         guestfwd: o.guestfwd.clone().unwrap_or_default(),
         tftp_server_name: o.tftp_server_name.clone(),
     };
-    let cfg = UserConfig::parse(&args).map_err(backend_err(id))?;
-    let (port, handle) = UserPort::open(id, cfg).map_err(backend_err(id))?;
+    // QEMU's texts as they are: a configuration error is not prefixed with the id.
+    let plain = |e: backends::Error| match e {
+        backends::Error::Config(m) => CtlError::Invalid(m),
+        other => backend_err(id)(other),
+    };
+    let cfg = UserConfig::parse(&args).map_err(plain)?;
+    let (port, handle) = UserPort::open(id, cfg).map_err(plain)?;
     Ok((
         SpecKind::Port {
             queues: vec![Box::new(port)],
