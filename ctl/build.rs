@@ -220,10 +220,15 @@ fn main() {
             .all(),
         );
     }
-    // Our two directives extend what net.json defines.
+    // Our directives extend what net.json defines.
     let mut extend_enum: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let mut extend_union: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut extend_struct: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for e in &exprs {
+        if let Some(Value::String(n)) = e.get("pollswitch-extend-struct") {
+            let m = e["data"].as_object().cloned().unwrap_or_default();
+            extend_struct.entry(n.clone()).or_default().extend(m);
+        }
         if let Some(Value::String(n)) = e.get("pollswitch-extend-enum") {
             let vals = e["data"].as_array().cloned().unwrap_or_default();
             extend_enum.entry(n.clone()).or_default().extend(vals);
@@ -262,7 +267,11 @@ fn main() {
             enums.insert(n.clone(), names);
         }
         if let Some(Value::String(n)) = e.get("struct") {
-            structs.insert(n.clone(), e.get("data").cloned().unwrap_or(json!({})));
+            let mut data = e.get("data").cloned().unwrap_or(json!({}));
+            if let (Some(d), Some(more)) = (data.as_object_mut(), extend_struct.get(n)) {
+                d.extend(more.clone());
+            }
+            structs.insert(n.clone(), data);
         }
     }
     let struct_members = |name: &str, arrays: &mut BTreeMap<String, String>| -> Vec<Value> {
@@ -277,7 +286,7 @@ fn main() {
             if let Some(Value::String(b)) = e.get("base") {
                 m.extend(struct_members(b, &mut arrays));
             }
-            m.extend(members(e.get("data").unwrap_or(&json!({})), &mut arrays));
+            m.extend(members(&structs[n.as_str()], &mut arrays));
             out.push(json!({"name": n, "meta-type": "object", "members": m}));
         }
         if let Some(Value::String(n)) = e.get("union") {

@@ -11,6 +11,7 @@ pub mod bridge;
 pub mod error;
 pub mod io;
 pub mod l2tpv3;
+pub mod memif;
 pub mod netmap;
 pub mod nic;
 pub mod null;

@@ -1,23 +1,33 @@
 //! The `nic` netdev: a NIC-like port with a MAC address and a receive filter, peered
-//! with another netdev. Its far side is a local application (attached over memif in a
-//! later step); with nothing attached it counts what it would have delivered.
+//! with another netdev. Its far side is a local application attached over memif
+//! ([`crate::memif`]); a NIC without memif counts what it would have delivered.
 //!
 //! ```text
 //!  peer ──frames──► filter (promiscuous / unicast / multicast / broadcast / vlan)
-//!                     ├─ accepted: delivered to the application (tx counters)
+//!                     ├─ accepted: copied into the application's memif ring (tx counters)
 //!                     └─ rejected: dropped, counted as `filtered`
+//!  application ──memif ring──► copied into pool buffers, out towards the peer (rx)
 //!  control thread ──inject (announce-self RARP)──► out towards the peer (rx counters)
 //! ```
+//!
+//! With memif and no application attached, the carrier is down and frames for the
+//! application are dropped as `not-connected`.
 //!
 //! The control thread keeps the authoritative filter (query-rx-filter reads it) and hands
 //! each new version to the port through a one-slot lock-free queue.
 
+use std::io::Write;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
+use switch::pool::HEADROOM;
 use switch::wire::ethernet::{is_group, Frame, BROADCAST};
 use switch::wire::Mac;
 use switch::{Backend, DropReason, Io, Pkt};
+
+use crate::memif::queue::{Push, Taken};
+use crate::memif::{Conn, Link, MemifConfig, Registration};
 
 /// QAPI's RxState: how a class of addresses is filtered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +150,7 @@ pub struct NicHandle {
     inject: Arc<ArrayQueue<Vec<u8>>>,
     filter: Arc<ArrayQueue<RxFilter>>,
     waker: Arc<OnceLock<switch::backend::Waker>>,
+    memif: Option<Arc<Link>>,
 }
 
 impl NicHandle {
@@ -162,15 +173,32 @@ impl NicHandle {
             w.wake();
         }
     }
+
+    /// The memif link's state and counters, for a memif NIC.
+    pub fn memif(&self) -> Option<crate::memif::LinkInfo> {
+        self.memif.as_ref().map(|l| l.info())
+    }
 }
 
 /// Frames queued by the control thread for sending out of a NIC.
 const INJECT_DEPTH: usize = 256;
 
+/// The longest a worker with a connected memif NIC sleeps: DPDK and VPP publish a ring
+/// index and then read the interrupt flag without a fence between, so a signal can be
+/// lost in the instant the worker arms it; this bounds what that loss costs.
+const MEMIF_SLEEP_LIMIT: Duration = Duration::from_millis(1);
+
 /// The worker's side of a NIC port.
 pub struct NicPort {
     filter: RxFilter,
     h: NicHandle,
+    memif: Option<MemifSide>,
+}
+
+struct MemifSide {
+    link: Arc<Link>,
+    conn: Option<Conn>,
+    _reg: Registration,
 }
 
 /// Makes a NIC port with the reset filter for `mac`.
@@ -179,14 +207,167 @@ pub fn nic(mac: Mac) -> (NicPort, NicHandle) {
         inject: Arc::new(ArrayQueue::new(INJECT_DEPTH)),
         filter: Arc::new(ArrayQueue::new(1)),
         waker: Arc::new(OnceLock::new()),
+        memif: None,
     };
     (
         NicPort {
             filter: RxFilter::new(mac),
             h: h.clone(),
+            memif: None,
         },
         h,
     )
+}
+
+/// Makes a NIC port whose application attaches over memif as `cfg` says: a server
+/// NIC's socket listens when this returns, a client NIC starts connecting.
+pub fn nic_memif(mac: Mac, cfg: MemifConfig) -> Result<(NicPort, NicHandle), crate::Error> {
+    let link = Link::new();
+    let reg = crate::memif::register(cfg, link.clone())?;
+    let (mut port, mut h) = nic(mac);
+    h.memif = Some(link.clone());
+    port.h.memif = Some(link.clone());
+    port.memif = Some(MemifSide {
+        link,
+        conn: None,
+        _reg: reg,
+    });
+    Ok((port, h))
+}
+
+impl MemifSide {
+    /// Picks up a new connection, lets go of an ended one; the carrier follows.
+    fn refresh(&mut self, io: &mut Io<'_>) {
+        if self.conn.as_ref().is_some_and(|c| !c.life.alive()) {
+            self.conn = None;
+            io.counters.set_carrier(false);
+        }
+        if let Some(c) = self.link.take() {
+            self.conn = Some(c);
+            io.counters.set_carrier(true);
+        }
+    }
+
+    fn fail(&mut self, io: &mut Io<'_>, why: String) {
+        if let Some(c) = self.conn.take() {
+            tracing::warn!("memif peer {} broke the protocol: {why}", c.peer);
+            c.fail(why);
+        }
+        io.counters.set_carrier(false);
+    }
+
+    fn rx(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
+        let Some(c) = &mut self.conn else { return 0 };
+        let pool = io.pool();
+        let room = pool.max_frame();
+        let mut n = 0;
+        let mut fault = None;
+        for q in &mut c.rx {
+            q.disarm();
+            match q.begin() {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(f) => {
+                    fault = Some(f.0);
+                    break;
+                }
+            }
+            while n < max {
+                let Some(mut p) = io.alloc() else {
+                    io.counters.count_drop(DropReason::NoBuffer, 1);
+                    break;
+                };
+                let Some(buf) = pool.buf_mut(&mut p) else {
+                    io.free(p);
+                    break;
+                };
+                let Some(dst) = buf.get_mut(HEADROOM..HEADROOM + room) else {
+                    io.free(p);
+                    break;
+                };
+                match q.next_frame(&c.regions, dst) {
+                    Ok(Some(Taken::Frame(len))) if len >= switch::pool::MIN_FRAME => {
+                        p.set_span(HEADROOM, len);
+                        io.counters.rx(len);
+                        out.push(p);
+                        n += 1;
+                    }
+                    Ok(Some(Taken::Frame(_))) => io.drop_one(p, DropReason::Undersize),
+                    Ok(Some(Taken::TooLong)) => io.drop_one(p, DropReason::Oversize),
+                    Ok(Some(Taken::BadDesc)) => io.drop_one(p, DropReason::BadLength),
+                    Ok(None) => {
+                        io.free(p);
+                        break;
+                    }
+                    Err(f) => {
+                        io.free(p);
+                        fault = Some(f.0);
+                        break;
+                    }
+                }
+            }
+            q.finish();
+            if fault.is_some() || n >= max {
+                break;
+            }
+        }
+        if let Some(why) = fault {
+            self.fail(io, why);
+        }
+        n
+    }
+
+    fn tx(&mut self, io: &mut Io<'_>, filter: &RxFilter, pkts: &mut Vec<Pkt>) {
+        let Some(c) = &mut self.conn else {
+            io.drop_all(pkts, DropReason::NotConnected);
+            return;
+        };
+        let Some(q) = c.tx.first_mut() else {
+            io.drop_all(pkts, DropReason::NotConnected);
+            return;
+        };
+        if let Err(f) = q.begin() {
+            io.drop_all(pkts, DropReason::NotConnected);
+            return self.fail(io, f.0);
+        }
+        let pool = io.pool();
+        let (mut ok, mut bytes) = (0u64, 0u64);
+        let mut bad = None;
+        let mut sent = 0;
+        for p in pkts.iter() {
+            let data = pool.bytes(p);
+            if !filter.accepts(data) {
+                io.counters.count_drop(DropReason::Filtered, 1);
+                sent += 1;
+                continue;
+            }
+            match q.push(&c.regions, data) {
+                Push::Sent => {
+                    ok += 1;
+                    bytes += data.len() as u64;
+                    sent += 1;
+                }
+                Push::Full => break,
+                Push::BadBuffer => {
+                    bad = Some("posted a buffer outside its region".to_string());
+                    break;
+                }
+            }
+        }
+        if ok > 0 && q.commit() {
+            // The peer sleeps on its eventfd: one signal per batch.
+            if let Some(f) = c.tx_irq.first_mut() {
+                let _ = f.write(&1u64.to_ne_bytes());
+            }
+        }
+        io.counters.tx(ok, bytes);
+        let mut done: Vec<Pkt> = pkts.drain(..sent).collect();
+        io.free_all(&mut done);
+        if let Some(why) = bad {
+            io.drop_all(pkts, DropReason::NotConnected);
+            self.fail(io, why);
+        }
+    }
 }
 
 impl Backend for NicPort {
@@ -196,6 +377,11 @@ impl Backend for NicPort {
 
     fn start(&mut self, io: &mut Io<'_>) {
         let _ = self.h.waker.set(io.waker());
+        if let Some(m) = &mut self.memif {
+            m.link.set_waker(io.waker());
+            io.counters.set_carrier(false);
+            m.refresh(io);
+        }
     }
 
     fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
@@ -210,11 +396,20 @@ impl Backend for NicPort {
                 n += 1;
             }
         }
+        if let Some(m) = &mut self.memif {
+            m.refresh(io);
+            n += m.rx(io, out, max - n);
+        }
         n
     }
 
     fn tx_burst(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
         let n = pkts.len();
+        if let Some(m) = &mut self.memif {
+            m.tx(io, &self.filter, pkts);
+            // What the ring had no room for stays with the caller (counted tx-full).
+            return n - pkts.len();
+        }
         let (mut ok, mut bytes) = (0u64, 0u64);
         let pool = io.pool();
         for p in pkts.drain(..) {
@@ -232,7 +427,29 @@ impl Backend for NicPort {
     }
 
     fn stop(&mut self, _io: &mut Io<'_>) -> bool {
+        if let Some(m) = &mut self.memif {
+            m.conn = None;
+        }
         true
+    }
+
+    fn idle(&mut self) -> bool {
+        let Some(c) = self.memif.as_mut().and_then(|m| m.conn.as_mut()) else {
+            return true;
+        };
+        // Arm every ring (no short cut): the peer must signal whichever it fills.
+        let mut quiet = true;
+        for q in &mut c.rx {
+            quiet &= !q.arm();
+        }
+        quiet
+    }
+
+    fn sleep_limit(&self) -> Option<Duration> {
+        self.memif
+            .as_ref()
+            .and_then(|m| m.conn.as_ref())
+            .map(|_| MEMIF_SLEEP_LIMIT)
     }
 }
 

@@ -174,14 +174,29 @@ pub fn ioctl_ifreq_data(
 /// (the bridge helper's protocol). `Ok(None)`: the peer closed without sending one.
 /// Received descriptors are close-on-exec; any extra ones are closed.
 pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedFd>> {
-    use std::os::fd::FromRawFd;
     let mut byte = [0u8; 1];
-    // Room for a few descriptors, so that a helper sending more does not leave any
+    let (n, fd) = recv_with_fd(sock, &mut byte, 0)?;
+    if n == 0 && fd.is_none() {
+        return Ok(None);
+    }
+    Ok(fd)
+}
+
+/// Receives one message into `buf` with the first descriptor that came with it
+/// (SCM_RIGHTS; close-on-exec; any others are closed). Returns the bytes read (0: the
+/// peer closed) and the descriptor. `flags` as for recvmsg(2) (`MSG_DONTWAIT`).
+pub fn recv_with_fd(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<(usize, Option<std::os::fd::OwnedFd>)> {
+    use std::os::fd::FromRawFd;
+    // Room for a few descriptors, so that a peer sending more does not leave any
     // unclosed in our table (the kernel truncates what does not fit: MSG_CTRUNC).
     let mut cbuf = [0u64; 8];
     let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     };
     // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -190,9 +205,10 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedFd>>
     msg.msg_control = cbuf.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
     let n = loop {
-        // SAFETY: `msg` points at `iov` (one live byte) and `cbuf` (a live, 8-aligned
-        // buffer of the length given), both outliving the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        // SAFETY: `msg` points at `iov` (the caller's live buffer) and `cbuf` (a live,
+        // 8-aligned buffer of the length given), both outliving the call.
+        let n =
+            unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -200,7 +216,7 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedFd>>
             }
             return Err(e);
         }
-        break n;
+        break n as usize;
     };
     let mut got = None;
     // SAFETY: the CMSG_* macros walk the control buffer the kernel just filled, within
@@ -223,10 +239,64 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedFd>>
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    if n == 0 && got.is_none() {
-        return Ok(None);
+    Ok((n, got))
+}
+
+/// Sends `buf` as one message, with `fd` attached (SCM_RIGHTS) when given.
+pub fn send_with_fd(
+    sock: BorrowedFd<'_>,
+    buf: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<usize> {
+    let mut cbuf = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure computation.
+        msg.msg_controllen =
+            unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as _;
+        // SAFETY: the control buffer (32 bytes, 8-aligned) holds one cmsghdr with one
+        // int (CMSG_SPACE(4) = 24 bytes); CMSG_FIRSTHDR points at its start.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+            libc::CMSG_DATA(c)
+                .cast::<libc::c_int>()
+                .write_unaligned(fd.as_raw_fd());
+        }
     }
-    Ok(got)
+    loop {
+        // SAFETY: `msg` points at `iov` (the caller's buffer) and `cbuf`, both live.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// A new non-blocking, close-on-exec eventfd.
+pub fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: eventfd returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// A private copy (close-on-exec) of descriptor number `fd`, which the caller names but
@@ -352,6 +422,21 @@ pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
     // SAFETY: as above, restoring the previous mask.
     unsafe { libc::umask(old) };
     out
+}
+
+/// poll(2) over `fds` for at most `timeout_ms` (negative: no limit); returns how many
+/// have events (their `revents` set). An interrupted wait returns 0.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
+    // SAFETY: `fds` is a valid array of pollfd of the length given.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
 }
 
 #[cfg(test)]

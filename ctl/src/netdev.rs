@@ -114,7 +114,10 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
                     mac_to_string(&mac)
                 )));
             }
-            let (port, handle) = nic(mac);
+            let (port, handle) = match memif_config(&nd.id, o)? {
+                Some(cfg) => backends::nic::nic_memif(mac, cfg).map_err(backend_err(&nd.id))?,
+                None => nic(mac),
+            };
             nic_out = Some((handle, mac));
             (
                 SpecKind::Port {
@@ -137,6 +140,75 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
         nic: nic_out,
         user: user_out,
     })
+}
+
+/// A NIC's memif settings (`x-memif*`), checked; `None` without `x-memif`.
+fn memif_config(
+    id: &str,
+    o: &crate::qapi::NetLegacyNicOptions,
+) -> Result<Option<backends::memif::MemifConfig>, CtlError> {
+    use backends::memif::wire::{secret_field, MAX_LOG2_RING, SECRET_SIZE};
+    use backends::memif::{MemifConfig, Role};
+    let Some(sock) = &o.x_memif else {
+        let given = o.x_memif_role.is_some()
+            || o.x_memif_id.is_some()
+            || o.x_memif_ring_size.is_some()
+            || o.x_memif_buffer_size.is_some()
+            || o.x_memif_secret.is_some();
+        if given {
+            return Err(CtlError::Invalid(
+                "x-memif-role, x-memif-id, x-memif-ring-size, x-memif-buffer-size and \
+                 x-memif-secret need x-memif (the socket)"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let role = match o.x_memif_role.as_deref() {
+        None | Some("server") => Role::Server,
+        Some("client") => Role::Client,
+        Some(r) => {
+            return Err(CtlError::Invalid(format!(
+                "Parameter 'x-memif-role' does not accept value '{r}' (server or client)"
+            )))
+        }
+    };
+    let ring = o.x_memif_ring_size.unwrap_or(1024);
+    let max_ring = 1u32 << MAX_LOG2_RING;
+    if !ring.is_power_of_two() || !(2..=max_ring).contains(&ring) {
+        return Err(CtlError::Invalid(format!(
+            "x-memif-ring-size {ring} is not a power of two between 2 and {max_ring}"
+        )));
+    }
+    let bsize = o.x_memif_buffer_size.unwrap_or(2048);
+    if !(64..=65535).contains(&bsize) {
+        return Err(CtlError::Invalid(format!(
+            "x-memif-buffer-size {bsize} is outside 64..=65535"
+        )));
+    }
+    let secret = match &o.x_memif_secret {
+        None => None,
+        Some(s) => Some(secret_field(s).ok_or_else(|| {
+            CtlError::Invalid(format!(
+                "x-memif-secret is longer than {SECRET_SIZE} bytes (or holds a NUL)"
+            ))
+        })?),
+    };
+    let path = std::path::PathBuf::from(sock);
+    if path.as_os_str().len() >= 108 {
+        return Err(CtlError::Invalid(format!(
+            "x-memif socket path '{sock}' is too long for a unix socket"
+        )));
+    }
+    Ok(Some(MemifConfig {
+        socket: path,
+        role,
+        id: o.x_memif_id.unwrap_or(0),
+        secret,
+        log2_ring: ring.trailing_zeros() as u8,
+        buffer_size: bsize,
+        name: id.to_string(),
+    }))
 }
 
 /// `user`: QEMU's user-mode network through libslirp, on a thread of its own.

@@ -282,4 +282,17 @@ pub trait Backend: Send {
     fn poll_us(&self) -> Option<u32> {
         None
     }
+
+    /// On the worker's way to sleep, after it raised its sleeping flag: a port whose
+    /// peer must be asked to signal (shared-memory rings) asks now and says whether
+    /// frames came meanwhile — `false` keeps the worker awake.
+    fn idle(&mut self) -> bool {
+        true
+    }
+
+    /// The longest the worker may sleep while this port exists (a peer whose signal
+    /// can be lost in a race it does not fence against); `None`: no limit of its own.
+    fn sleep_limit(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

@@ -326,11 +326,21 @@ impl Worker {
         let shared = self.eng.shared.clone();
         let flags = shared.bell.flags();
         let inbound = &self.inbound;
+        let slots = &mut self.slots;
+        let limit = slots
+            .iter()
+            .flatten()
+            .filter_map(|s| s.backend.sleep_limit())
+            .fold(MAX_SLEEP, Duration::min);
         // Every source is re-checked after `sleeping` is raised (crate::wake): inbound
-        // rings here, waker-fed ports and commands through the kick flag.
-        if flags.prepare_sleep(|| inbound.iter().all(Consumer::is_empty)) {
+        // rings and ports that must arm their peer's signal here, waker-fed ports and
+        // commands through the kick flag.
+        if flags.prepare_sleep(|| {
+            inbound.iter().all(Consumer::is_empty)
+                && slots.iter_mut().flatten().all(|s| s.backend.idle())
+        }) {
             let t0 = Instant::now();
-            self.eng.uring.wait(MAX_SLEEP, &shared.uring);
+            self.eng.uring.wait(limit, &shared.uring);
             let slept = t0.elapsed();
             shared
                 .idle_ns

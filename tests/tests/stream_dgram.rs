@@ -150,7 +150,10 @@ fn stream_client_reconnects_when_the_qemu_server_restarts() {
     let dir = TempDir::new();
     let sock = dir.join("qmp.sock");
     let d = Args::new()
-        .opt("-qmp", &format!("unix:{},server=on,wait=off", sock.display()))
+        .opt(
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", sock.display()),
+        )
         .netdev(&format!(
             "stream,id=s,addr.type=inet,addr.host=127.0.0.1,addr.port={port},reconnect=1"
         ))
@@ -160,7 +163,12 @@ fn stream_client_reconnects_when_the_qemu_server_restarts() {
     let mut c = tests::QmpClient::connect_unix_negotiated(&sock).expect("QMP");
     let carrier = |c: &mut tests::QmpClient| {
         let st = c.execute_ok("x-query-stats", serde_json::Value::Null);
-        let p = st["ports"].as_array().unwrap().iter().find(|p| p["name"] == "s").cloned();
+        let p = st["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "s")
+            .cloned();
         p.unwrap_or_else(|| panic!("no port s: {st}"))["carrier"].clone()
     };
     exchange(&a, &q, "stream client, first QEMU server");
@@ -178,7 +186,11 @@ fn stream_client_reconnects_when_the_qemu_server_restarts() {
         "{}",
         d.stderr_text()
     );
-    assert_eq!(carrier(&mut c), serde_json::json!(false), "no carrier without the server");
+    assert_eq!(
+        carrier(&mut c),
+        serde_json::json!(false),
+        "no carrier without the server"
+    );
     std::thread::sleep(Duration::from_millis(200));
     // A new one on the same address: the client finds it again within its delay.
     let _qemu = qemu_with(&server, &mut q);

@@ -35,6 +35,18 @@ qapi_struct! {
         addr: opt str = "addr",
         /// number of MSI-x vectors, 0 to disable MSI-X
         vectors: opt uint32 = "vectors",
+        /// pollswitch: the memif control socket the NIC's application attaches on
+        x_memif: opt str = "x-memif",
+        /// pollswitch: memif role, server (default: the application connects) or client
+        x_memif_role: opt str = "x-memif-role",
+        /// pollswitch: memif interface id (default 0)
+        x_memif_id: opt uint32 = "x-memif-id",
+        /// pollswitch: ring slots as a client (power of two, default 1024)
+        x_memif_ring_size: opt uint32 = "x-memif-ring-size",
+        /// pollswitch: buffer size as a client (default 2048)
+        x_memif_buffer_size: opt uint32 = "x-memif-buffer-size",
+        /// pollswitch: secret the application must give (server) or that we give
+        x_memif_secret: opt str = "x-memif-secret",
     }
 }
 
@@ -651,10 +663,14 @@ mod tests {
         vec![
             (
                 json!({"id": "n0", "type": "nic", "netdev": "h0", "macaddr": "52:54:00:12:34:56",
-                       "model": "memif", "addr": "3", "vectors": 4}),
+                       "model": "memif", "addr": "3", "vectors": 4,
+                       "x-memif": "/run/n0.sock", "x-memif-role": "client", "x-memif-id": 2,
+                       "x-memif-ring-size": 512, "x-memif-buffer-size": 4096,
+                       "x-memif-secret": "s"}),
                 concat!(
                     "type=nic,id=n0,netdev=h0,macaddr=52:54:00:12:34:56,model=memif,addr=3,",
-                    "vectors=4",
+                    "vectors=4,x-memif=/run/n0.sock,x-memif-role=client,x-memif-id=2,",
+                    "x-memif-ring-size=512,x-memif-buffer-size=4096,x-memif-secret=s",
                 ),
                 nd(
                     "n0",
@@ -664,6 +680,12 @@ mod tests {
                         model: Some("memif".into()),
                         addr: Some("3".into()),
                         vectors: Some(4),
+                        x_memif: Some("/run/n0.sock".into()),
+                        x_memif_role: Some("client".into()),
+                        x_memif_id: Some(2),
+                        x_memif_ring_size: Some(512),
+                        x_memif_buffer_size: Some(4096),
+                        x_memif_secret: Some("s".into()),
                     }),
                 ),
             ),

@@ -576,6 +576,12 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
             "tx-packets": c.tx_packets, "tx-bytes": c.tx_bytes,
             "drops": drops,
         });
+        if let Some(m) = e.nic.as_ref().and_then(|n| n.handle.memif()) {
+            port["memif"] = json!({
+                "connected": m.connected, "peer": m.peer, "connects": m.connects,
+                "disconnects": m.disconnects, "last-reason": m.last_reason,
+            });
+        }
         if let Some(u) = &e.user {
             use std::sync::atomic::Ordering::Relaxed;
             let k = u.counters();
