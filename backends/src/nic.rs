@@ -198,6 +198,8 @@ pub struct NicPort {
 struct MemifSide {
     link: Arc<Link>,
     conn: Option<Conn>,
+    /// Sent frames on their way back to the pool (kept to reuse its allocation).
+    done: Vec<Pkt>,
     _reg: Registration,
 }
 
@@ -230,6 +232,7 @@ pub fn nic_memif(mac: Mac, cfg: MemifConfig) -> Result<(NicPort, NicHandle), cra
     port.memif = Some(MemifSide {
         link,
         conn: None,
+        done: Vec::with_capacity(switch::backend::BURST),
         _reg: reg,
     });
     Ok((port, h))
@@ -272,6 +275,7 @@ impl MemifSide {
                     break;
                 }
             }
+            q.prefetch(&c.regions, (max - n).min(usize::from(u16::MAX)) as u16);
             while n < max {
                 let Some(mut p) = io.alloc() else {
                     io.counters.count_drop(DropReason::NoBuffer, 1);
@@ -330,6 +334,7 @@ impl MemifSide {
             io.drop_all(pkts, DropReason::NotConnected);
             return self.fail(io, f.0);
         }
+        q.prefetch(&c.regions, pkts.len().min(usize::from(u16::MAX)) as u16);
         let pool = io.pool();
         let (mut ok, mut bytes) = (0u64, 0u64);
         let mut bad = None;
@@ -361,8 +366,8 @@ impl MemifSide {
             }
         }
         io.counters.tx(ok, bytes);
-        let mut done: Vec<Pkt> = pkts.drain(..sent).collect();
-        io.free_all(&mut done);
+        self.done.extend(pkts.drain(..sent));
+        io.free_all(&mut self.done);
         if let Some(why) = bad {
             io.drop_all(pkts, DropReason::NotConnected);
             self.fail(io, why);

@@ -129,6 +129,13 @@ impl RxQueue {
         Ok(self.avail)
     }
 
+    /// Fetches the buffers of the next `n` filled slots ahead of copying them.
+    pub fn prefetch(&self, regions: &Regions, n: u16) {
+        for i in 0..n.min(self.avail) {
+            regions.prefetch(&self.ring.desc(self.last.wrapping_add(i)));
+        }
+    }
+
     /// Copies the next frame of the batch into `dst` (gathering a chain) and consumes
     /// its slots; `None` when the batch holds no complete frame.
     pub fn next_frame(
@@ -138,6 +145,20 @@ impl RxQueue {
     ) -> Result<Option<Taken>, Fault> {
         if self.avail == 0 {
             return Ok(None);
+        }
+        let d = self.ring.desc(self.last);
+        if d.flags & DESC_FLAG_NEXT == 0 {
+            // One buffer, the common case.
+            let outcome = if d.length as usize > dst.len() {
+                Taken::TooLong
+            } else if !regions.read_buf(&d, dst, 0) {
+                Taken::BadDesc
+            } else {
+                Taken::Frame(d.length as usize)
+            };
+            self.last = self.last.wrapping_add(1);
+            self.avail -= 1;
+            return Ok(Some(outcome));
         }
         // The chain's extent: slots up to one without NEXT.
         let mut n: u16 = 1;
@@ -256,6 +277,14 @@ impl TxQueue {
         self.slot = slot;
         self.end = slot.wrapping_add(free);
         Ok(free)
+    }
+
+    /// Fetches the buffers of the next `n` free slots ahead of filling them.
+    pub fn prefetch(&self, regions: &Regions, n: u16) {
+        let free = self.end.wrapping_sub(self.slot);
+        for i in 0..n.min(free) {
+            regions.prefetch(&self.target(self.slot.wrapping_add(i)));
+        }
     }
 
     /// The buffer slot `s` may be filled into.
