@@ -30,6 +30,7 @@ use crate::traffic::{self, Rate, Roles};
 pub mod idle;
 pub mod io_baseline;
 pub mod latency;
+pub mod memif;
 pub mod scale;
 pub mod tap_hub;
 pub mod udp_hub;
@@ -58,6 +59,7 @@ pub const SCENARIOS: &[Scenario] = &[
     scale::SCENARIO,
     io_baseline::SCENARIO,
     workers::SCENARIO,
+    memif::SCENARIO,
 ];
 
 /// The scenario called `name`.
