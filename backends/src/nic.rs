@@ -264,6 +264,7 @@ impl MemifSide {
         let pool = io.pool();
         let room = pool.max_frame();
         let mut n = 0;
+        let mut bytes = 0u64;
         let mut fault = None;
         for q in &mut c.rx {
             q.disarm();
@@ -292,7 +293,7 @@ impl MemifSide {
                 match q.next_frame(&c.regions, dst) {
                     Ok(Some(Taken::Frame(len))) if len >= switch::pool::MIN_FRAME => {
                         p.set_span(HEADROOM, len);
-                        io.counters.rx(len);
+                        bytes += len as u64;
                         out.push(p);
                         n += 1;
                     }
@@ -315,6 +316,7 @@ impl MemifSide {
                 break;
             }
         }
+        io.counters.rx_many(n as u64, bytes);
         if let Some(why) = fault {
             self.fail(io, why);
         }
@@ -341,7 +343,7 @@ impl MemifSide {
         let mut sent = 0;
         for p in pkts.iter() {
             let data = pool.bytes(p);
-            if !filter.accepts(data) {
+            if !filter.promiscuous && !filter.accepts(data) {
                 io.counters.count_drop(DropReason::Filtered, 1);
                 sent += 1;
                 continue;

@@ -101,6 +101,12 @@ impl PortCounters {
         bump(&self.rx_packets, 1);
         bump(&self.rx_bytes, bytes as u64);
     }
+    /// Counts `n` received frames of `bytes` bytes in all (a burst at once).
+    #[inline]
+    pub fn rx_many(&self, n: u64, bytes: u64) {
+        bump(&self.rx_packets, n);
+        bump(&self.rx_bytes, bytes);
+    }
     /// Counts `n` transmitted frames of `bytes` bytes in all.
     #[inline]
     pub fn tx(&self, n: u64, bytes: u64) {

@@ -131,6 +131,7 @@ impl RxQueue {
 
     /// Fetches the buffers of the next `n` filled slots ahead of copying them.
     pub fn prefetch(&self, regions: &Regions, n: u16) {
+        self.ring.prefetch_descs(self.last, n.min(self.avail));
         for i in 0..n.min(self.avail) {
             regions.prefetch(&self.ring.desc(self.last.wrapping_add(i)));
         }
@@ -282,6 +283,9 @@ impl TxQueue {
     /// Fetches the buffers of the next `n` free slots ahead of filling them.
     pub fn prefetch(&self, regions: &Regions, n: u16) {
         let free = self.end.wrapping_sub(self.slot);
+        if self.role == Role::Server {
+            self.ring.prefetch_descs(self.slot, n.min(free));
+        }
         for i in 0..n.min(free) {
             regions.prefetch(&self.target(self.slot.wrapping_add(i)));
         }
@@ -324,17 +328,15 @@ impl TxQueue {
             }
             rest = &rest[n..];
             let flags = if rest.is_empty() { 0 } else { DESC_FLAG_NEXT };
-            match self.role {
-                Role::Server => self.ring.set_len(s, flags, n as u32),
-                Role::Client => self.ring.set_desc(
-                    s,
-                    Desc {
-                        flags,
-                        length: n as u32,
-                        ..d
-                    },
-                ),
-            }
+            // Server: the client's region and offset stay as posted; client: ours.
+            self.ring.set_desc(
+                s,
+                Desc {
+                    flags,
+                    length: n as u32,
+                    ..d
+                },
+            );
             s = s.wrapping_add(1);
             if rest.is_empty() {
                 self.slot = s;

@@ -143,9 +143,7 @@ impl Region {
         }
         // SAFETY: in bounds (checked); a copy out of shared memory the peer may be
         // writing gives stale or torn bytes, never touches memory outside the mapping.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), dst.as_mut_ptr(), dst.len())
-        };
+        unsafe { copy_forward(self.ptr.as_ptr().add(off), dst.as_mut_ptr(), dst.len()) };
         true
     }
 
@@ -156,9 +154,7 @@ impl Region {
         }
         // SAFETY: in bounds (checked); the mapping is writable and no Rust reference
         // into it exists.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(off), src.len())
-        };
+        unsafe { copy_forward(src.as_ptr(), self.ptr.as_ptr().add(off), src.len()) };
         true
     }
 
@@ -220,6 +216,29 @@ impl Region {
     fn read_u32(&self, off: usize) -> u32 {
         u32::from_ne_bytes(self.read_array(off))
     }
+}
+
+/// Copies `n` bytes front to back in 64-byte steps: the access pattern the hardware
+/// prefetcher follows best through memory another core wrote (libc's memcpy reads the
+/// end of a frame first).
+///
+/// # Safety
+///
+/// `src` must be valid for `n` reads and `dst` for `n` writes, not overlapping.
+#[inline]
+unsafe fn copy_forward(src: *const u8, dst: *mut u8, n: usize) {
+    let mut i = 0;
+    while i + 64 <= n {
+        // SAFETY: `i + 64 <= n`, within both ranges (the caller's contract).
+        unsafe {
+            dst.add(i)
+                .cast::<[u8; 64]>()
+                .write_unaligned(src.add(i).cast::<[u8; 64]>().read_unaligned())
+        };
+        i += 64;
+    }
+    // SAFETY: the last `n - i` (< 64) bytes of both ranges.
+    unsafe { std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), n - i) };
 }
 
 impl Drop for Region {
@@ -304,6 +323,21 @@ impl RingView {
         self.region
             .u16_atomic(self.off + RING_FLAGS)
             .store(f, Ordering::Relaxed);
+    }
+
+    /// Hints the CPU to fetch the descriptors of slots `from .. from + n` (they share
+    /// cache lines four by four): their loads then overlap instead of waiting in turn.
+    #[inline]
+    pub fn prefetch_descs(&self, from: u16, n: u16) {
+        let mut i = 0;
+        while i < n {
+            self.region.prefetch(self.desc_off(from.wrapping_add(i)));
+            i += (64 / DESC_SIZE) as u16;
+        }
+        if n > 0 {
+            self.region
+                .prefetch(self.desc_off(from.wrapping_add(n - 1)));
+        }
     }
 
     fn desc_off(&self, slot: u16) -> usize {
