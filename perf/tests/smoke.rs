@@ -310,6 +310,33 @@ fn workers() {
     );
 }
 
+/// memif: pollswitch and testpmd as middle boxes of a testpmd loop, 64 and 9000 bytes.
+#[test]
+fn memif() {
+    let _serial = serial();
+    let r = bench("memif", &[]);
+    let labels: Vec<&str> = r["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "pollswitch 64B",
+            "testpmd 64B",
+            "pollswitch 9000B",
+            "testpmd 9000B"
+        ]
+    );
+    for s in r["series"].as_array().unwrap() {
+        let o = &s["samples"][0]["outcome"];
+        assert!(num(&o["rx_pps"], "rx_pps") > 0.0, "{}: {o}", s["label"]);
+    }
+    assert_eq!(r["ratios"].as_array().unwrap().len(), 2, "{}", r["ratios"]);
+}
+
 #[test]
 fn missing_peer_fails_loudly() {
     let _serial = serial();

@@ -231,7 +231,8 @@ fn try_measure(
     let _ = end.proc.stop(Signal::INT, STOP);
     let out = end.proc.output();
     let periods = rx_pps_per_period(&out);
-    let skip = opts.warmup.as_secs_f64().ceil() as usize + 1;
+    // The first periods are the warm-up (and the start); at least one stays.
+    let skip = (opts.warmup.as_secs_f64().ceil() as usize + 1).min(periods.len().saturating_sub(1));
     let window: Vec<f64> = periods.iter().skip(skip).copied().collect();
     let Some(stat) = crate::report::Stat::of(window.iter().copied()) else {
         return Err(PerfError::Usage(format!(
