@@ -27,6 +27,7 @@ use switch::wire::Mac;
 use switch::{Backend, DropReason, Io, Pkt};
 
 use crate::memif::queue::{Push, Taken};
+use crate::memif::zc::{ZcRx, ZcTx};
 use crate::memif::{Conn, Link, MemifConfig, Registration};
 
 /// QAPI's RxState: how a class of addresses is filtered.
@@ -198,6 +199,10 @@ pub struct NicPort {
 struct MemifSide {
     link: Arc<Link>,
     conn: Option<Conn>,
+    /// Zero copy: the connection's rings with the pool buffers lent on them.
+    zc: Option<(ZcRx, ZcTx)>,
+    /// Buffers a zero-copy connection may hold (both rings full), reserved.
+    zc_held: usize,
     /// Sent frames on their way back to the pool (kept to reuse its allocation).
     done: Vec<Pkt>,
     _reg: Registration,
@@ -224,6 +229,10 @@ pub fn nic(mac: Mac) -> (NicPort, NicHandle) {
 /// Makes a NIC port whose application attaches over memif as `cfg` says: a server
 /// NIC's socket listens when this returns, a client NIC starts connecting.
 pub fn nic_memif(mac: Mac, cfg: MemifConfig) -> Result<(NicPort, NicHandle), crate::Error> {
+    let zc_held = match cfg.zero_copy {
+        Some(_) => 2usize << cfg.log2_ring,
+        None => 0,
+    };
     let link = Link::new();
     let reg = crate::memif::register(cfg, link.clone())?;
     let (mut port, mut h) = nic(mac);
@@ -232,6 +241,8 @@ pub fn nic_memif(mac: Mac, cfg: MemifConfig) -> Result<(NicPort, NicHandle), cra
     port.memif = Some(MemifSide {
         link,
         conn: None,
+        zc: None,
+        zc_held,
         done: Vec::with_capacity(switch::backend::BURST),
         _reg: reg,
     });
@@ -242,24 +253,55 @@ impl MemifSide {
     /// Picks up a new connection, lets go of an ended one; the carrier follows.
     fn refresh(&mut self, io: &mut Io<'_>) {
         if self.conn.as_ref().is_some_and(|c| !c.life.alive()) {
-            self.conn = None;
+            self.drop_conn(io);
             io.counters.set_carrier(false);
         }
-        if let Some(c) = self.link.take() {
+        if let Some(mut c) = self.link.take() {
+            self.drop_conn(io);
+            if let Some((rx, tx)) = c.zc.take() {
+                let mut zrx = ZcRx::new(rx);
+                zrx.refill(io);
+                self.zc = Some((zrx, ZcTx::new(tx)));
+            }
             self.conn = Some(c);
             io.counters.set_carrier(true);
         }
     }
 
+    /// Lets go of the connection, taking back every pool buffer lent on it.
+    fn drop_conn(&mut self, io: &mut Io<'_>) {
+        if let Some((mut rx, mut tx)) = self.zc.take() {
+            rx.drain(io);
+            tx.drain(io);
+        }
+        self.conn = None;
+    }
+
     fn fail(&mut self, io: &mut Io<'_>, why: String) {
-        if let Some(c) = self.conn.take() {
+        if let Some(c) = &self.conn {
             tracing::warn!("memif peer {} broke the protocol: {why}", c.peer);
             c.fail(why);
         }
+        self.drop_conn(io);
         io.counters.set_carrier(false);
     }
 
+    fn signal(&mut self) {
+        if let Some(f) = self.conn.as_mut().and_then(|c| c.tx_irq.first_mut()) {
+            let _ = f.write(&1u64.to_ne_bytes());
+        }
+    }
+
     fn rx(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
+        if let Some((zrx, _)) = &mut self.zc {
+            return match zrx.receive(io, out, max) {
+                Ok(n) => n,
+                Err(f) => {
+                    self.fail(io, f.0);
+                    0
+                }
+            };
+        }
         let Some(c) = &mut self.conn else { return 0 };
         let pool = io.pool();
         let room = pool.max_frame();
@@ -324,6 +366,17 @@ impl MemifSide {
     }
 
     fn tx(&mut self, io: &mut Io<'_>, filter: &RxFilter, pkts: &mut Vec<Pkt>) {
+        if let Some((_, ztx)) = &mut self.zc {
+            match ztx.send(io, pkts, |f| filter.promiscuous || filter.accepts(f)) {
+                Ok(true) => self.signal(),
+                Ok(false) => {}
+                Err(f) => {
+                    io.drop_all(pkts, DropReason::NotConnected);
+                    self.fail(io, f.0);
+                }
+            }
+            return;
+        }
         let Some(c) = &mut self.conn else {
             io.drop_all(pkts, DropReason::NotConnected);
             return;
@@ -433,14 +486,17 @@ impl Backend for NicPort {
         n
     }
 
-    fn stop(&mut self, _io: &mut Io<'_>) -> bool {
+    fn stop(&mut self, io: &mut Io<'_>) -> bool {
         if let Some(m) = &mut self.memif {
-            m.conn = None;
+            m.drop_conn(io);
         }
         true
     }
 
     fn idle(&mut self) -> bool {
+        if let Some((zrx, _)) = self.memif.as_mut().and_then(|m| m.zc.as_mut()) {
+            return !zrx.arm();
+        }
         let Some(c) = self.memif.as_mut().and_then(|m| m.conn.as_mut()) else {
             return true;
         };
@@ -450,6 +506,10 @@ impl Backend for NicPort {
             quiet &= !q.arm();
         }
         quiet
+    }
+
+    fn max_held(&self, _pool: &switch::Pool) -> usize {
+        self.memif.as_ref().map_or(0, |m| m.zc_held)
     }
 
     fn sleep_limit(&self) -> Option<Duration> {

@@ -102,6 +102,7 @@ impl Daemon {
             nd,
             &mut BuildEnv {
                 max_frame: self.switch.pool().max_frame(),
+                pool: self.switch.pool(),
                 fds,
             },
             self.free_mac(),

@@ -50,6 +50,8 @@ impl FdSource for InheritedFds {
 pub struct BuildEnv<'a> {
     /// Largest frame.
     pub max_frame: usize,
+    /// The packet pool (a zero-copy memif NIC gives it to its peer).
+    pub pool: &'a switch::Pool,
     /// Descriptor names.
     pub fds: &'a mut dyn FdSource,
 }
@@ -114,7 +116,7 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
                     mac_to_string(&mac)
                 )));
             }
-            let (port, handle) = match memif_config(&nd.id, o)? {
+            let (port, handle) = match memif_config(&nd.id, o, env.pool)? {
                 Some(cfg) => backends::nic::nic_memif(mac, cfg).map_err(backend_err(&nd.id))?,
                 None => nic(mac),
             };
@@ -146,19 +148,21 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
 fn memif_config(
     id: &str,
     o: &crate::qapi::NetLegacyNicOptions,
+    pool: &switch::Pool,
 ) -> Result<Option<backends::memif::MemifConfig>, CtlError> {
     use backends::memif::wire::{secret_field, MAX_LOG2_RING, SECRET_SIZE};
-    use backends::memif::{MemifConfig, Role};
+    use backends::memif::{MemifConfig, PoolShare, Role};
     let Some(sock) = &o.x_memif else {
         let given = o.x_memif_role.is_some()
             || o.x_memif_id.is_some()
             || o.x_memif_ring_size.is_some()
             || o.x_memif_buffer_size.is_some()
-            || o.x_memif_secret.is_some();
+            || o.x_memif_secret.is_some()
+            || o.x_memif_zero_copy.is_some();
         if given {
             return Err(CtlError::Invalid(
-                "x-memif-role, x-memif-id, x-memif-ring-size, x-memif-buffer-size and \
-                 x-memif-secret need x-memif (the socket)"
+                "x-memif-role, x-memif-id, x-memif-ring-size, x-memif-buffer-size, \
+                 x-memif-secret and x-memif-zero-copy need x-memif (the socket)"
                     .into(),
             ));
         }
@@ -200,6 +204,30 @@ fn memif_config(
             "x-memif socket path '{sock}' is too long for a unix socket"
         )));
     }
+    let zero_copy = match o.x_memif_zero_copy {
+        Some(true) if role == Role::Server => {
+            return Err(CtlError::Invalid(
+                "x-memif-zero-copy needs x-memif-role=client: a server works in the \
+                 client's memory"
+                    .into(),
+            ))
+        }
+        Some(true) => {
+            let fd = pool.region_fd().ok_or_else(|| {
+                CtlError::Unsupported(
+                    "x-memif-zero-copy: the packet pool is not in shared memory".into(),
+                )
+            })?;
+            let fd = fd.try_clone_to_owned().map_err(|e| {
+                CtlError::Invalid(format!("x-memif-zero-copy: a copy of the pool's fd: {e}"))
+            })?;
+            Some(PoolShare {
+                fd: std::sync::Arc::new(fd),
+                len: pool.region_len(),
+            })
+        }
+        _ => None,
+    };
     Ok(Some(MemifConfig {
         socket: path,
         role,
@@ -208,6 +236,7 @@ fn memif_config(
         log2_ring: ring.trailing_zeros() as u8,
         buffer_size: bsize,
         name: id.to_string(),
+        zero_copy,
     }))
 }
 

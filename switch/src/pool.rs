@@ -549,6 +549,19 @@ impl Pool {
         Some((p.idx as usize * self.buf_size + off, len))
     }
 
+    /// Where a packet's frame lies in the region (offset, length), for a peer that
+    /// maps the region ([`Pool::region_fd`]); `None` for a foreign or broken handle.
+    #[inline]
+    pub fn frame_in_region(&self, p: &Pkt) -> Option<(usize, usize)> {
+        self.span(p)
+    }
+
+    /// Where a packet's whole buffer starts in the region.
+    #[inline]
+    pub fn buffer_in_region(&self, p: &Pkt) -> Option<usize> {
+        self.mine(p).then(|| p.idx as usize * self.buf_size)
+    }
+
     /// The frame bytes of a packet, borrowed for as long as its handle is. A handle of
     /// another pool, or whose span is outside its buffer, reads as empty.
     #[inline]

@@ -284,6 +284,7 @@ fn app_cfg(sock: &Path, id: u32, secret: Option<&str>) -> MemifConfig {
         log2_ring: 10,
         buffer_size: 2048,
         name: "app".into(),
+        zero_copy: None,
     }
 }
 
@@ -586,6 +587,71 @@ fn pollswitch_as_client_of_a_testpmd_server() {
     expect_frame(&a, &f, "3000 bytes reflected by the second testpmd");
     tp.interrupt();
     wait_attached(&mut c, &["nA"], false, WAIT, || tp.said());
+    drop(c);
+    d.stop_clean();
+}
+
+/// Zero copy (client role): region 1 is the switch's pool, testpmd's server copies into
+/// and out of pool buffers; frames come back intact, and every buffer lent on the rings
+/// is back in the pool once testpmd leaves.
+#[test]
+fn zero_copy_client_of_a_testpmd_server() {
+    let _one = testpmd_lock();
+    let dir = TempDir::new();
+    let s = dir.join("s.sock");
+    let mut a = UdpEnd::new();
+    let args = Args::new()
+        .udp("a", 0, &mut a)
+        .netdev(&memif_nic(
+            "nA",
+            &s,
+            ",x-memif-role=client,x-memif-zero-copy=on,x-memif-ring-size=256",
+        ))
+        .on_hub("nA", 0);
+    let (d, mut c) = start(args, &dir);
+    let free_before = pool_free(&mut c);
+    let mut tp = Testpmd::start(&[format!("role=server,socket={}", s.display())]);
+    wait_attached(&mut c, &["nA"], true, ATTACH, || tp.said());
+    // The receive ring holds 256 pool buffers lent to testpmd.
+    assert!(
+        wait_until(WAIT, || pool_free(&mut c) <= free_before - 256),
+        "{} free, {free_before} before",
+        pool_free(&mut c)
+    );
+    until_path_works(&a, &a, probe, "a → nA (zero copy) → testpmd → nA → a");
+    for (k, &len) in SIZES.iter().enumerate() {
+        let f = frame(BCAST, mac(1), ETH_EXP, len, k as u8);
+        a.send(&f);
+        expect_frame(&a, &f, &format!("{len} bytes reflected, zero copy"));
+    }
+    expect_nothing(&a, "a after the reflections");
+    let p = port(&mut c, "nA");
+    assert_eq!(
+        p["drops"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|v| *v != 0)
+            .count(),
+        0,
+        "{p}"
+    );
+    tp.interrupt();
+    wait_attached(&mut c, &["nA"], false, WAIT, || tp.said());
+    assert!(
+        wait_until(WAIT, || pool_free(&mut c) == free_before),
+        "{} free after testpmd left, {free_before} before",
+        pool_free(&mut c)
+    );
+    // A server NIC cannot be zero-copy: it works in the client's memory.
+    let r = c.execute(
+        "netdev_add",
+        serde_json::json!({"id": "z", "type": "nic",
+                           "x-memif": dir.join("z.sock").display().to_string(),
+                           "x-memif-zero-copy": true}),
+    );
+    let desc = r["error"]["desc"].as_str().unwrap_or_default();
+    assert!(desc.contains("x-memif-role=client"), "{r}");
     drop(c);
     d.stop_clean();
 }

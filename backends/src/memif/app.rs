@@ -187,6 +187,7 @@ mod tests {
             log2_ring: 6,
             buffer_size: 256,
             name: format!("{role:?}{id}"),
+            zero_copy: None,
         }
     }
 

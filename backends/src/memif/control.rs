@@ -51,8 +51,17 @@ const MAX_RINGS: u16 = 256;
 /// Regions a peer may offer.
 const MAX_REGIONS: u16 = 256;
 
+/// The switch's packet pool, given to a zero-copy client's peer as region 1.
+#[derive(Debug, Clone)]
+pub struct PoolShare {
+    /// A copy of the pool's memfd.
+    pub fd: Arc<OwnedFd>,
+    /// The region's size.
+    pub len: usize,
+}
+
 /// One memif NIC's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct MemifConfig {
     /// The control socket.
     pub socket: PathBuf,
@@ -68,6 +77,8 @@ pub struct MemifConfig {
     pub buffer_size: u32,
     /// Our interface name, as the peer sees it (the netdev id).
     pub name: String,
+    /// Client only: frames cross in the switch's own pool buffers (region 1).
+    pub zero_copy: Option<PoolShare>,
 }
 
 /// What ends a connection, shared by the worker and the thread.
@@ -96,6 +107,9 @@ pub struct Conn {
     pub tx: Vec<TxQueue>,
     /// The eventfd of each send ring.
     pub tx_irq: Vec<File>,
+    /// Zero copy: the receive (s2c) and send (c2s) rings, whose buffers are the pool's
+    /// (`rx` and `tx` are then empty).
+    pub zc: Option<(RingView, RingView)>,
     /// Ends it.
     pub life: Arc<Life>,
     /// The peer's name and interface name (for logs and stats).
@@ -317,6 +331,7 @@ struct ClientSetup {
     s2c_bufs: Vec<Desc>,
     c2s_irq: File,
     s2c_irq: File,
+    zero_copy: bool,
 }
 
 struct Listener {
@@ -837,7 +852,7 @@ impl Thread {
         if !sock_ok {
             return Err("send failed".into());
         }
-        self.go_up(key, regions, rx, tx, tx_irq, rx_irq, peer);
+        self.go_up(key, regions, rx, tx, None, tx_irq, rx_irq, peer);
         Ok(())
     }
 
@@ -848,6 +863,7 @@ impl Thread {
         regions: Regions,
         rx: Vec<RxQueue>,
         tx: Vec<TxQueue>,
+        zc: Option<(RingView, RingView)>,
         tx_irq: Vec<File>,
         rx_irq: Vec<File>,
         peer: String,
@@ -872,6 +888,7 @@ impl Thread {
             rx,
             tx,
             tx_irq,
+            zc,
             life,
             peer,
             link: i.link.clone(),
@@ -901,7 +918,13 @@ impl Thread {
         let slots = 1usize << log2;
         let bsize = i.cfg.buffer_size as usize;
         let rb = ring_bytes(log2);
-        let len = 2 * rb + 2 * slots * bsize;
+        let zc = i.cfg.zero_copy.clone();
+        // Zero copy: region 0 holds only the rings, the buffers are the pool's.
+        let len = if zc.is_some() {
+            2 * rb
+        } else {
+            2 * rb + 2 * slots * bsize
+        };
         let region = Arc::new(
             Region::create(&format!("memif-{}", i.cfg.name), len)
                 .map_err(|e| format!("region: {e}"))?,
@@ -946,6 +969,15 @@ impl Thread {
                     .map_err(|e| e.to_string())?,
             ),
         ));
+        if let Some(pool) = &zc {
+            out.push_back((
+                Msg::AddRegion {
+                    index: super::zc::POOL_REGION,
+                    size: pool.len as u64,
+                },
+                Some(pool.fd.try_clone().map_err(|e| e.to_string())?),
+            ));
+        }
         for (c2s_dir, f) in [(true, &c2s_irq), (false, &s2c_irq)] {
             out.push_back((
                 Msg::AddRing {
@@ -973,6 +1005,7 @@ impl Thread {
             s2c_bufs: bufs(slots),
             c2s_irq,
             s2c_irq,
+            zero_copy: zc.is_some(),
         });
         c.peer_name = name;
         c.outbox = out;
@@ -1003,13 +1036,22 @@ impl Thread {
                     r.head().store(0, Ordering::Relaxed);
                     r.tail().store(0, Ordering::Relaxed);
                 }
-                let tx = vec![TxQueue::new(s.c2s, Role::Client, s.c2s_bufs)];
-                let rx = vec![RxQueue::new(s.s2c, Role::Client, s.s2c_bufs)];
+                // Zero copy: the worker posts pool buffers itself.
+                let (rx, tx, zc) = if s.zero_copy {
+                    (Vec::new(), Vec::new(), Some((s.s2c, s.c2s)))
+                } else {
+                    (
+                        vec![RxQueue::new(s.s2c, Role::Client, s.s2c_bufs)],
+                        vec![TxQueue::new(s.c2s, Role::Client, s.c2s_bufs)],
+                        None,
+                    )
+                };
                 self.go_up(
                     key,
                     Regions(vec![s.region]),
                     rx,
                     tx,
+                    zc,
                     vec![s.c2s_irq],
                     vec![s.s2c_irq],
                     peer,

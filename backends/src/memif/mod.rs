@@ -8,13 +8,16 @@
 //!
 //! Copies: a frame is copied once on each crossing — out of the peer's buffer into a
 //! pool buffer on receive, from the pool buffer into the peer's buffer on send —
-//! whichever side owns the region. Buffers of the pool are never shown to the peer.
+//! whichever side owns the region, and the pool is never shown to the peer. Except
+//! with zero copy ([`zc`], client NICs that ask for it): the pool itself is region 1,
+//! and our side copies nothing.
 pub mod app;
 pub mod control;
 pub mod queue;
 pub mod shm;
 pub mod wire;
+pub mod zc;
 
 pub use app::App;
-pub use control::{register, Conn, Link, LinkInfo, MemifConfig, Registration};
+pub use control::{register, Conn, Link, LinkInfo, MemifConfig, PoolShare, Registration};
 pub use queue::Role;

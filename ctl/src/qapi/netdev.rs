@@ -47,6 +47,9 @@ qapi_struct! {
         x_memif_buffer_size: opt uint32 = "x-memif-buffer-size",
         /// pollswitch: secret the application must give (server) or that we give
         x_memif_secret: opt str = "x-memif-secret",
+        /// pollswitch: client only, frames cross in the pool's own buffers (the
+        /// application can then read and write the whole pool)
+        x_memif_zero_copy: opt bool = "x-memif-zero-copy",
     }
 }
 
@@ -686,6 +689,7 @@ mod tests {
                         x_memif_ring_size: Some(512),
                         x_memif_buffer_size: Some(4096),
                         x_memif_secret: Some("s".into()),
+                        x_memif_zero_copy: None,
                     }),
                 ),
             ),
