@@ -307,6 +307,24 @@ impl TxQueue {
     /// Copies one frame into the next slots (chained when it is longer than a buffer).
     pub fn push(&mut self, regions: &Regions, frame: &[u8]) -> Push {
         let mut s = self.slot;
+        if s == self.end {
+            return Push::Full;
+        }
+        let d = self.target(s);
+        if frame.len() <= d.length as usize && !frame.is_empty() {
+            // One buffer, the common case.
+            let d = Desc {
+                flags: 0,
+                length: frame.len() as u32,
+                ..d
+            };
+            if !regions.write_buf(&d, frame) {
+                return Push::BadBuffer;
+            }
+            self.ring.set_desc(s, d);
+            self.slot = s.wrapping_add(1);
+            return Push::Sent;
+        }
         let mut rest = frame;
         loop {
             if s == self.end {

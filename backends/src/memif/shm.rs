@@ -237,8 +237,10 @@ unsafe fn copy_forward(src: *const u8, dst: *mut u8, n: usize) {
         };
         i += 64;
     }
-    // SAFETY: the last `n - i` (< 64) bytes of both ranges.
-    unsafe { std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), n - i) };
+    if i < n {
+        // SAFETY: the last `n - i` (< 64) bytes of both ranges.
+        unsafe { std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), n - i) };
+    }
 }
 
 impl Drop for Region {
