@@ -133,7 +133,8 @@ impl RxQueue {
     pub fn prefetch(&self, regions: &Regions, n: u16) {
         self.ring.prefetch_descs(self.last, n.min(self.avail));
         for i in 0..n.min(self.avail) {
-            regions.prefetch(&self.ring.desc(self.last.wrapping_add(i)));
+            // A filled buffer: its length is the frame's; four lines start a long one.
+            regions.prefetch(&self.ring.desc(self.last.wrapping_add(i)), 4);
         }
     }
 
@@ -287,7 +288,8 @@ impl TxQueue {
             self.ring.prefetch_descs(self.slot, n.min(free));
         }
         for i in 0..n.min(free) {
-            regions.prefetch(&self.target(self.slot.wrapping_add(i)));
+            // An empty buffer: its length is its room, not the frame's; one line.
+            regions.prefetch(&self.target(self.slot.wrapping_add(i)), 1);
         }
     }
 

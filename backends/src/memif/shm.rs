@@ -22,6 +22,9 @@ use std::sync::Arc;
 
 use super::wire::{ring_bytes, COOKIE, DESC_SIZE, RING_FLAGS, RING_HEAD, RING_HEADER, RING_TAIL};
 
+/// Longest copy done inline in 64-byte steps.
+const SHORT_COPY: usize = 256;
+
 /// A mapped shared memory region.
 #[derive(Debug)]
 pub struct Region {
@@ -218,15 +221,21 @@ impl Region {
     }
 }
 
-/// Copies `n` bytes front to back in 64-byte steps: the access pattern the hardware
-/// prefetcher follows best through memory another core wrote (libc's memcpy reads the
-/// end of a frame first).
+/// Copies `n` bytes: short frames front to back in 64-byte steps, inline (a call into
+/// libc's memcpy costs more than the copy, and it reads the end of a frame first, which
+/// meets the miss on memory another core wrote before the prefetched start); long ones
+/// with libc's memcpy, whose vector width is chosen for this CPU at run time.
 ///
 /// # Safety
 ///
 /// `src` must be valid for `n` reads and `dst` for `n` writes, not overlapping.
 #[inline]
 unsafe fn copy_forward(src: *const u8, dst: *mut u8, n: usize) {
+    if n > SHORT_COPY {
+        // SAFETY: the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
+        return;
+    }
     let mut i = 0;
     while i + 64 <= n {
         // SAFETY: `i + 64 <= n`, within both ranges (the caller's contract).
@@ -383,11 +392,17 @@ impl RingView {
 pub struct Regions(pub Vec<Arc<Region>>);
 
 impl Regions {
-    /// Hints the CPU to fetch the first line of the buffer `d` names.
+    /// Hints the CPU to fetch the first lines of the buffer `d` names, as many as it
+    /// holds up to `max_lines`.
     #[inline]
-    pub fn prefetch(&self, d: &Desc) {
+    pub fn prefetch(&self, d: &Desc, max_lines: usize) {
         if let Some(r) = self.0.get(usize::from(d.region)) {
-            r.prefetch(d.offset as usize);
+            // The first lines of the buffer (the hardware's stream prefetcher takes
+            // over from there on long frames).
+            let lines = (d.length as usize).div_ceil(64).clamp(1, max_lines);
+            for i in 0..lines {
+                r.prefetch(d.offset as usize + 64 * i);
+            }
         }
     }
 
