@@ -150,8 +150,17 @@ fn testpmd(bin: &Path, core: usize, vdevs: &[String], size: usize, tx_first: boo
     Ok(Dpdk { proc, runtime })
 }
 
-fn measure_once(system: &str, size: usize, opts: &BenchOpts, command: &mut String) -> Sample {
-    let mut s = Sample::default();
+fn measure_once(
+    system: &str,
+    size: usize,
+    opts: &BenchOpts,
+    run: usize,
+    command: &mut String,
+) -> Sample {
+    let mut s = Sample {
+        run,
+        ..Sample::default()
+    };
     match try_measure(system, size, opts, command) {
         Ok((outcome, diag)) => {
             s.outcome = Some(outcome);
@@ -300,7 +309,7 @@ fn run(opts: &BenchOpts, systems: &[&'static peer::System]) -> Result<Report> {
         &mut cases,
         |c| &mut c.2,
         say,
-        |(sys, size, s), _run| measure_once(sys, *size, opts, &mut s.command),
+        |(sys, size, s), run| measure_once(sys, *size, opts, run, &mut s.command),
     );
     for (_, _, s) in &mut cases {
         s.summarize();
