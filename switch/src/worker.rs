@@ -508,6 +508,23 @@ impl Worker {
         let ndest = entry.dests.len() as u32;
         // A flow hash only when some destination has several queues to choose from.
         let spread = entry.dests.iter().any(|g| g.queues.len() > 1);
+        if let ([g], false) = (&entry.dests[..], spread) {
+            // One destination queue (a port and its peer, a two-port hub): the whole
+            // burst goes as one, decided once.
+            let q = g.queues[0];
+            if q.worker == me {
+                deliver_burst(
+                    &mut eng.cache,
+                    topo,
+                    slots,
+                    slot_of,
+                    q.port,
+                    rx,
+                    &eng.shared,
+                );
+                return;
+            }
+        }
         for pkt in rx.drain(..) {
             let hash = if spread {
                 frame_hash(eng.pool.bytes(&pkt))
@@ -642,6 +659,37 @@ fn deliver_local(
         _ => {
             s.counters.count_drop(DropReason::LinkDown, 1);
             cache.free(p);
+        }
+    }
+}
+
+/// [`deliver_local`] for a whole burst to one port: its slot and link are looked up
+/// once.
+fn deliver_burst(
+    cache: &mut BufCache,
+    topo: &Topology,
+    slots: &mut [Option<Slot>],
+    slot_of: &[u32],
+    port: PortId,
+    pkts: &mut Vec<Pkt>,
+    me: &WorkerShared,
+) {
+    let slot = slot_of
+        .get(port as usize)
+        .and_then(|&i| slots.get_mut(i as usize))
+        .and_then(Option::as_mut);
+    let Some(s) = slot else {
+        me.gone_drops
+            .fetch_add(pkts.len() as u64, Ordering::Relaxed);
+        cache.free_all(pkts);
+        return;
+    };
+    match topo.get(port) {
+        Some(e) if e.link_up => s.pending.append(pkts),
+        _ => {
+            s.counters
+                .count_drop(DropReason::LinkDown, pkts.len() as u64);
+            cache.free_all(pkts);
         }
     }
 }
