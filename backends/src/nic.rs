@@ -445,11 +445,18 @@ impl Backend for NicPort {
     }
 
     fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
-        if let Some(f) = self.h.filter.pop() {
-            self.filter = f;
+        // `is_empty` first: an empty `pop` fences (SeqCst), `is_empty` only loads, and
+        // these queues are empty on almost every call.
+        if !self.h.filter.is_empty() {
+            if let Some(f) = self.h.filter.pop() {
+                self.filter = f;
+            }
         }
         let mut n = 0;
         while n < max {
+            if self.h.inject.is_empty() {
+                break;
+            }
             let Some(f) = self.h.inject.pop() else { break };
             if let Some(p) = io.receive_copy(&f) {
                 out.push(p);
