@@ -977,6 +977,72 @@ impl DgramIo {
     }
 }
 
+/// A port that is one datagram engine and nothing more, holding what must live as long
+/// as the port (`keep`: a tap device whose last queue runs the down-script, a user
+/// network's stack thread).
+pub struct DgramPort<K> {
+    kind: &'static str,
+    io: DgramIo,
+    poll_us: Option<u32>,
+    keep: K,
+}
+
+impl<K> DgramPort<K> {
+    /// A port of QAPI type `kind` moving frames through `io`.
+    pub fn new(kind: &'static str, io: DgramIo, poll_us: Option<u32>, keep: K) -> DgramPort<K> {
+        DgramPort {
+            kind,
+            io,
+            poll_us,
+            keep,
+        }
+    }
+
+    /// What the port keeps alive.
+    pub fn keep(&self) -> &K {
+        &self.keep
+    }
+
+    /// The engine (its descriptor, for tests).
+    pub fn io(&self) -> &DgramIo {
+        &self.io
+    }
+}
+
+impl<K: Send> switch::Backend for DgramPort<K> {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn start(&mut self, io: &mut Io<'_>) {
+        self.io.start(io);
+    }
+
+    fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
+        self.io.rx_burst(io, out, max)
+    }
+
+    fn tx_burst(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
+        self.io.tx_burst(io, pkts)
+    }
+
+    fn complete(&mut self, io: &mut Io<'_>, op: u8, tag: u32, res: i32, flags: u32) {
+        self.io.complete(io, op, tag, res, flags);
+    }
+
+    fn stop(&mut self, io: &mut Io<'_>) -> bool {
+        self.io.stop(io)
+    }
+
+    fn max_held(&self, pool: &switch::Pool) -> usize {
+        self.io.rx_held(pool.count()) + self.io.tx_held(pool.count())
+    }
+
+    fn poll_us(&self) -> Option<u32> {
+        self.poll_us
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

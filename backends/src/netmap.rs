@@ -652,26 +652,14 @@ impl NetmapPort {
                 "netmap: {dev} gave '{ifname}' an empty region"
             )));
         }
-        // SAFETY: a fresh shared mapping of the region the kernel just sized for this
-        // fd; the result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::Config(format!(
-                "netmap: could not map the rings of '{ifname}': {}",
-                std::io::Error::last_os_error()
-            )));
-        }
+        // The region the kernel just sized for this fd.
+        let ptr = crate::sys::map_shared(std::os::fd::AsFd::as_fd(&fd), len).map_err(|e| {
+            Error::Config(format!(
+                "netmap: could not map the rings of '{ifname}': {e}"
+            ))
+        })?;
         let mut map = Mapping {
-            ptr: ptr.cast(),
+            ptr: ptr.as_ptr(),
             len,
         };
         let nifp = usize::try_from(reg.nr_offset).unwrap_or(usize::MAX);

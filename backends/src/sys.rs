@@ -424,6 +424,26 @@ pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Maps `len` bytes of `fd` from its start, shared and writable: the start of a new
+/// mapping, which the caller owns (and must `munmap` once, with `len`).
+pub fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<std::ptr::NonNull<u8>> {
+    // SAFETY: a new mapping at an address the kernel picks; no existing memory changes.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    std::ptr::NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
 /// poll(2) over `fds` for at most `timeout_ms` (negative: no limit); returns how many
 /// have events (their `revents` set). An interrupted wait returns 0.
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {

@@ -22,10 +22,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 
-use switch::{Backend, Io, Pkt};
-
 use crate::error::Error;
-use crate::io::{DgramConfig, DgramIo, RxMode, TxMode};
+use crate::io::{DgramConfig, DgramIo, DgramPort, RxMode, TxMode};
 use crate::sys::{self, IfReq};
 
 /// Length of `struct virtio_net_hdr` (no mergeable buffers).
@@ -98,12 +96,7 @@ impl Drop for TapDevice {
 }
 
 /// One queue of a tap device.
-pub struct TapQueue {
-    io: DgramIo,
-    poll_us: Option<u32>,
-    /// Shared by the queues; the last one dropped runs the down-script.
-    _dev: std::sync::Arc<TapDevice>,
-}
+pub type TapQueue = DgramPort<std::sync::Arc<TapDevice>>;
 
 fn open_queue(ifname: &str, flags: libc::c_short) -> Result<(OwnedFd, String), Error> {
     let f = OpenOptions::new()
@@ -216,45 +209,14 @@ pub fn open(cfg: TapConfig) -> Result<(Vec<TapQueue>, String), Error> {
     };
     let qs = fds
         .into_iter()
-        .map(|fd| TapQueue {
-            io: DgramIo::new(fd, dcfg.clone()),
-            poll_us: cfg.poll_us,
-            _dev: dev.clone(),
+        .map(|fd| {
+            DgramPort::new(
+                "tap",
+                DgramIo::new(fd, dcfg.clone()),
+                cfg.poll_us,
+                dev.clone(),
+            )
         })
         .collect();
     Ok((qs, ifname))
-}
-
-impl Backend for TapQueue {
-    fn kind(&self) -> &'static str {
-        "tap"
-    }
-
-    fn start(&mut self, io: &mut Io<'_>) {
-        self.io.start(io);
-    }
-
-    fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
-        self.io.rx_burst(io, out, max)
-    }
-
-    fn tx_burst(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
-        self.io.tx_burst(io, pkts)
-    }
-
-    fn complete(&mut self, io: &mut Io<'_>, op: u8, tag: u32, res: i32, flags: u32) {
-        self.io.complete(io, op, tag, res, flags);
-    }
-
-    fn stop(&mut self, io: &mut Io<'_>) -> bool {
-        self.io.stop(io)
-    }
-
-    fn max_held(&self, pool: &switch::Pool) -> usize {
-        self.io.rx_held(pool.count()) + self.io.tx_held(pool.count())
-    }
-
-    fn poll_us(&self) -> Option<u32> {
-        self.poll_us
-    }
 }

@@ -245,7 +245,7 @@ fn user(
     id: &str,
     o: &crate::qapi::NetdevUserOptions,
 ) -> Result<(SpecKind, backends::user::UserHandle), CtlError> {
-    use backends::user::{UserArgs, UserConfig, UserPort};
+    use backends::user::{UserArgs, UserConfig};
     let args = UserArgs {
         hostname: o.hostname.clone(),
         restrict: o.restrict,
@@ -276,7 +276,7 @@ fn user(
         other => backend_err(id)(other),
     };
     let cfg = UserConfig::parse(&args).map_err(plain)?;
-    let (port, handle) = UserPort::open(id, cfg).map_err(plain)?;
+    let (port, handle) = backends::user::open(id, cfg).map_err(plain)?;
     Ok((
         SpecKind::Port {
             queues: vec![Box::new(port)],

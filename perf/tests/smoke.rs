@@ -146,6 +146,16 @@ fn check_traffic(report: &Value) {
     }
 }
 
+/// The series' labels, in order.
+fn labels(report: &Value) -> Vec<&str> {
+    report["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect()
+}
+
 fn systems(report: &Value) -> Vec<String> {
     report["series"]
         .as_array()
@@ -179,12 +189,7 @@ fn latency() {
     let _serial = serial();
     let r = bench("latency", &["--latency-rate", "5000"]);
     check_traffic(&r);
-    let labels: Vec<&str> = r["series"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["label"].as_str().unwrap())
-        .collect();
+    let labels = labels(&r);
     assert_eq!(
         labels,
         [
@@ -315,12 +320,7 @@ fn workers() {
 fn memif() {
     let _serial = serial();
     let r = bench("memif", &[]);
-    let labels: Vec<&str> = r["series"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["label"].as_str().unwrap())
-        .collect();
+    let labels = labels(&r);
     assert_eq!(
         labels,
         [

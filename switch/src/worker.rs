@@ -634,6 +634,33 @@ impl Worker {
     }
 }
 
+/// Where frames for local port `port` stand.
+enum LocalDest<'a> {
+    /// Its slot, link up: frames go onto its pending batch.
+    Up(&'a mut Slot),
+    /// Its link is down: frames are dropped and counted at it.
+    Down(&'a mut Slot),
+    /// No such port here any more (deleted meanwhile).
+    Gone,
+}
+
+fn local_dest<'a>(
+    topo: &Topology,
+    slots: &'a mut [Option<Slot>],
+    slot_of: &[u32],
+    port: PortId,
+) -> LocalDest<'a> {
+    let slot = slot_of
+        .get(port as usize)
+        .and_then(|&i| slots.get_mut(i as usize))
+        .and_then(Option::as_mut);
+    match (slot, topo.get(port)) {
+        (None, _) => LocalDest::Gone,
+        (Some(s), Some(e)) if e.link_up => LocalDest::Up(s),
+        (Some(s), _) => LocalDest::Down(s),
+    }
+}
+
 /// Puts a frame on the pending batch of local port `port`, or drops it when the port is
 /// gone or its link is down.
 fn deliver_local(
@@ -645,26 +672,20 @@ fn deliver_local(
     p: Pkt,
     me: &WorkerShared,
 ) {
-    let slot = slot_of
-        .get(port as usize)
-        .and_then(|&i| slots.get_mut(i as usize))
-        .and_then(Option::as_mut);
-    let Some(s) = slot else {
-        cache.free(p);
-        me.gone_drops.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    match topo.get(port) {
-        Some(e) if e.link_up => s.pending.push(p),
-        _ => {
+    match local_dest(topo, slots, slot_of, port) {
+        LocalDest::Up(s) => s.pending.push(p),
+        LocalDest::Down(s) => {
             s.counters.count_drop(DropReason::LinkDown, 1);
             cache.free(p);
+        }
+        LocalDest::Gone => {
+            cache.free(p);
+            me.gone_drops.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// [`deliver_local`] for a whole burst to one port: its slot and link are looked up
-/// once.
+/// [`deliver_local`] for a whole burst to one port, decided once.
 fn deliver_burst(
     cache: &mut BufCache,
     topo: &Topology,
@@ -674,21 +695,16 @@ fn deliver_burst(
     pkts: &mut Vec<Pkt>,
     me: &WorkerShared,
 ) {
-    let slot = slot_of
-        .get(port as usize)
-        .and_then(|&i| slots.get_mut(i as usize))
-        .and_then(Option::as_mut);
-    let Some(s) = slot else {
-        me.gone_drops
-            .fetch_add(pkts.len() as u64, Ordering::Relaxed);
-        cache.free_all(pkts);
-        return;
-    };
-    match topo.get(port) {
-        Some(e) if e.link_up => s.pending.append(pkts),
-        _ => {
+    match local_dest(topo, slots, slot_of, port) {
+        LocalDest::Up(s) => s.pending.append(pkts),
+        LocalDest::Down(s) => {
             s.counters
                 .count_drop(DropReason::LinkDown, pkts.len() as u64);
+            cache.free_all(pkts);
+        }
+        LocalDest::Gone => {
+            me.gone_drops
+                .fetch_add(pkts.len() as u64, Ordering::Relaxed);
             cache.free_all(pkts);
         }
     }

@@ -148,29 +148,14 @@ fn stream_client_reconnects_when_the_qemu_server_restarts() {
     let (mut a, mut q) = (UdpEnd::new(), UdpEnd::new());
     let qemu = qemu_with(&server, &mut q);
     let dir = TempDir::new();
-    let sock = dir.join("qmp.sock");
-    let d = Args::new()
-        .opt(
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", sock.display()),
-        )
+    let (d, mut c) = Args::new()
         .netdev(&format!(
             "stream,id=s,addr.type=inet,addr.host=127.0.0.1,addr.port={port},reconnect=1"
         ))
         .on_hub("s", 0)
         .udp("a", 0, &mut a)
-        .start();
-    let mut c = tests::QmpClient::connect_unix_negotiated(&sock).expect("QMP");
-    let carrier = |c: &mut tests::QmpClient| {
-        let st = c.execute_ok("x-query-stats", serde_json::Value::Null);
-        let p = st["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "s")
-            .cloned();
-        p.unwrap_or_else(|| panic!("no port s: {st}"))["carrier"].clone()
-    };
+        .start_with_qmp(&dir);
+    let carrier = |c: &mut tests::QmpClient| common::port_stats(c, "s")["carrier"].clone();
     exchange(&a, &q, "stream client, first QEMU server");
     assert_eq!(carrier(&mut c), serde_json::json!(true), "connected");
     // The server dies without a word.
@@ -205,14 +190,7 @@ fn stream_client_reconnects_when_the_qemu_server_restarts() {
 fn qmp_nested_addresses_round_trip_and_qemu_errors() {
     use serde_json::{json, Value};
     let dir = TempDir::new();
-    let sock = dir.join("qmp.sock");
-    let d = Args::new()
-        .opt(
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", sock.display()),
-        )
-        .start();
-    let mut c = tests::QmpClient::connect_unix_negotiated(&sock).expect("QMP");
+    let (d, mut c) = Args::new().start_with_qmp(&dir);
     let port = free_tcp_port();
     let (lp, rp) = (free_udp_port(), free_udp_port());
     let stream = json!({"id": "s0", "type": "stream", "server": true,

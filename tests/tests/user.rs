@@ -516,14 +516,7 @@ fn in_use(port: u16) -> bool {
 #[test]
 fn netdev_add_del() {
     let dir = TempDir::new();
-    let sock = dir.join("qmp.sock");
-    let d = Args::new()
-        .opt(
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", sock.display()),
-        )
-        .start();
-    let mut c = QmpClient::connect_unix_negotiated(&sock).expect("connect to QMP");
+    let (d, mut c) = Args::new().start_with_qmp(&dir);
     let hp = free_tcp_port();
     let rule = format!("tcp:127.0.0.1:{hp}-:22");
     assert!(refused(hp) && !in_use(hp), "{hp} free before the add");
@@ -587,14 +580,7 @@ fn errors() {
         "this test needs a machine without {SMBD}"
     );
     let dir = TempDir::new();
-    let sock = dir.join("qmp.sock");
-    let d = Args::new()
-        .opt(
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", sock.display()),
-        )
-        .start();
-    let mut c = QmpClient::connect_unix_negotiated(&sock).expect("connect to QMP");
+    let (d, mut c) = Args::new().start_with_qmp(&dir);
     let before = fds(d.pid());
     let tmp: PathBuf = std::env::temp_dir();
     let r = c.execute(

@@ -155,16 +155,7 @@ fn frames_cross_a_vde_switch_and_flow_again_after_it_restarts() {
     // The switch goes away under traffic and comes back on the same directory; the
     // port's carrier (x-query-stats) follows.
     let mut c = QmpClient::connect_unix_negotiated(&qmp).expect("connect to QMP");
-    let carrier = |c: &mut QmpClient| {
-        let st = c.execute_ok("x-query-stats", Value::Null);
-        let p = st["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "v")
-            .cloned();
-        p.unwrap_or_else(|| panic!("no port v: {st}"))["carrier"].clone()
-    };
+    let carrier = |c: &mut QmpClient| common::port_stats(c, "v")["carrier"].clone();
     assert_eq!(carrier(&mut c), json!(true), "attached at start");
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {

@@ -99,25 +99,9 @@ impl Region {
     }
 
     fn map_fd(fd: OwnedFd, len: usize) -> io::Result<Region> {
-        // SAFETY: a new shared mapping of our descriptor; nothing else lives there.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return last_err("mmap");
-        }
-        Ok(Region {
-            ptr: NonNull::new(p as *mut u8).expect("mmap returned a non-null address"),
-            len,
-            fd,
-        })
+        let ptr = crate::sys::map_shared(fd.as_fd(), len)
+            .map_err(|e| io::Error::new(e.kind(), format!("mmap: {e}")))?;
+        Ok(Region { ptr, len, fd })
     }
 
     /// The region's size.

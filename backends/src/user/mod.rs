@@ -34,12 +34,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
-use switch::{Backend, Io, Pkt};
 
 pub use self::config::{parse_hostfwd_remove, GuestTarget, HostFwd, UserArgs, UserConfig};
 pub use self::stack::StackCounters;
 use crate::error::Error;
-use crate::io::{DgramConfig, DgramIo};
+use crate::io::{DgramConfig, DgramIo, DgramPort};
 
 /// Send buffer asked for on each end of the pair (the kernel caps it at wmem_max).
 const PAIR_BUFFER: usize = 4 << 20;
@@ -119,9 +118,12 @@ impl UserHandle {
     }
 }
 
-/// The switch's side of a user network.
-pub struct UserPort {
-    io: DgramIo,
+/// The switch's side of a user network: the worker's end of the pair, keeping the
+/// stack thread alive.
+pub type UserPort = DgramPort<StackGuard>;
+
+/// Stops and joins the stack thread when the port goes.
+pub struct StackGuard {
     /// The stack thread's end too, so the worker never reads an end of file from the
     /// pair while the port exists, whatever becomes of the thread.
     _peer: OwnedFd,
@@ -137,70 +139,68 @@ fn pair_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     }
 }
 
-impl UserPort {
-    /// Starts the stack thread, named after `id`, with `cfg`; returns once the stack
-    /// exists and every `hostfwd`/`guestfwd`/`smb` is in place, or with why it could not.
-    pub fn open(id: &str, cfg: UserConfig) -> Result<(UserPort, UserHandle), Error> {
-        let (ours, theirs) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None)
-            .map_err(pair_err("socketpair"))?;
-        for s in [&ours, &theirs] {
-            let _ = s.set_send_buffer_size(PAIR_BUFFER);
-            let _ = s.set_recv_buffer_size(PAIR_BUFFER);
-        }
-        theirs
-            .set_nonblocking(true)
-            .map_err(pair_err("make non-blocking"))?;
-        let keep: OwnedFd = theirs.try_clone().map_err(pair_err("duplicate"))?.into();
-        let (wake_tx, wake_rx) = UnixStream::pair().map_err(pair_err("socketpair"))?;
-        wake_tx
-            .set_nonblocking(true)
-            .map_err(pair_err("make non-blocking"))?;
-        wake_rx
-            .set_nonblocking(true)
-            .map_err(pair_err("make non-blocking"))?;
-        let counters = Arc::new(StackCounters::default());
-        let (cmds, cmd_rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let handle = UserHandle {
-            cmds,
-            wake: Arc::new(wake_tx),
-            counters: counters.clone(),
-            info: cfg.info(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("slirp-{id}"))
-            .spawn(move || {
-                StackThread {
-                    data: theirs,
-                    wake: wake_rx,
-                    cmds: cmd_rx,
-                    smb_dir: None,
-                }
-                .run(cfg, counters, ready_tx)
-            })
-            .map_err(pair_err("start the stack thread for"))?;
-        let port = UserPort {
-            io: DgramIo::new(ours.into(), DgramConfig::connected(false)),
-            _peer: keep,
-            handle: handle.clone(),
-            thread: Some(thread),
-        };
-        match ready_rx.recv_timeout(REPLY_TIMEOUT) {
-            Ok(Ok(())) => Ok((port, handle)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::Config(
-                "the user mode network stack did not start".into(),
-            )),
-        }
+/// Starts the stack thread, named after `id`, with `cfg`; returns once the stack exists
+/// and every `hostfwd`/`guestfwd`/`smb` is in place, or with why it could not.
+pub fn open(id: &str, cfg: UserConfig) -> Result<(UserPort, UserHandle), Error> {
+    let (ours, theirs) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None)
+        .map_err(pair_err("socketpair"))?;
+    for s in [&ours, &theirs] {
+        let _ = s.set_send_buffer_size(PAIR_BUFFER);
+        let _ = s.set_recv_buffer_size(PAIR_BUFFER);
     }
-
-    /// The control handle.
-    pub fn handle(&self) -> &UserHandle {
-        &self.handle
+    theirs
+        .set_nonblocking(true)
+        .map_err(pair_err("make non-blocking"))?;
+    let keep: OwnedFd = theirs.try_clone().map_err(pair_err("duplicate"))?.into();
+    let (wake_tx, wake_rx) = UnixStream::pair().map_err(pair_err("socketpair"))?;
+    wake_tx
+        .set_nonblocking(true)
+        .map_err(pair_err("make non-blocking"))?;
+    wake_rx
+        .set_nonblocking(true)
+        .map_err(pair_err("make non-blocking"))?;
+    let counters = Arc::new(StackCounters::default());
+    let (cmds, cmd_rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = UserHandle {
+        cmds,
+        wake: Arc::new(wake_tx),
+        counters: counters.clone(),
+        info: cfg.info(),
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("slirp-{id}"))
+        .spawn(move || {
+            StackThread {
+                data: theirs,
+                wake: wake_rx,
+                cmds: cmd_rx,
+                smb_dir: None,
+            }
+            .run(cfg, counters, ready_tx)
+        })
+        .map_err(pair_err("start the stack thread for"))?;
+    let guard = StackGuard {
+        _peer: keep,
+        handle: handle.clone(),
+        thread: Some(thread),
+    };
+    let port = DgramPort::new(
+        "user",
+        DgramIo::new(ours.into(), DgramConfig::connected(false)),
+        None,
+        guard,
+    );
+    match ready_rx.recv_timeout(REPLY_TIMEOUT) {
+        Ok(Ok(())) => Ok((port, handle)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::Config(
+            "the user mode network stack did not start".into(),
+        )),
     }
 }
 
-impl Drop for UserPort {
+impl Drop for StackGuard {
     fn drop(&mut self) {
         let _ = self.handle.send(Cmd::Stop);
         if let Some(t) = self.thread.take() {
@@ -208,37 +208,6 @@ impl Drop for UserPort {
             // socket, timer and child of the stack is gone when the port is.
             let _ = t.join();
         }
-    }
-}
-
-impl Backend for UserPort {
-    fn kind(&self) -> &'static str {
-        "user"
-    }
-
-    fn start(&mut self, io: &mut Io<'_>) {
-        self.io.start(io);
-    }
-
-    fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
-        self.io.rx_burst(io, out, max)
-    }
-
-    fn tx_burst(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
-        self.io.tx_burst(io, pkts)
-    }
-
-    fn complete(&mut self, io: &mut Io<'_>, op: u8, tag: u32, res: i32, flags: u32) {
-        self.io.complete(io, op, tag, res, flags);
-    }
-
-    fn stop(&mut self, io: &mut Io<'_>) -> bool {
-        self.io.stop(io)
-    }
-
-    fn max_held(&self, pool: &switch::Pool) -> usize {
-        let n = pool.count();
-        self.io.rx_held(n) + self.io.tx_held(n)
     }
 }
 
@@ -460,9 +429,9 @@ mod tests {
 
     fn stack(args: UserArgs) -> (UserPort, UserHandle, UnixStream) {
         let cfg = UserConfig::parse(&args).unwrap();
-        let (port, handle) = UserPort::open("unit", cfg).unwrap();
+        let (port, handle) = open("unit", cfg).unwrap();
         // The worker's end, used directly: one frame per read and write.
-        let end = UnixStream::from(port.io.fd().as_fd().try_clone_to_owned().unwrap());
+        let end = UnixStream::from(port.io().fd().as_fd().try_clone_to_owned().unwrap());
         end.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         (port, handle, end)
     }
@@ -564,7 +533,7 @@ mod tests {
             ..UserArgs::default()
         })
         .unwrap();
-        let err = UserPort::open("unit", cfg).err().expect("refused");
+        let err = open("unit", cfg).err().expect("refused");
         assert_eq!(
             err.to_string(),
             format!("Could not set up host forwarding rule 'tcp:127.0.0.1:{p}-:22'")

@@ -7,7 +7,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use tests::{frame, free_udp_port, Daemon, Netns, QemuPeer, UdpEnd};
+use serde_json::Value;
+use tests::{frame, free_udp_port, Daemon, Netns, QemuPeer, QmpClient, TempDir, UdpEnd};
 
 /// How long a frame that must arrive may take (a loaded 2-core machine).
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -123,6 +124,25 @@ impl Args {
     pub fn start_in(&self, ns: &Netns) -> Daemon {
         Daemon::start_in(ns, &self.strs())
     }
+
+    /// Starts the daemon with QMP on a socket in `dir`; with it, a negotiated client.
+    pub fn start_with_qmp(self, dir: &TempDir) -> (Daemon, QmpClient) {
+        let qmp = dir.join("qmp.sock");
+        let spec = format!("unix:{},server=on,wait=off", qmp.display());
+        let d = self.opt("-qmp", &spec).start();
+        let c = QmpClient::connect_unix_negotiated(&qmp).expect("connect to the daemon's QMP");
+        (d, c)
+    }
+}
+
+/// Port `name` of `x-query-stats`.
+pub fn port_stats(c: &mut QmpClient, name: &str) -> Value {
+    let st = c.execute_ok("x-query-stats", Value::Null);
+    st["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no port {name} in x-query-stats: {st}"))
 }
 
 /// `socket,id=ID,udp=<end>,localaddr=127.0.0.1:<free port>`, with `end` now sending to
