@@ -93,8 +93,8 @@ struct Testpmd {
 
 impl Testpmd {
     /// Starts testpmd with one `net_memifN` vdev for each of `vdevs` (its options, e.g.
-    /// `role=client,socket=PATH`; `socket-abstract=no` is added: DPDK 22.11 defaults to
-    /// the abstract namespace).
+    /// `role=client,socket=PATH`; `socket-abstract=no` is added unless they say: DPDK
+    /// 22.11 defaults to the abstract namespace).
     fn start(vdevs: &[String]) -> Testpmd {
         let bin = require_tool("dpdk-testpmd");
         let prefix = unique("tpmd");
@@ -106,9 +106,12 @@ impl Testpmd {
             .args(["--no-huge", "-m", "512", "--no-pci"])
             .arg(format!("--file-prefix={prefix}"));
         for (i, v) in vdevs.iter().enumerate() {
-            l = l
-                .arg("--vdev")
-                .arg(format!("net_memif{i},{v},socket-abstract=no"));
+            let ns = if v.contains("socket-abstract=") {
+                ""
+            } else {
+                ",socket-abstract=no"
+            };
+            l = l.arg("--vdev").arg(format!("net_memif{i},{v}{ns}"));
         }
         // Without --stats-period testpmd reads stdin (/dev/null) and exits at once.
         let proc = l
@@ -640,6 +643,44 @@ fn zero_copy_client_of_a_testpmd_server() {
     );
     let desc = r["error"]["desc"].as_str().unwrap_or_default();
     assert!(desc.contains("x-memif-role=client"), "{r}");
+    drop(c);
+    d.stop_clean();
+}
+
+/// DPDK 22.11's default socket, the abstract namespace: `x-memif=@NAME`, both roles,
+/// testpmd given nothing but `socket=NAME`; no file is made.
+#[test]
+fn abstract_sockets_as_dpdk_makes_them_by_default() {
+    let _one = testpmd_lock();
+    let dir = TempDir::new();
+    let (s0, s1) = (dir.join("abs0.sock"), dir.join("abs1.sock"));
+    let mut a = UdpEnd::new();
+    let args = Args::new()
+        .udp("a", 0, &mut a)
+        .netdev(&format!("nic,id=nA,x-memif=@{}", s0.display()))
+        .on_hub("nA", 0)
+        .netdev(&format!(
+            "nic,id=nB,x-memif=@{},x-memif-role=client",
+            s1.display()
+        ))
+        .on_hub("nB", 1);
+    let (d, mut c) = args.start_with_qmp(&dir);
+    assert!(!s0.exists(), "an abstract socket makes no file");
+    let mut tp = Testpmd::start(&[
+        format!("role=client,socket={},socket-abstract=yes", s0.display()),
+        format!("role=server,socket={},socket-abstract=yes", s1.display()),
+    ]);
+    wait_attached(&mut c, &["nA", "nB"], true, ATTACH, || tp.said());
+    // testpmd forwards nA's frames to nB (hub 1, where nothing else is) and back.
+    let f = frame(BCAST, mac(1), ETH_EXP, 1000, 3);
+    a.send(&f);
+    assert!(
+        wait_until(WAIT, || port_stats(&mut c, "nB")["rx-packets"] != 0),
+        "nothing came back through testpmd: {}",
+        port_stats(&mut c, "nB")
+    );
+    tp.interrupt();
+    wait_attached(&mut c, &["nA", "nB"], false, WAIT, || tp.said());
     drop(c);
     d.stop_clean();
 }

@@ -518,7 +518,9 @@ impl Thread {
             for k in orphans {
                 self.close_chan(k, "socket closed");
             }
-            let _ = std::fs::remove_file(&i.cfg.socket);
+            if abstract_name(&i.cfg.socket).is_none() {
+                let _ = std::fs::remove_file(&i.cfg.socket);
+            }
         }
     }
 
@@ -622,7 +624,7 @@ impl Thread {
         let Ok(sock) = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None) else {
             return;
         };
-        let Ok(addr) = SockAddr::unix(&i.cfg.socket) else {
+        let Ok(addr) = socket_addr(&i.cfg.socket) else {
             return;
         };
         if sock.connect(&addr).is_err() {
@@ -1074,16 +1076,38 @@ fn role_name(r: Role) -> &'static str {
     }
 }
 
+/// The abstract-namespace name of `@NAME` (DPDK's `socket-abstract=yes`, its default in
+/// 22.11), `None` for a filesystem path.
+pub fn abstract_name(path: &Path) -> Option<&[u8]> {
+    path.as_os_str().as_encoded_bytes().strip_prefix(b"@")
+}
+
+/// The address of memif socket `path`; an abstract name as DPDK 22.11 binds it (a NUL,
+/// then the name, no padding).
+fn socket_addr(path: &Path) -> std::io::Result<SockAddr> {
+    let Some(name) = abstract_name(path) else {
+        return SockAddr::unix(path);
+    };
+    let mut b = Vec::with_capacity(name.len() + 1);
+    b.push(0);
+    b.extend_from_slice(name);
+    use std::os::unix::ffi::OsStrExt;
+    SockAddr::unix(std::ffi::OsStr::from_bytes(&b))
+}
+
 /// A listening memif socket at `path`, private to our user (mode 0600: whoever can
 /// connect can put frames into the switch); a stale socket there is replaced, any
-/// other file is left alone and the NIC refused.
+/// other file is left alone and the NIC refused. `@NAME` listens in the abstract
+/// namespace instead, which has no file and no permissions: anyone in the network
+/// namespace may connect.
 fn listen(path: &Path) -> Result<Listener, Error> {
     let addr = path.display().to_string();
     let err = |what: &'static str| {
         let addr = addr.clone();
         move |source| Error::Socket { what, addr, source }
     };
-    if let Ok(m) = std::fs::symlink_metadata(path) {
+    let in_fs = abstract_name(path).is_none();
+    if let (true, Ok(m)) = (in_fs, std::fs::symlink_metadata(path)) {
         use std::os::unix::fs::FileTypeExt;
         if !m.file_type().is_socket() {
             return Err(Error::Config(format!(
@@ -1094,8 +1118,13 @@ fn listen(path: &Path) -> Result<Listener, Error> {
         let _ = std::fs::remove_file(path);
     }
     let sock = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None).map_err(err("socket"))?;
-    let sa = SockAddr::unix(path).map_err(err("address"))?;
-    sys::with_umask(0o177, || sock.bind(&sa)).map_err(err("bind"))?;
+    let sa = socket_addr(path).map_err(err("address"))?;
+    if in_fs {
+        // Private from the moment the file exists.
+        sys::with_umask(0o177, || sock.bind(&sa)).map_err(err("bind"))?;
+    } else {
+        sock.bind(&sa).map_err(err("bind"))?;
+    }
     sock.listen(16).map_err(err("listen on"))?;
     sock.set_nonblocking(true).map_err(err("listen on"))?;
     Ok(Listener { sock })
