@@ -695,6 +695,9 @@ mod tests {
                     opts: NetdevOpts::Hubport(NetdevHubPortOptions {
                         hubid: 1,
                         netdev: Some("t0".into()),
+                        x_learning: None,
+                        x_fdb_ageing_ms: None,
+                        x_fdb_size: None,
                     }),
                 },
             ]

@@ -98,6 +98,10 @@ impl Daemon {
         if let Some(p) = peer {
             self.switch.graph().check_add(&nd.id, Some(p))?;
         }
+        let learning = match &nd.opts {
+            NetdevOpts::Hubport(o) => self.hub_learning(o)?,
+            _ => None,
+        };
         let built = build(
             nd,
             &mut BuildEnv {
@@ -108,6 +112,10 @@ impl Daemon {
             self.free_mac(),
         )?;
         self.switch.add(built.spec)?;
+        if let Some((hub, fdb)) = learning {
+            self.switch.set_learning(hub, Some(fdb))?;
+            tracing::info!("hub {hub} learns MAC addresses (set by hubport {})", nd.id);
+        }
         let nic = built.nic.map(|(handle, mac)| {
             self.macs.insert(mac);
             NicState {
@@ -128,6 +136,59 @@ impl Daemon {
             user: built.user,
         });
         Ok(())
+    }
+
+    /// What a hubport's `x-learning`, `x-fdb-ageing-ms` and `x-fdb-size` ask of its hub:
+    /// a new table to install (the hub becomes a learning hub), nothing, or a refusal
+    /// when they contradict the hub as it is.
+    fn hub_learning(
+        &self,
+        o: &crate::qapi::NetdevHubPortOptions,
+    ) -> Result<Option<(i32, std::sync::Arc<switch::fdb::Fdb>)>, CtlError> {
+        use std::time::Duration;
+        use switch::fdb::{Fdb, DEFAULT_AGEING, DEFAULT_SIZE, MAX_SIZE};
+        let hub = o.hubid;
+        let current = self.switch.graph().fdb(hub);
+        let ageing = o
+            .x_fdb_ageing_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)));
+        let size = o.x_fdb_size.map(|n| n as usize);
+        if o.x_fdb_ageing_ms == Some(0) {
+            return Err(CtlError::Invalid(
+                "x-fdb-ageing-ms must be at least 1".into(),
+            ));
+        }
+        if size.is_some_and(|n| n == 0 || n > MAX_SIZE) {
+            return Err(CtlError::Invalid(format!(
+                "x-fdb-size must be between 1 and {MAX_SIZE}"
+            )));
+        }
+        match (o.x_learning, current) {
+            (Some(false), Some(_)) => Err(CtlError::Invalid(format!(
+                "hub {hub} is a learning hub: a hubport with x-learning=off cannot join it"
+            ))),
+            (_, Some(f)) => {
+                if ageing.is_some_and(|a| a != f.ageing()) || size.is_some_and(|n| n != f.size()) {
+                    return Err(CtlError::Invalid(format!(
+                        "hub {hub} already learns with x-fdb-ageing-ms={} and x-fdb-size={}",
+                        f.ageing().as_millis(),
+                        f.size()
+                    )));
+                }
+                Ok(None)
+            }
+            (Some(true), None) => Ok(Some((
+                hub,
+                std::sync::Arc::new(Fdb::new(
+                    size.unwrap_or(DEFAULT_SIZE),
+                    ageing.unwrap_or(DEFAULT_AGEING),
+                )),
+            ))),
+            (_, None) if ageing.is_some() || size.is_some() => Err(CtlError::Invalid(
+                "x-fdb-ageing-ms and x-fdb-size need x-learning=on (or a learning hub)".into(),
+            )),
+            (_, None) => Ok(None),
+        }
     }
 
     /// Removes a netdev while traffic flows; returns its quiesced backends for the caller

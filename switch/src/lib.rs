@@ -11,6 +11,7 @@ pub mod backend;
 pub mod bufring;
 pub mod counters;
 pub mod error;
+pub mod fdb;
 pub mod loopback;
 pub mod pool;
 pub mod ring;

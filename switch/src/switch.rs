@@ -377,8 +377,19 @@ impl Switch {
     /// Removes a client while traffic flows. Returns its backends, every one of them
     /// quiesced, for the caller to drop (closing files, running down-scripts).
     pub fn remove(&mut self, name: &str) -> Result<Vec<Box<dyn Backend>>, SwitchError> {
+        let learned = self.graph.learned_member(name);
         let client = self.graph.remove(name)?;
+        if let ClientKind::HubPort { hub } = client.kind {
+            // The last hubport of a learning hub takes its table with it.
+            if self.graph.hub_members(hub).is_empty() {
+                self.graph.set_learning(hub, None);
+            }
+        }
         self.publish()?;
+        // Its addresses are forgotten at once (not after the ageing time).
+        if let Some((fdb, member)) = learned {
+            fdb.flush_member(member);
+        }
         let mut out = Vec::new();
         if let ClientKind::Port { queues } = client.kind {
             let mut waits = Vec::new();
@@ -409,6 +420,22 @@ impl Switch {
     /// Sets the link state of a client as QEMU's set_link does for that client itself.
     pub fn set_link(&mut self, name: &str, up: bool) -> Result<(), SwitchError> {
         self.graph.set_link(name, up)?;
+        self.publish()?;
+        if !up {
+            if let Some((fdb, member)) = self.graph.learned_member(name) {
+                fdb.flush_member(member);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes hub `hub` learn MAC addresses into `fdb` (`None`: flood again).
+    pub fn set_learning(
+        &mut self,
+        hub: i32,
+        fdb: Option<Arc<crate::fdb::Fdb>>,
+    ) -> Result<(), SwitchError> {
+        self.graph.set_learning(hub, fdb);
         self.publish()
     }
 

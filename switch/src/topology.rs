@@ -18,8 +18,10 @@
 //! Workers receive it as an `Arc` and never lock anything to forward.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::error::SwitchError;
+use crate::fdb::Fdb;
 
 /// Global, never reused identifier of one port queue.
 pub type PortId = u32;
@@ -55,6 +57,36 @@ impl DestGroup {
     }
 }
 
+/// What a port on a learning hub forwards by.
+#[derive(Debug, Clone)]
+pub struct Learn {
+    /// The hub's table.
+    pub fdb: Arc<Fdb>,
+    /// This port's netdev, as the table names it (its first queue's id).
+    pub me: PortId,
+    /// Each other member of the hub and the index of its group in `dests`, by member.
+    pub by_member: Box<[(PortId, u16)]>,
+}
+
+impl Learn {
+    /// The index in `dests` of member `m`.
+    #[inline]
+    pub fn dest_of(&self, m: PortId) -> Option<usize> {
+        self.by_member
+            .binary_search_by_key(&m, |e| e.0)
+            .ok()
+            .map(|i| usize::from(self.by_member[i].1))
+    }
+}
+
+impl PartialEq for Learn {
+    fn eq(&self, o: &Learn) -> bool {
+        Arc::ptr_eq(&self.fdb, &o.fdb) && self.me == o.me && self.by_member == o.by_member
+    }
+}
+
+impl Eq for Learn {}
+
 /// Forwarding facts about one port queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortEntry {
@@ -64,6 +96,8 @@ pub struct PortEntry {
     pub link_up: bool,
     /// Where its frames go.
     pub dests: Box<[DestGroup]>,
+    /// On a learning hub: the table that picks one of `dests` for known addresses.
+    pub learn: Option<Learn>,
 }
 
 /// The table every worker forwards by, indexed by [`PortId`].
@@ -112,6 +146,8 @@ pub struct Client {
 #[derive(Debug, Default, Clone)]
 pub struct Graph {
     clients: BTreeMap<String, Client>,
+    /// The tables of learning hubs, by hub id.
+    learning: BTreeMap<i32, Arc<Fdb>>,
 }
 
 impl Graph {
@@ -202,6 +238,52 @@ impl Graph {
         Ok(())
     }
 
+    /// Makes hub `hub` a learning hub with table `fdb` (`None`: a plain hub again).
+    pub fn set_learning(&mut self, hub: i32, fdb: Option<Arc<Fdb>>) {
+        match fdb {
+            Some(f) => self.learning.insert(hub, f),
+            None => self.learning.remove(&hub),
+        };
+    }
+
+    /// The table of learning hub `hub`.
+    pub fn fdb(&self, hub: i32) -> Option<&Arc<Fdb>> {
+        self.learning.get(&hub)
+    }
+
+    /// Learning hubs and their tables.
+    pub fn learning_hubs(&self) -> impl Iterator<Item = (i32, &Arc<Fdb>)> {
+        self.learning.iter().map(|(h, f)| (*h, f))
+    }
+
+    /// The hub client `name` (a port) is on through its hubport peer, if any.
+    pub fn hub_of(&self, name: &str) -> Option<i32> {
+        let peer = self.clients.get(name)?.peer.as_deref()?;
+        match self.clients.get(peer)?.kind {
+            ClientKind::HubPort { hub } => Some(hub),
+            _ => None,
+        }
+    }
+
+    /// The learning-hub table that knows client `name`'s addresses, and the port they
+    /// are filed under: for a port, through its hubport; for a hubport, its peer's.
+    pub fn learned_member(&self, name: &str) -> Option<(Arc<Fdb>, PortId)> {
+        let c = self.clients.get(name)?;
+        let (hub, port) = match c.kind {
+            ClientKind::HubPort { hub } => (hub, c.peer.as_deref()?),
+            ClientKind::Port { .. } => (self.hub_of(name)?, name),
+        };
+        Some((self.learning.get(&hub)?.clone(), self.member_id(port)?))
+    }
+
+    /// A port's id in a learning hub's table: its first queue's.
+    pub fn member_id(&self, name: &str) -> Option<PortId> {
+        match &self.clients.get(name)?.kind {
+            ClientKind::Port { queues } => queues.first().map(|q| q.port),
+            ClientKind::HubPort { .. } => None,
+        }
+    }
+
     /// Marks a client as NIC-like.
     pub fn set_nic(&mut self, name: &str) {
         if let Some(c) = self.clients.get_mut(name) {
@@ -218,16 +300,17 @@ impl Graph {
         }
     }
 
-    /// Where frames entering client `name` go.
-    fn dests_of(&self, name: &str) -> Vec<DestGroup> {
+    /// Where frames entering client `name` go, each destination with its member id.
+    fn dests_of(&self, name: &str) -> Vec<(PortId, DestGroup)> {
         let Some(peer_name) = self.clients.get(name).and_then(|c| c.peer.as_deref()) else {
             return Vec::new();
         };
         let Some(peer) = self.clients.get(peer_name) else {
             return Vec::new();
         };
+        let with_id = |p: &str| Some((self.member_id(p)?, self.group_of(p)?));
         match peer.kind {
-            ClientKind::Port { .. } => self.group_of(peer_name).into_iter().collect(),
+            ClientKind::Port { .. } => with_id(peer_name).into_iter().collect(),
             ClientKind::HubPort { hub } => {
                 if !peer.link_up {
                     return Vec::new();
@@ -240,7 +323,7 @@ impl Graph {
                             && matches!(c.kind, ClientKind::HubPort { hub: h } if h == hub)
                     })
                     .filter_map(|(_, c)| c.peer.as_deref())
-                    .filter_map(|p| self.group_of(p))
+                    .filter_map(with_id)
                     .collect()
             }
         }
@@ -253,7 +336,25 @@ impl Graph {
             let ClientKind::Port { queues } = &c.kind else {
                 continue;
             };
-            let dests: Box<[DestGroup]> = self.dests_of(name).into_boxed_slice();
+            let with_ids = self.dests_of(name);
+            let learn = self
+                .hub_of(name)
+                .and_then(|h| self.learning.get(&h))
+                .zip(self.member_id(name))
+                .map(|(fdb, me)| {
+                    let mut by_member: Vec<(PortId, u16)> = with_ids
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (m, _))| (*m, i as u16))
+                        .collect();
+                    by_member.sort_unstable();
+                    Learn {
+                        fdb: fdb.clone(),
+                        me,
+                        by_member: by_member.into_boxed_slice(),
+                    }
+                });
+            let dests: Box<[DestGroup]> = with_ids.into_iter().map(|(_, g)| g).collect();
             for q in queues {
                 let i = q.port as usize;
                 if ports.len() <= i {
@@ -263,6 +364,7 @@ impl Graph {
                     worker: q.worker,
                     link_up: c.link_up,
                     dests: dests.clone(),
+                    learn: learn.clone(),
                 });
             }
         }

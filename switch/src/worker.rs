@@ -468,7 +468,7 @@ impl Worker {
             s.last_rx = now;
             total += n;
             let src = s.id;
-            self.forward(src, idx);
+            self.forward(src, idx, now);
         }
         total
     }
@@ -476,7 +476,7 @@ impl Worker {
     /// Sends the frames in `self.rx`, received on port `src` (slot `src_idx`), to their
     /// destinations: local ones onto their pending batches, remote ones gathered per
     /// worker and pushed with one ring publish (and at most one wake-up) per worker.
-    fn forward(&mut self, src: PortId, src_idx: usize) {
+    fn forward(&mut self, src: PortId, src_idx: usize, now: Instant) {
         let Worker {
             eng,
             topo,
@@ -508,7 +508,7 @@ impl Worker {
         let ndest = entry.dests.len() as u32;
         // A flow hash only when some destination has several queues to choose from.
         let spread = entry.dests.iter().any(|g| g.queues.len() > 1);
-        if let ([g], false) = (&entry.dests[..], spread) {
+        if let ([g], false, None) = (&entry.dests[..], spread, &entry.learn) {
             // One destination queue (a port and its peer, a two-port hub): the whole
             // burst goes as one, decided once.
             let q = g.queues[0];
@@ -525,23 +525,65 @@ impl Worker {
                 return;
             }
         }
+        let stamp = entry.learn.as_ref().map(|l| l.fdb.stamp(now));
         for pkt in rx.drain(..) {
-            let hash = if spread {
-                frame_hash(eng.pool.bytes(&pkt))
-            } else {
-                0
-            };
+            let f = eng.pool.bytes(&pkt);
+            let hash = if spread { frame_hash(f) } else { 0 };
+            // A learning hub: learn the source, send a known unicast to its one port.
+            if let (Some(l), Some(stamp), Some(h)) = (
+                &entry.learn,
+                stamp,
+                crate::wire::ethernet::Frame::new_checked(f),
+            ) {
+                let (dst, srcm) = (h.dst(), h.src());
+                if !crate::wire::ethernet::is_group(&srcm) {
+                    l.fdb.learn(&srcm, l.me, stamp);
+                }
+                let known = if crate::wire::ethernet::is_group(&dst) {
+                    None
+                } else {
+                    l.fdb.lookup(&dst, stamp)
+                };
+                match known.map(|m| (m, l.dest_of(m))) {
+                    Some((m, _)) if m == l.me => {
+                        // Its own segment's address: a bridge keeps it there.
+                        no_dest += 1;
+                        eng.cache.free(pkt);
+                        continue;
+                    }
+                    Some((_, Some(i))) => {
+                        let g = &entry.dests[i];
+                        route(
+                            &mut eng.cache,
+                            &eng.shared,
+                            topo,
+                            slots,
+                            slot_of,
+                            outq,
+                            g,
+                            pkt,
+                            hash,
+                            &mut no_dest,
+                        );
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
             let copies = eng.pool.fanout(pkt, ndest);
             for (g, p) in entry.dests.iter().zip(copies) {
-                let q = g.pick(me, hash);
-                if q.worker == me {
-                    deliver_local(&mut eng.cache, topo, slots, slot_of, q.port, p, &eng.shared);
-                } else if let Some(v) = outq.get_mut(q.worker as usize) {
-                    v.push((q.port, p));
-                } else {
-                    no_dest += 1;
-                    eng.cache.free(p);
-                }
+                route(
+                    &mut eng.cache,
+                    &eng.shared,
+                    topo,
+                    slots,
+                    slot_of,
+                    outq,
+                    g,
+                    p,
+                    hash,
+                    &mut no_dest,
+                );
             }
         }
         for (w, q) in outq.iter_mut().enumerate() {
@@ -631,6 +673,34 @@ impl Worker {
             }
         }
         self.progress_stops(now);
+    }
+}
+
+/// Sends `p` to one queue of destination `g`: onto a local port's pending batch, or into
+/// the batch for another worker's ring.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn route(
+    cache: &mut BufCache,
+    shared: &WorkerShared,
+    topo: &Topology,
+    slots: &mut [Option<Slot>],
+    slot_of: &[u32],
+    outq: &mut [Vec<(PortId, Pkt)>],
+    g: &crate::topology::DestGroup,
+    p: Pkt,
+    hash: u32,
+    no_dest: &mut u64,
+) {
+    let me = shared.id;
+    let q = g.pick(me, hash);
+    if q.worker == me {
+        deliver_local(cache, topo, slots, slot_of, q.port, p, shared);
+    } else if let Some(v) = outq.get_mut(q.worker as usize) {
+        v.push((q.port, p));
+    } else {
+        *no_dest += 1;
+        cache.free(p);
     }
 }
 

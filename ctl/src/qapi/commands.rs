@@ -76,6 +76,26 @@ qapi_struct! {
 }
 
 qapi_struct! {
+    /// `x-query-fdb` (pollswitch extension): the learned addresses of one learning hub,
+    /// or of all.
+    pub struct QueryFdbArgs {
+        /// the hub (default: every learning hub)
+        hubid: opt int32 = "hubid",
+    }
+}
+
+qapi_struct! {
+    /// `x-fdb-flush` (pollswitch extension): forget a learning hub's addresses, or those
+    /// of one of its ports.
+    pub struct FdbFlushArgs {
+        /// the hub
+        hubid: req int32 = "hubid",
+        /// only this netdev's addresses
+        port: opt str = "port",
+    }
+}
+
+qapi_struct! {
     /// `x-set-rx-filter` (pollswitch extension): what a NIC's application would set
     /// through its control channel. Members left out keep their value.
     pub struct SetRxFilterArgs {

@@ -255,6 +255,12 @@ qapi_struct! {
         hubid: req int32 = "hubid",
         /// used to connect hub to a netdev instead of a device
         netdev: opt str = "netdev",
+        /// pollswitch: the hub learns MAC addresses and sends known unicast to one port
+        x_learning: opt bool = "x-learning",
+        /// pollswitch: how long a learned address lives after its last frame (ms)
+        x_fdb_ageing_ms: opt uint32 = "x-fdb-ageing-ms",
+        /// pollswitch: the most addresses the hub's table holds
+        x_fdb_size: opt uint32 = "x-fdb-size",
     }
 }
 
@@ -871,6 +877,9 @@ mod tests {
                     NetdevOpts::Hubport(NetdevHubPortOptions {
                         hubid: -1,
                         netdev: Some("t0".into()),
+                        x_learning: None,
+                        x_fdb_ageing_ms: None,
+                        x_fdb_size: None,
                     }),
                 ),
             ),
@@ -1398,8 +1407,17 @@ mod tests {
     }
 
     fn hubport() -> impl Strategy<Value = NetdevOpts> {
-        (any::<i32>(), opt_str())
-            .prop_map(|(hubid, netdev)| NetdevOpts::Hubport(NetdevHubPortOptions { hubid, netdev }))
+        (any::<i32>(), opt_str(), proptest::option::of(any::<bool>())).prop_map(
+            |(hubid, netdev, x_learning)| {
+                NetdevOpts::Hubport(NetdevHubPortOptions {
+                    hubid,
+                    netdev,
+                    x_learning,
+                    x_fdb_ageing_ms: None,
+                    x_fdb_size: None,
+                })
+            },
+        )
     }
 
     fn netdev() -> impl Strategy<Value = Netdev> {

@@ -16,8 +16,8 @@ use crate::daemon::NetdevEntry;
 use crate::error::CtlError;
 use crate::netdev::{inherited_fd, FdSource};
 use crate::qapi::commands::{
-    AnnounceParameters, CapabilitiesArgs, GetfdArgs, HmpArgs, NetdevDelArgs, QueryRxFilterArgs,
-    SetLinkArgs, SetRxFilterArgs,
+    AnnounceParameters, CapabilitiesArgs, FdbFlushArgs, GetfdArgs, HmpArgs, NetdevDelArgs,
+    QueryFdbArgs, QueryRxFilterArgs, SetLinkArgs, SetRxFilterArgs,
 };
 use crate::qapi::{Netdev, NetdevOpts, QapiError, QapiStruct};
 use backends::nic::{RxFilter, RxState};
@@ -81,6 +81,8 @@ pub const COMMANDS: &[(&str, Handler)] = &[
     ("human-monitor-command", human_monitor_command),
     ("x-query-stats", x_query_stats),
     ("x-set-rx-filter", x_set_rx_filter),
+    ("x-query-fdb", x_query_fdb),
+    ("x-fdb-flush", x_fdb_flush),
 ];
 
 /// Checks and runs one request; returns the reply (always one, for QMP requests).
@@ -630,6 +632,72 @@ fn macs(member: &str, v: &[String]) -> Result<Vec<switch::wire::Mac>> {
             })
         })
         .collect()
+}
+
+/// The netdev a learning hub's table files addresses under (its first queue's id).
+fn member_name(g: &switch::topology::Graph, member: u32) -> Option<String> {
+    g.names()
+        .find(|n| g.member_id(n) == Some(member))
+        .map(str::to_string)
+}
+
+fn x_query_fdb(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    let a = QueryFdbArgs::from_qmp(args)?;
+    let g = ctl.daemon.switch().graph();
+    if let Some(h) = a.hubid {
+        if g.fdb(h).is_none() {
+            return Err(QmpError::generic(format!("hub {h} is not a learning hub")));
+        }
+    }
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for (hub, fdb) in g.learning_hubs() {
+        if a.hubid.is_some_and(|h| h != hub) {
+            continue;
+        }
+        let mut entries: Vec<Value> = fdb
+            .entries(now)
+            .into_iter()
+            .map(|e| {
+                json!({
+                    "mac": mac_to_string(&e.mac),
+                    "port": member_name(g, e.member),
+                    "vlan": 0,
+                    "age-ms": e.age.as_millis() as u64,
+                })
+            })
+            .collect();
+        entries.sort_by(|x, y| x["mac"].as_str().cmp(&y["mac"].as_str()));
+        out.push(json!({
+            "hubid": hub, "size": fdb.size(), "ageing-ms": fdb.ageing().as_millis() as u64,
+            "overflow": fdb.overflow(), "moves": fdb.moves(), "entries": entries,
+        }));
+    }
+    Ok(Value::Array(out))
+}
+
+fn x_fdb_flush(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    let a = FdbFlushArgs::from_qmp(args)?;
+    let g = ctl.daemon.switch().graph();
+    let Some(fdb) = g.fdb(a.hubid) else {
+        return Err(QmpError::generic(format!(
+            "hub {} is not a learning hub",
+            a.hubid
+        )));
+    };
+    match &a.port {
+        None => fdb.flush(),
+        Some(p) => match g.learned_member(p) {
+            Some((f, m)) if std::sync::Arc::ptr_eq(&f, fdb) => f.flush_member(m),
+            _ => {
+                return Err(QmpError::generic(format!(
+                    "'{p}' is not a port of learning hub {}",
+                    a.hubid
+                )))
+            }
+        },
+    }
+    Ok(json!({}))
 }
 
 fn x_set_rx_filter(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {

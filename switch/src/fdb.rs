@@ -1,0 +1,331 @@
+//! The forwarding database of a learning hub: which port a MAC address was last seen
+//! on, shared by every worker that forwards for the hub, without locks.
+//!
+//! ```text
+//!  open addressing, linear probing (at most PROBES slots):
+//!   keys[i]    AtomicU64   MAC | VALID   (0 = never used; a key is never removed)
+//!   members[i] AtomicU32   the netdev it was seen on (its first queue's port id)
+//!   stamps[i]  AtomicU32   ms since the table's epoch of its last frame (0 = flushed)
+//! ```
+//!
+//! An entry is live while its stamp is younger than the ageing time; a dead slot is
+//! reused by the next address that probes past it (so chains never break and deletion
+//! is a store of stamp 0). Writers order a slot as stamp := 0, key, member, stamp := now
+//! (Release); readers load key, then stamp (Acquire), then member — so a reader sees a
+//! slot's new member whenever it sees its new stamp, and at worst floods one frame while
+//! a slot changes hands. Stamps are refreshed at most every [`REFRESH_MS`], so a steady
+//! flow does not write a shared cache line per frame.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::topology::PortId;
+use crate::wire::Mac;
+
+/// Slots looked at per lookup or insertion.
+pub const PROBES: usize = 16;
+/// Default ageing time (IEEE 802.1D's 300 s).
+pub const DEFAULT_AGEING: Duration = Duration::from_secs(300);
+/// Default bound on entries.
+pub const DEFAULT_SIZE: usize = 8192;
+/// Largest bound on entries.
+pub const MAX_SIZE: usize = 1 << 20;
+/// How stale a stamp may get before a frame rewrites it.
+pub const REFRESH_MS: u32 = 100;
+
+const VALID: u64 = 1 << 63;
+
+/// One live entry, for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The address.
+    pub mac: Mac,
+    /// Where it was seen (the netdev's first queue).
+    pub member: PortId,
+    /// Since its last frame.
+    pub age: Duration,
+}
+
+/// A learning hub's table.
+#[derive(Debug)]
+pub struct Fdb {
+    keys: Box<[AtomicU64]>,
+    members: Box<[AtomicU32]>,
+    stamps: Box<[AtomicU32]>,
+    mask: usize,
+    size: usize,
+    ageing_ms: u32,
+    epoch: Instant,
+    overflow: AtomicU64,
+    moves: AtomicU64,
+}
+
+fn key(mac: &Mac) -> u64 {
+    let mut b = [0u8; 8];
+    b[2..].copy_from_slice(mac);
+    u64::from_be_bytes(b) | VALID
+}
+
+fn slot_hash(k: u64) -> usize {
+    // Fibonacci hashing: the high bits of a multiply spread sequential MACs well.
+    (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
+}
+
+impl Fdb {
+    /// A table holding up to about `size` addresses (its slots: twice that, rounded up
+    /// to a power of two), entries living `ageing` after their last frame.
+    pub fn new(size: usize, ageing: Duration) -> Fdb {
+        let size = size.clamp(1, MAX_SIZE);
+        let slots = (2 * size).next_power_of_two().max(64);
+        let z64 = || (0..slots).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
+        let z32 = || (0..slots).map(|_| AtomicU32::new(0)).collect::<Box<[_]>>();
+        Fdb {
+            keys: z64(),
+            members: z32(),
+            stamps: z32(),
+            mask: slots - 1,
+            size,
+            ageing_ms: u32::try_from(ageing.as_millis()).unwrap_or(u32::MAX).max(1),
+            epoch: Instant::now(),
+            overflow: AtomicU64::new(0),
+            moves: AtomicU64::new(0),
+        }
+    }
+
+    /// The entry bound it was made with.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Its ageing time.
+    pub fn ageing(&self) -> Duration {
+        Duration::from_millis(u64::from(self.ageing_ms))
+    }
+
+    /// `now` in the table's clock (never 0, which means "flushed").
+    #[inline]
+    pub fn stamp(&self, now: Instant) -> u32 {
+        let ms = now.saturating_duration_since(self.epoch).as_millis();
+        (ms as u32).max(1)
+    }
+
+    #[inline]
+    fn live(&self, stamp: u32, now: u32) -> bool {
+        stamp != 0 && now.wrapping_sub(stamp) < self.ageing_ms
+    }
+
+    /// Where `mac` lives, if it was seen within the ageing time.
+    #[inline]
+    pub fn lookup(&self, mac: &Mac, now: u32) -> Option<PortId> {
+        let k = key(mac);
+        let mut i = slot_hash(k) & self.mask;
+        for _ in 0..PROBES {
+            // Acquire: pairs with the Release store of the key's stamp below.
+            let cur = self.keys[i].load(Ordering::Acquire);
+            if cur == k {
+                let st = self.stamps[i].load(Ordering::Acquire);
+                return self
+                    .live(st, now)
+                    .then(|| self.members[i].load(Ordering::Relaxed));
+            }
+            if cur == 0 {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+
+    /// Notes that a frame from `mac` came in on `member`.
+    #[inline]
+    pub fn learn(&self, mac: &Mac, member: PortId, now: u32) {
+        let k = key(mac);
+        let mut i = slot_hash(k) & self.mask;
+        let mut reuse = None;
+        for _ in 0..PROBES {
+            let cur = self.keys[i].load(Ordering::Acquire);
+            if cur == k {
+                let st = self.stamps[i].load(Ordering::Relaxed);
+                if self.members[i].load(Ordering::Relaxed) != member {
+                    // Moved (or came back after ageing out elsewhere).
+                    self.members[i].store(member, Ordering::Relaxed);
+                    self.stamps[i].store(now, Ordering::Release);
+                    self.moves.fetch_add(1, Ordering::Relaxed);
+                } else if !self.live(st, now) || now.wrapping_sub(st) >= REFRESH_MS {
+                    self.stamps[i].store(now, Ordering::Release);
+                }
+                return;
+            }
+            if cur == 0 {
+                reuse.get_or_insert((i, 0));
+                break;
+            }
+            if reuse.is_none() && !self.live(self.stamps[i].load(Ordering::Relaxed), now) {
+                reuse = Some((i, cur));
+            }
+            i = (i + 1) & self.mask;
+        }
+        let Some((slot, old)) = reuse else {
+            self.overflow.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        // Dead for readers of the old key first, then handed over.
+        self.stamps[slot].store(0, Ordering::Relaxed);
+        if self.keys[slot]
+            .compare_exchange(old, k, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.members[slot].store(member, Ordering::Relaxed);
+            // Release: the member is written before a reader that sees this stamp.
+            self.stamps[slot].store(now, Ordering::Release);
+        }
+        // Lost the race: another worker took the slot; the next frame learns again.
+    }
+
+    /// Forgets every address seen on `member` (its port went down or away).
+    pub fn flush_member(&self, member: PortId) {
+        for i in 0..=self.mask {
+            if self.members[i].load(Ordering::Relaxed) == member {
+                self.stamps[i].store(0, Ordering::Release);
+            }
+        }
+    }
+
+    /// Forgets everything.
+    pub fn flush(&self) {
+        for s in self.stamps.iter() {
+            s.store(0, Ordering::Release);
+        }
+    }
+
+    /// The live entries.
+    pub fn entries(&self, now: Instant) -> Vec<Entry> {
+        let now_ms = self.stamp(now);
+        let mut out = Vec::new();
+        for i in 0..=self.mask {
+            let k = self.keys[i].load(Ordering::Acquire);
+            let st = self.stamps[i].load(Ordering::Acquire);
+            if k == 0 || !self.live(st, now_ms) {
+                continue;
+            }
+            let b = k.to_be_bytes();
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&b[2..]);
+            out.push(Entry {
+                mac,
+                member: self.members[i].load(Ordering::Relaxed),
+                age: Duration::from_millis(u64::from(now_ms.wrapping_sub(st))),
+            });
+        }
+        out
+    }
+
+    /// Addresses that found no slot (the table was full around their hash).
+    pub fn overflow(&self) -> u64 {
+        self.overflow.load(Ordering::Relaxed)
+    }
+
+    /// Addresses that moved to another port.
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u32) -> Mac {
+        let b = n.to_be_bytes();
+        [0x02, 0, b[0], b[1], b[2], b[3]]
+    }
+
+    #[test]
+    fn learns_moves_and_ages() {
+        let f = Fdb::new(100, Duration::from_millis(1000));
+        assert_eq!(f.lookup(&mac(1), 10), None);
+        f.learn(&mac(1), 7, 10);
+        assert_eq!(f.lookup(&mac(1), 20), Some(7));
+        f.learn(&mac(1), 9, 30);
+        assert_eq!(f.lookup(&mac(1), 40), Some(9), "moved on its first frame");
+        assert_eq!(f.moves(), 1);
+        assert_eq!(f.lookup(&mac(1), 30 + 999), Some(9));
+        assert_eq!(f.lookup(&mac(1), 30 + 1000), None, "aged out");
+        // A frame brings it back.
+        f.learn(&mac(1), 9, 2000);
+        assert_eq!(f.lookup(&mac(1), 2001), Some(9));
+    }
+
+    #[test]
+    fn flushes_by_member_or_all() {
+        let f = Fdb::new(100, DEFAULT_AGEING);
+        for n in 0..10 {
+            f.learn(&mac(n), n % 2, 5);
+        }
+        f.flush_member(1);
+        for n in 0..10 {
+            assert_eq!(f.lookup(&mac(n), 6), (n % 2 == 0).then_some(0), "{n}");
+        }
+        assert_eq!(f.entries(f.epoch + Duration::from_millis(6)).len(), 5);
+        f.flush();
+        assert!(f.entries(f.epoch + Duration::from_millis(6)).is_empty());
+        // Flushed slots are reused; the chains still find what follows them.
+        for n in 0..10 {
+            f.learn(&mac(n), 3, 7);
+        }
+        assert!((0..10).all(|n| f.lookup(&mac(n), 8) == Some(3)));
+    }
+
+    #[test]
+    fn a_full_table_counts_what_it_cannot_hold() {
+        // 64 slots: at most 64 addresses, fewer where probes run out.
+        let f = Fdb::new(1, DEFAULT_AGEING);
+        for n in 0..1000 {
+            f.learn(&mac(n), 1, 5);
+        }
+        let held = f.entries(f.epoch + Duration::from_millis(5)).len() as u64;
+        assert!(held <= 64 && held > 0, "{held}");
+        assert_eq!(held + f.overflow(), 1000);
+        // Everything held is found.
+        let found = (0..1000)
+            .filter(|&n| f.lookup(&mac(n), 6).is_some())
+            .count() as u64;
+        assert_eq!(found, held);
+    }
+
+    #[test]
+    fn a_hundred_thousand_addresses_fit_a_table_sized_for_them() {
+        let f = Fdb::new(100_000, DEFAULT_AGEING);
+        for n in 0..100_000 {
+            f.learn(&mac(n), n % 32, 5);
+        }
+        assert_eq!(f.overflow(), 0);
+        assert!((0..100_000).all(|n| f.lookup(&mac(n), 6) == Some(n % 32)));
+    }
+
+    #[test]
+    fn workers_learning_at_once_agree() {
+        let f = std::sync::Arc::new(Fdb::new(4096, DEFAULT_AGEING));
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    for round in 0..50u32 {
+                        for n in 0..1000 {
+                            // Each thread owns a quarter of the addresses; all look up all.
+                            if n % 4 == t {
+                                f.learn(&mac(n), t, 10 + round);
+                            }
+                            let _ = f.lookup(&mac(n), 10 + round);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(f.overflow(), 0);
+        assert!((0..1000).all(|n| f.lookup(&mac(n), 100) == Some(n % 4)));
+    }
+}
