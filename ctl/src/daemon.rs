@@ -32,6 +32,8 @@ pub struct NetdevEntry {
     pub nic: Option<NicState>,
     /// Present for user networks: their stack's control handle.
     pub user: Option<backends::user::UserHandle>,
+    /// A capture of the port's frames, while one runs.
+    pub capture: Option<switch::capture::Capture>,
 }
 
 /// The daemon.
@@ -57,6 +59,11 @@ impl Daemon {
     /// The data plane.
     pub fn switch(&self) -> &Switch {
         &self.switch
+    }
+
+    /// The data plane, to change (captures).
+    pub fn switch_mut(&mut self) -> &mut Switch {
+        &mut self.switch
     }
 
     /// Configured netdevs, in creation order.
@@ -134,6 +141,7 @@ impl Daemon {
             config: built.config,
             nic,
             user: built.user,
+            capture: None,
         });
         Ok(())
     }

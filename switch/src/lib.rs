@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod bufring;
+pub mod capture;
 pub mod counters;
 pub mod error;
 pub mod fdb;

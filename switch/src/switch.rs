@@ -429,6 +429,39 @@ impl Switch {
         Ok(())
     }
 
+    /// Starts (`Some`) or stops capturing client `name`'s frames (every queue of it).
+    pub fn set_capture(
+        &mut self,
+        name: &str,
+        sink: Option<Arc<crate::capture::Sink>>,
+    ) -> Result<(), SwitchError> {
+        let c = self
+            .graph
+            .get(name)
+            .ok_or_else(|| SwitchError::NotFound(name.to_string()))?;
+        let ClientKind::Port { queues } = &c.kind else {
+            return Err(SwitchError::NotFound(name.to_string()));
+        };
+        let mut waits = Vec::new();
+        for q in queues.clone() {
+            let (tx, rx) = channel();
+            let w = q.worker as usize;
+            self.send(
+                w,
+                Cmd::SetCapture {
+                    id: q.port,
+                    sink: sink.clone(),
+                    reply: tx,
+                },
+            )?;
+            waits.push((w, rx));
+        }
+        for (w, rx) in waits {
+            recv(&rx, w)?;
+        }
+        Ok(())
+    }
+
     /// Makes hub `hub` learn MAC addresses into `fdb` (`None`: flood again).
     pub fn set_learning(
         &mut self,

@@ -77,6 +77,15 @@ pub enum Cmd {
         /// Answered once the worker uses it.
         reply: Sender<()>,
     },
+    /// Start (`Some`) or stop capturing a port queue's frames.
+    SetCapture {
+        /// The queue.
+        id: PortId,
+        /// Where its frames go.
+        sink: Option<Arc<crate::capture::Sink>>,
+        /// Answered once the worker uses it.
+        reply: Sender<()>,
+    },
     /// Stop the worker thread (after every port has been removed).
     Exit,
 }
@@ -122,6 +131,8 @@ struct Slot {
     last_rx: Instant,
     pending: Vec<Pkt>,
     stopping: Option<Sender<Box<dyn Backend>>>,
+    /// A capture of this queue's frames, if one runs.
+    capture: Option<Arc<crate::capture::Sink>>,
 }
 
 /// What every backend call borrows: pool, buffer cache, io_uring, doorbell.
@@ -397,6 +408,7 @@ impl Worker {
                         last_rx: now,
                         pending: Vec::with_capacity(BURST * 2),
                         stopping: None,
+                        capture: None,
                     };
                     {
                         let mut io = Io::new(self.eng.parts(), &slot.counters, idx as u32, now);
@@ -407,6 +419,14 @@ impl Worker {
                         self.slot_of.resize(id as usize + 1, u32::MAX);
                     }
                     self.slot_of[id as usize] = idx as u32;
+                    let _ = reply.send(());
+                }
+                Ok(Cmd::SetCapture { id, sink, reply }) => {
+                    if let Some(&idx) = self.slot_of.get(id as usize) {
+                        if let Some(Some(s)) = self.slots.get_mut(idx as usize) {
+                            s.capture = sink;
+                        }
+                    }
                     let _ = reply.send(());
                 }
                 Ok(Cmd::RemovePort { id, reply }) => {
@@ -467,6 +487,11 @@ impl Worker {
             }
             s.last_rx = now;
             total += n;
+            if let Some(c) = s.capture.as_ref().filter(|c| c.direction().rx()) {
+                for p in &self.rx {
+                    c.capture(self.eng.pool.bytes(p), true);
+                }
+            }
             let src = s.id;
             self.forward(src, idx, now);
         }
@@ -654,10 +679,25 @@ impl Worker {
             if s.pending.is_empty() {
                 continue;
             }
+            // A capture records what the port takes: copies made before, kept after.
+            let offered = s.pending.len();
+            let copies: Option<Vec<Vec<u8>>> =
+                s.capture.as_ref().filter(|c| c.direction().tx()).map(|_| {
+                    s.pending
+                        .iter()
+                        .map(|p| self.eng.pool.bytes(p).to_vec())
+                        .collect()
+                });
             let mut io = Io::new(self.eng.parts(), &s.counters, idx as u32, now);
             s.backend.tx_burst(&mut io, &mut s.pending);
+            let taken = offered - s.pending.len();
             if !s.pending.is_empty() {
                 io.drop_all(&mut s.pending, DropReason::TxFull);
+            }
+            if let (Some(c), Some(copies)) = (&s.capture, copies) {
+                for f in copies.iter().take(taken) {
+                    c.capture(f, false);
+                }
             }
         }
     }

@@ -21,6 +21,7 @@ fn hint(program: &str) -> &'static str {
         "dpdk-testpmd" => "apt-get install dpdk-dev librte-net-tap23 librte-mempool-ring23",
         "ip" | "bridge" => "apt-get install iproute2",
         "taskset" => "apt-get install util-linux",
+        "tshark" => "apt-get install tshark (scripts/setup-host)",
         _ => {
             "run scripts/setup-host as root, which installs every peer the tests and \
               benchmarks use"

@@ -76,6 +76,29 @@ qapi_struct! {
 }
 
 qapi_struct! {
+    /// `x-netdev-capture` (pollswitch extension): start or stop writing one port's
+    /// frames to a pcapng or pcap file.
+    pub struct NetdevCaptureArgs {
+        /// the netdev (a port)
+        name: req str = "name",
+        /// the file (required to start)
+        file: opt str = "file",
+        /// stop the capture running on the port
+        stop: opt bool = "stop",
+        /// rx, tx or both (default)
+        direction: opt str = "direction",
+        /// bytes kept of each frame (default 65535)
+        snaplen: opt uint32 = "snaplen",
+        /// start the next file past this many bytes (default: never)
+        max_size: opt uint64 = "max-size",
+        /// files kept when rotating (default 2)
+        max_files: opt uint32 = "max-files",
+        /// pcapng (default) or pcap
+        format: opt str = "format",
+    }
+}
+
+qapi_struct! {
     /// `x-query-fdb` (pollswitch extension): the learned addresses of one learning hub,
     /// or of all.
     pub struct QueryFdbArgs {

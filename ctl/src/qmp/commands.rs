@@ -16,8 +16,8 @@ use crate::daemon::NetdevEntry;
 use crate::error::CtlError;
 use crate::netdev::{inherited_fd, FdSource};
 use crate::qapi::commands::{
-    AnnounceParameters, CapabilitiesArgs, FdbFlushArgs, GetfdArgs, HmpArgs, NetdevDelArgs,
-    QueryFdbArgs, QueryRxFilterArgs, SetLinkArgs, SetRxFilterArgs,
+    AnnounceParameters, CapabilitiesArgs, FdbFlushArgs, GetfdArgs, HmpArgs, NetdevCaptureArgs,
+    NetdevDelArgs, QueryFdbArgs, QueryRxFilterArgs, SetLinkArgs, SetRxFilterArgs,
 };
 use crate::qapi::{Netdev, NetdevOpts, QapiError, QapiStruct};
 use backends::nic::{RxFilter, RxState};
@@ -82,6 +82,7 @@ pub const COMMANDS: &[(&str, Handler)] = &[
     ("x-query-stats", x_query_stats),
     ("x-set-rx-filter", x_set_rx_filter),
     ("x-query-fdb", x_query_fdb),
+    ("x-netdev-capture", x_netdev_capture),
     ("x-fdb-flush", x_fdb_flush),
 ];
 
@@ -578,6 +579,14 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
             "tx-packets": c.tx_packets, "tx-bytes": c.tx_bytes,
             "drops": drops,
         });
+        if let Some(cap) = &e.capture {
+            use std::sync::atomic::Ordering::Relaxed;
+            port["capture"] = json!({
+                "file": cap.spec().path.display().to_string(),
+                "captured": cap.sink().captured.load(Relaxed),
+                "dropped": cap.sink().dropped.load(Relaxed),
+            });
+        }
         if let Some(m) = e.nic.as_ref().and_then(|n| n.handle.memif()) {
             port["memif"] = json!({
                 "connected": m.connected, "peer": m.peer, "connects": m.connects,
@@ -632,6 +641,89 @@ fn macs(member: &str, v: &[String]) -> Result<Vec<switch::wire::Mac>> {
             })
         })
         .collect()
+}
+
+fn x_netdev_capture(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    use switch::capture::{Capture, CaptureSpec, Direction, Format, DEFAULT_SNAPLEN};
+    let a = NetdevCaptureArgs::from_qmp(args)?;
+    let is_port = ctl.daemon.switch().graph().member_id(&a.name).is_some();
+    if ctl.daemon.netdev(&a.name).is_none() || !is_port {
+        return Err(QmpError::generic(format!(
+            "invalid net client name: {} (a port, not a hubport)",
+            a.name
+        )));
+    }
+    if a.stop == Some(true) {
+        ctl.daemon
+            .switch_mut()
+            .set_capture(&a.name, None)
+            .map_err(|e| QmpError::generic(e.to_string()))?;
+        let Some(c) = ctl
+            .daemon
+            .netdev_mut(&a.name)
+            .and_then(|e| e.capture.take())
+        else {
+            return Err(QmpError::generic(format!(
+                "{} is not being captured",
+                a.name
+            )));
+        };
+        let dropped = c.sink().dropped.load(std::sync::atomic::Ordering::Relaxed);
+        let w = c
+            .finish()
+            .map_err(|e| QmpError::generic(format!("capture of {}: {e}", a.name)))?;
+        return Ok(json!({"frames": w.frames, "files": w.files, "dropped": dropped}));
+    }
+    let Some(file) = &a.file else {
+        return Err(QmpError::generic("Parameter 'file' is missing"));
+    };
+    if ctl
+        .daemon
+        .netdev(&a.name)
+        .is_some_and(|e| e.capture.is_some())
+    {
+        return Err(QmpError::generic(format!(
+            "{} is already being captured (stop it first)",
+            a.name
+        )));
+    }
+    let direction = match a.direction.as_deref() {
+        None => Direction::Both,
+        Some(d) => Direction::from_name(d).ok_or_else(|| {
+            QmpError::generic(format!(
+                "Parameter 'direction' does not accept value '{d}' (rx, tx or both)"
+            ))
+        })?,
+    };
+    let format = match a.format.as_deref() {
+        None | Some("pcapng") => Format::Pcapng,
+        Some("pcap") => Format::Pcap,
+        Some(f) => {
+            return Err(QmpError::generic(format!(
+                "Parameter 'format' does not accept value '{f}' (pcapng or pcap)"
+            )))
+        }
+    };
+    let spec = CaptureSpec {
+        path: crate::osarg::path(file),
+        direction,
+        snaplen: a.snaplen.unwrap_or(DEFAULT_SNAPLEN).max(1),
+        max_size: a.max_size.unwrap_or(0),
+        max_files: a.max_files.unwrap_or(2).max(1),
+        format,
+        name: a.name.clone(),
+    };
+    let cap = Capture::start(spec)
+        .map_err(|e| QmpError::generic(format!("could not open {file}: {e}")))?;
+    let sink = cap.sink().clone();
+    ctl.daemon
+        .switch_mut()
+        .set_capture(&a.name, Some(sink))
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    if let Some(e) = ctl.daemon.netdev_mut(&a.name) {
+        e.capture = Some(cap);
+    }
+    Ok(json!({}))
 }
 
 /// The netdev a learning hub's table files addresses under (its first queue's id).
