@@ -5,6 +5,9 @@
 //! load and store, with no locked instruction on the packet path.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
 
 /// Why a frame was dropped. The order is the order of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,6 +88,66 @@ pub struct PortCounters {
     /// The backend has lost its peer (a vde_switch gone, a stream without connection):
     /// "no carrier", the reverse so that the default is up.
     no_carrier: AtomicBool,
+    /// Sampled time frames spent in the switch before being sent to this port.
+    latency: Latency,
+}
+
+/// Largest latency recorded (longer ones are counted at this value).
+const LATENCY_MAX_NS: u64 = 10_000_000_000;
+
+/// A histogram of nanoseconds, written by the owning worker and read by anyone: the
+/// worker only tries the lock (a sample is skipped while a reader holds it), so a
+/// reader never stalls the packet path.
+#[derive(Debug)]
+struct Latency(Mutex<Histogram<u64>>);
+
+/// An empty latency histogram: 1 ns .. 10 s, two significant digits (1 % resolution).
+pub fn empty_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_NS, 2)
+        .unwrap_or_else(|_| Histogram::new(2).expect("a histogram with default bounds"))
+}
+
+impl Default for Latency {
+    fn default() -> Latency {
+        Latency(Mutex::new(empty_histogram()))
+    }
+}
+
+impl LatencySummary {
+    /// Of a histogram.
+    pub fn of(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: h.len(),
+            min: h.min(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+/// Percentiles of a port's sampled latency, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LatencySummary {
+    /// Samples.
+    pub count: u64,
+    /// Smallest.
+    pub min: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th.
+    pub p99: u64,
+    /// 99.9th.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
 }
 
 #[inline]
@@ -118,6 +181,31 @@ impl PortCounters {
     pub fn count_drop(&self, why: DropReason, n: u64) {
         bump(&self.drops[why as usize], n);
     }
+    /// Records one sampled time in the switch, for frames sent to this port (only the
+    /// owning worker calls it; skipped while a reader holds the histogram).
+    #[inline]
+    pub fn record_latency(&self, ns: u64) {
+        if let Ok(mut h) = self.latency.0.try_lock() {
+            let _ = h.record(ns.clamp(1, LATENCY_MAX_NS));
+        }
+    }
+
+    /// The sampled latency so far.
+    pub fn latency(&self) -> LatencySummary {
+        let mut h = empty_histogram();
+        self.latency_into(&mut h);
+        LatencySummary::of(&h)
+    }
+
+    /// Adds this port's samples into `h` (the queues of one netdev together).
+    pub fn latency_into(&self, h: &mut Histogram<u64>) {
+        let mine = match self.latency.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let _ = h.add(&*mine);
+    }
+
     /// Says whether the backend has its peer (carrier); only the owning worker calls it.
     #[inline]
     pub fn set_carrier(&self, up: bool) {

@@ -472,6 +472,28 @@ impl Switch {
         self.publish()
     }
 
+    /// Sampled time in the switch of frames sent to a client, over its queues (`None`
+    /// for hubports).
+    pub fn latency(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::counters::LatencySummary>, SwitchError> {
+        let c = self
+            .graph
+            .get(name)
+            .ok_or_else(|| SwitchError::NotFound(name.to_string()))?;
+        let ClientKind::Port { queues } = &c.kind else {
+            return Ok(None);
+        };
+        let mut h = crate::counters::empty_histogram();
+        for q in queues {
+            if let Some(c) = self.counters.get(&q.port) {
+                c.latency_into(&mut h);
+            }
+        }
+        Ok(Some(crate::counters::LatencySummary::of(&h)))
+    }
+
     /// Counters of a client, summed over its queues (`None` for hubports).
     pub fn counters(&self, name: &str) -> Result<Option<CounterSnapshot>, SwitchError> {
         let c = self

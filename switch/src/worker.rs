@@ -36,6 +36,8 @@ use crate::wake::Bell;
 
 /// How often timed work runs while awake.
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(5);
+/// One breath in this many that received frames measures their time in the switch.
+pub const LATENCY_SAMPLE_EVERY: u64 = 64;
 /// Longest sleep: even an idle worker wakes this often for timed work.
 pub const MAX_SLEEP: Duration = Duration::from_millis(250);
 /// Largest ring between two workers; the switch sizes them to the pool (see
@@ -133,6 +135,8 @@ struct Slot {
     stopping: Option<Sender<Box<dyn Backend>>>,
     /// A capture of this queue's frames, if one runs.
     capture: Option<Arc<crate::capture::Sink>>,
+    /// In a sampled breath: when the frames now pending for this queue were received.
+    sampled: Option<Instant>,
 }
 
 /// What every backend call borrows: pool, buffer cache, io_uring, doorbell.
@@ -177,6 +181,8 @@ pub struct Worker {
     rx: Vec<Pkt>,
     hops: Vec<Hop>,
     last_housekeeping: Instant,
+    /// Breaths that received frames (for sampling latency).
+    breaths_with_rx: u64,
 }
 
 /// Everything a worker needs to start, made by the switch before spawning.
@@ -233,6 +239,7 @@ impl Worker {
             rx: Vec::with_capacity(BURST),
             hops: Vec::with_capacity(BURST * 4),
             last_housekeeping: Instant::now(),
+            breaths_with_rx: 0,
         };
         w.breathe_forever();
         // Frames other workers left for us after the last topology change.
@@ -297,6 +304,17 @@ impl Worker {
                 Err(()) => return,
             }
             let mut work = self.rx_all(now);
+            if work > 0 {
+                self.breaths_with_rx = self.breaths_with_rx.wrapping_add(1);
+                if self.breaths_with_rx.is_multiple_of(LATENCY_SAMPLE_EVERY) {
+                    // What is pending now was received in this breath (`now`).
+                    for s in self.slots.iter_mut().flatten() {
+                        if !s.pending.is_empty() {
+                            s.sampled = Some(now);
+                        }
+                    }
+                }
+            }
             work += self.drain_inbound();
             self.tx_all(now);
             if now.duration_since(self.last_housekeeping) >= HOUSEKEEPING_EVERY {
@@ -409,6 +427,7 @@ impl Worker {
                         pending: Vec::with_capacity(BURST * 2),
                         stopping: None,
                         capture: None,
+                        sampled: None,
                     };
                     {
                         let mut io = Io::new(self.eng.parts(), &slot.counters, idx as u32, now);
@@ -691,6 +710,11 @@ impl Worker {
             let mut io = Io::new(self.eng.parts(), &s.counters, idx as u32, now);
             s.backend.tx_burst(&mut io, &mut s.pending);
             let taken = offered - s.pending.len();
+            if let Some(t0) = s.sampled.take() {
+                if taken > 0 {
+                    s.counters.record_latency(t0.elapsed().as_nanos() as u64);
+                }
+            }
             if !s.pending.is_empty() {
                 io.drop_all(&mut s.pending, DropReason::TxFull);
             }

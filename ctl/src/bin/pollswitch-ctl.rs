@@ -615,17 +615,36 @@ fn stats_table(v: &Value) -> String {
                 p["rx-bytes"].to_string(),
                 p["tx-packets"].to_string(),
                 p["tx-bytes"].to_string(),
+                latency(&p["latency-ns"]),
                 if drops.is_empty() { "-".into() } else { drops },
             ]
         })
         .collect();
     out.push_str(&table(
         &[
-            "PORT", "TYPE", "LINK", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES", "DROPS",
+            "PORT",
+            "TYPE",
+            "LINK",
+            "RX-PKTS",
+            "RX-BYTES",
+            "TX-PKTS",
+            "TX-BYTES",
+            "LAT P50/P99",
+            "DROPS",
         ],
         ports,
     ));
     out
+}
+
+/// A port's sampled time in the switch as `p50/p99` in µs, `-` before any sample.
+fn latency(l: &Value) -> String {
+    match (l["samples"].as_u64(), l["p50"].as_u64(), l["p99"].as_u64()) {
+        (Some(n), Some(a), Some(b)) if n > 0 => {
+            format!("{:.1}/{:.1}µs", a as f64 / 1000.0, b as f64 / 1000.0)
+        }
+        _ => "-".into(),
+    }
 }
 
 /// One port's counters in an x-query-stats sample.

@@ -579,6 +579,12 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
             "tx-packets": c.tx_packets, "tx-bytes": c.tx_bytes,
             "drops": drops,
         });
+        if let Ok(Some(l)) = sw.latency(&e.config.id) {
+            port["latency-ns"] = json!({
+                "samples": l.count, "min": l.min, "p50": l.p50, "p90": l.p90, "p99": l.p99,
+                "p999": l.p999, "max": l.max,
+            });
+        }
         if let Some(cap) = &e.capture {
             use std::sync::atomic::Ordering::Relaxed;
             port["capture"] = json!({
