@@ -10,12 +10,17 @@
 //!
 //! An entry is live while its stamp is younger than the ageing time; a dead slot is
 //! reused by the next address that probes past it (so chains never break and deletion
-//! is a store of stamp 0). Writers order a slot as stamp := 0, key, member, stamp := now
-//! (Release); readers load key, then stamp (Acquire), then member — so a reader sees a
-//! slot's new member whenever it sees its new stamp, and at worst floods one frame while
-//! a slot changes hands. Stamps are refreshed at most every [`REFRESH_MS`], so a steady
-//! flow does not write a shared cache line per frame.
+//! is a store of stamp 0). A writer changing a slot's address or port claims it first
+//! (CAS of its key to key | BUSY: one writer at a time, readers pass it by), writes
+//! member and stamp, and publishes the key (Release). A reader loads key (Acquire),
+//! stamp, member, and the key again: a slot claimed or handed to another address
+//! meanwhile reads as not found — at worst one frame floods, never goes to another
+//! address's port (the model in `loom_tests` found the race without the claim). Stamps are refreshed at most every
+//! [`REFRESH_MS`], so a steady flow does not write a shared cache line per frame.
 
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[cfg(not(loom))]
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -34,6 +39,9 @@ pub const MAX_SIZE: usize = 1 << 20;
 pub const REFRESH_MS: u32 = 100;
 
 const VALID: u64 = 1 << 63;
+/// A writer is changing the slot (its member and stamp): readers pass it by, other
+/// writers leave it alone.
+const BUSY: u64 = 1 << 62;
 
 /// One live entry, for reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +84,11 @@ impl Fdb {
     /// to a power of two), entries living `ageing` after their last frame.
     pub fn new(size: usize, ageing: Duration) -> Fdb {
         let size = size.clamp(1, MAX_SIZE);
-        let slots = (2 * size).next_power_of_two().max(64);
+        Fdb::with_slots(size, (2 * size).next_power_of_two().max(64), ageing)
+    }
+
+    /// A table of exactly `slots` (a power of two) slots.
+    fn with_slots(size: usize, slots: usize, ageing: Duration) -> Fdb {
         let z64 = || (0..slots).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
         let z32 = || (0..slots).map(|_| AtomicU32::new(0)).collect::<Box<[_]>>();
         Fdb {
@@ -124,9 +136,13 @@ impl Fdb {
             let cur = self.keys[i].load(Ordering::Acquire);
             if cur == k {
                 let st = self.stamps[i].load(Ordering::Acquire);
-                return self
-                    .live(st, now)
-                    .then(|| self.members[i].load(Ordering::Relaxed));
+                if !self.live(st, now) {
+                    return None;
+                }
+                let m = self.members[i].load(Ordering::Relaxed);
+                // Still ours? A slot handed over after our key load has a new key by
+                // now (its CAS comes before the stamp we acquired).
+                return (self.keys[i].load(Ordering::Acquire) == k).then_some(m);
             }
             if cur == 0 {
                 return None;
@@ -148,19 +164,28 @@ impl Fdb {
                 let st = self.stamps[i].load(Ordering::Relaxed);
                 if self.members[i].load(Ordering::Relaxed) != member {
                     // Moved (or came back after ageing out elsewhere).
-                    self.members[i].store(member, Ordering::Relaxed);
-                    self.stamps[i].store(now, Ordering::Release);
-                    self.moves.fetch_add(1, Ordering::Relaxed);
+                    if self.claim(i, k) {
+                        self.release(i, k, member, now);
+                        self.moves.fetch_add(1, Ordering::Relaxed);
+                    }
                 } else if !self.live(st, now) || now.wrapping_sub(st) >= REFRESH_MS {
+                    // Only the time: a lost race here costs a stamp, never a port.
                     self.stamps[i].store(now, Ordering::Release);
                 }
+                return;
+            }
+            if cur == k | BUSY {
+                // Another worker is updating this very address: its frame decides.
                 return;
             }
             if cur == 0 {
                 reuse.get_or_insert((i, 0));
                 break;
             }
-            if reuse.is_none() && !self.live(self.stamps[i].load(Ordering::Relaxed), now) {
+            if reuse.is_none()
+                && cur & BUSY == 0
+                && !self.live(self.stamps[i].load(Ordering::Relaxed), now)
+            {
                 reuse = Some((i, cur));
             }
             i = (i + 1) & self.mask;
@@ -169,17 +194,26 @@ impl Fdb {
             self.overflow.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        // Dead for readers of the old key first, then handed over.
-        self.stamps[slot].store(0, Ordering::Relaxed);
-        if self.keys[slot]
-            .compare_exchange(old, k, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.members[slot].store(member, Ordering::Relaxed);
-            // Release: the member is written before a reader that sees this stamp.
-            self.stamps[slot].store(now, Ordering::Release);
+        if self.claim(slot, old) {
+            self.release(slot, k, member, now);
         }
         // Lost the race: another worker took the slot; the next frame learns again.
+    }
+
+    /// Takes slot `i` from key `old` for writing: one writer at a time, and no reader
+    /// answers from it meanwhile.
+    fn claim(&self, i: usize, old: u64) -> bool {
+        self.keys[i]
+            .compare_exchange(old, old | BUSY, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Fills a claimed slot and publishes it under key `k`.
+    fn release(&self, i: usize, k: u64, member: PortId, now: u32) {
+        self.members[i].store(member, Ordering::Relaxed);
+        self.stamps[i].store(now, Ordering::Relaxed);
+        // Release: member and stamp are written before a reader sees the key.
+        self.keys[i].store(k, Ordering::Release);
     }
 
     /// Forgets every address seen on `member` (its port went down or away).
@@ -205,7 +239,7 @@ impl Fdb {
         for i in 0..=self.mask {
             let k = self.keys[i].load(Ordering::Acquire);
             let st = self.stamps[i].load(Ordering::Acquire);
-            if k == 0 || !self.live(st, now_ms) {
+            if k == 0 || k & BUSY != 0 || !self.live(st, now_ms) {
                 continue;
             }
             let b = k.to_be_bytes();
@@ -231,7 +265,43 @@ impl Fdb {
     }
 }
 
-#[cfg(test)]
+#[cfg(loom)]
+mod loom_tests {
+    //! `RUSTFLAGS="--cfg loom" cargo test -p switch --release --lib fdb::loom_tests`
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    const A: Mac = [2, 0, 0, 0, 0, 0xa];
+    const B: Mac = [2, 0, 0, 0, 0, 0xb];
+    const C: Mac = [2, 0, 0, 0, 0, 0xc];
+
+    /// One slot, so every address collides: A's dead entry is taken over by B and by C
+    /// at once while a reader looks both up. A lookup answers its own address's port or
+    /// nothing, never another's.
+    #[test]
+    fn a_slot_changing_hands_never_answers_for_another_address() {
+        loom::model(|| {
+            let f = Arc::new(Fdb::with_slots(1, 1, Duration::from_millis(100)));
+            f.learn(&A, 1, 1);
+            f.flush_member(1);
+            let (f1, f2) = (f.clone(), f.clone());
+            let tb = thread::spawn(move || f1.learn(&B, 2, 5));
+            let tc = thread::spawn(move || f2.learn(&C, 3, 5));
+            let b = f.lookup(&B, 6);
+            let c = f.lookup(&C, 6);
+            assert!(b.is_none() || b == Some(2), "B answered {b:?}");
+            assert!(c.is_none() || c == Some(3), "C answered {c:?}");
+            tb.join().unwrap();
+            tc.join().unwrap();
+            let (b, c) = (f.lookup(&B, 7), f.lookup(&C, 7));
+            assert!(b.is_none() || b == Some(2), "B answered {b:?} after");
+            assert!(c.is_none() || c == Some(3), "C answered {c:?} after");
+        });
+    }
+}
+
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
