@@ -671,11 +671,15 @@ fn abstract_sockets_as_dpdk_makes_them_by_default() {
         format!("role=server,socket={},socket-abstract=yes", s1.display()),
     ]);
     wait_attached(&mut c, &["nA", "nB"], true, ATTACH, || tp.said());
-    // testpmd forwards nA's frames to nB (hub 1, where nothing else is) and back.
+    // testpmd forwards nA's frames to nB (hub 1, where nothing else is). Sent until one
+    // arrives: right after attach testpmd may not have posted its buffers yet.
     let f = frame(BCAST, mac(1), ETH_EXP, 1000, 3);
-    a.send(&f);
     assert!(
-        wait_until(WAIT, || port_stats(&mut c, "nB")["rx-packets"] != 0),
+        wait_until(WAIT, || {
+            a.send(&f);
+            std::thread::sleep(Duration::from_millis(20));
+            port_stats(&mut c, "nB")["rx-packets"] != 0
+        }),
         "nothing came back through testpmd: {}",
         port_stats(&mut c, "nB")
     );
