@@ -28,7 +28,9 @@ Endpoint SPEC (ENGINE:key=value,...):
   udp:local=ADDR,peer=ADDR[,gso=on|off]   one frame per datagram (QEMU socket,udp=/localaddr=)
   tcp:connect=ADDR | tcp:listen=ADDR      4-byte big-endian length + frame (QEMU stream)
   tap:ifname=NAME[,netns=NS]              AF_PACKET on the kernel side of a tap or veth
-  vde:sock=DIR[,port=N]                   a vde_switch port";
+  vde:sock=DIR[,port=N]                   a vde_switch port
+  memif:socket=PATH[,role=client|server][,id=N][,secret=S][,ring=N][,buffer=N]
+                                          a memif application (a nic's x-memif)";
 
 const EXIT_STATUS: &str = "\
 Exit status: 0 success, 1 a run failed or a setup error, 2 usage, 130 interrupted

@@ -21,6 +21,7 @@ use std::time::Duration;
 use crate::error::{PerfError, Result};
 use crate::tally::Tally;
 
+pub mod memif;
 #[allow(unsafe_code)]
 mod mmsg;
 #[allow(unsafe_code)]
@@ -92,7 +93,13 @@ pub struct Engine {
 }
 
 /// Every engine, by spec prefix.
-pub const ENGINES: &[Engine] = &[udp::ENGINE, tcp::ENGINE, tap::ENGINE, vde::ENGINE];
+pub const ENGINES: &[Engine] = &[
+    udp::ENGINE,
+    tcp::ENGINE,
+    tap::ENGINE,
+    vde::ENGINE,
+    memif::ENGINE,
+];
 
 /// A parsed endpoint spec: `engine:key=value,key=value`.
 #[derive(Debug, Clone, PartialEq, Eq)]
