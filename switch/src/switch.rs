@@ -472,42 +472,47 @@ impl Switch {
         self.publish()
     }
 
+    /// The counters of each queue of a client (`None` for hubports).
+    fn queue_counters(&self, name: &str) -> Result<Option<Vec<&Arc<PortCounters>>>, SwitchError> {
+        let c = self
+            .graph
+            .get(name)
+            .ok_or_else(|| SwitchError::NotFound(name.to_string()))?;
+        let ClientKind::Port { queues } = &c.kind else {
+            return Ok(None);
+        };
+        Ok(Some(
+            queues
+                .iter()
+                .filter_map(|q| self.counters.get(&q.port))
+                .collect(),
+        ))
+    }
+
     /// Sampled time in the switch of frames sent to a client, over its queues (`None`
     /// for hubports).
     pub fn latency(
         &self,
         name: &str,
     ) -> Result<Option<crate::counters::LatencySummary>, SwitchError> {
-        let c = self
-            .graph
-            .get(name)
-            .ok_or_else(|| SwitchError::NotFound(name.to_string()))?;
-        let ClientKind::Port { queues } = &c.kind else {
+        let Some(qs) = self.queue_counters(name)? else {
             return Ok(None);
         };
         let mut h = crate::counters::empty_histogram();
-        for q in queues {
-            if let Some(c) = self.counters.get(&q.port) {
-                c.latency_into(&mut h);
-            }
+        for c in qs {
+            c.latency_into(&mut h);
         }
         Ok(Some(crate::counters::LatencySummary::of(&h)))
     }
 
     /// Counters of a client, summed over its queues (`None` for hubports).
     pub fn counters(&self, name: &str) -> Result<Option<CounterSnapshot>, SwitchError> {
-        let c = self
-            .graph
-            .get(name)
-            .ok_or_else(|| SwitchError::NotFound(name.to_string()))?;
-        let ClientKind::Port { queues } = &c.kind else {
+        let Some(qs) = self.queue_counters(name)? else {
             return Ok(None);
         };
         let mut sum = CounterSnapshot::default();
-        for q in queues {
-            if let Some(c) = self.counters.get(&q.port) {
-                sum.add(&c.snapshot());
-            }
+        for c in qs {
+            sum.add(&c.snapshot());
         }
         Ok(Some(sum))
     }
