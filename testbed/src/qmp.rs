@@ -238,8 +238,13 @@ impl QmpClient {
 
     fn try_send_line(&mut self, raw: &str) -> io::Result<()> {
         let s = self.reader.get_mut();
-        s.write_all(raw.as_bytes())?;
-        s.write_all(b"\n")?;
+        // One write: the daemon acts on a complete JSON object before its newline
+        // arrives, and after `quit` it may be gone by the time a second write comes
+        // (EPIPE: a CI run caught it).
+        let mut line = Vec::with_capacity(raw.len() + 1);
+        line.extend_from_slice(raw.as_bytes());
+        line.push(b'\n');
+        s.write_all(&line)?;
         s.flush()
     }
 
