@@ -77,14 +77,6 @@ impl PerfError {
 /// Shorthand for results in this crate.
 pub type Result<T, E = PerfError> = std::result::Result<T, E>;
 
-/// The error and every source under it, joined with `: `, for one-line messages.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+/// The error and every source under it, joined with `: `, for one-line messages (the
+/// testbed's, which the tests use too).
+pub use testbed::chain;
