@@ -310,8 +310,9 @@ mod tests {
         f
     }
 
-    #[test]
-    fn raw_sockets_on_a_veth_pair_exchange_exact_frames() {
+    /// A fresh namespace with an up veth pair in it, the second end's name and a raw
+    /// socket on each end.
+    fn veth_in_netns() -> (Netns, String, RawSock, RawSock) {
         let ns = Netns::new();
         let (a, b) = (unique("ra"), unique("rb"));
         ns.exec_ok(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
@@ -319,6 +320,12 @@ mod tests {
             run_ok("ip", &["-n", &ns.name, "link", "set", "dev", l, "up"]);
         }
         let (ra, rb) = (RawSock::open_in(&ns, &a), RawSock::open_in(&ns, &b));
+        (ns, b, ra, rb)
+    }
+
+    #[test]
+    fn raw_sockets_on_a_veth_pair_exchange_exact_frames() {
+        let (ns, b, ra, rb) = veth_in_netns();
         for (len, seed) in [(14, 0u8), (60, 1), (1514, 2)] {
             let f = frame(len, seed);
             ra.send(&f);
@@ -352,13 +359,7 @@ mod tests {
 
     #[test]
     fn a_flood_makes_drain_fail_loudly() {
-        let ns = Netns::new();
-        let (a, b) = (unique("ra"), unique("rb"));
-        ns.exec_ok(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
-        for l in [&a, &b] {
-            run_ok("ip", &["-n", &ns.name, "link", "set", "dev", l, "up"]);
-        }
-        let (ra, rb) = (RawSock::open_in(&ns, &a), RawSock::open_in(&ns, &b));
+        let (_ns, b, ra, rb) = veth_in_netns();
         for i in 0..50 {
             ra.send(&frame(60, i));
         }
