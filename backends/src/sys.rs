@@ -182,6 +182,11 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<std::os::fd::OwnedFd>>
     Ok(fd)
 }
 
+/// Most descriptors one message carries: more given to [`send_with_fds`] are not sent,
+/// more received by [`recv_with_fds`] than its buffer holds are truncated by the kernel
+/// (MSG_CTRUNC) and never reach our table.
+pub const MAX_FDS: usize = 16;
+
 /// Receives one message into `buf` with the first descriptor that came with it
 /// (SCM_RIGHTS; close-on-exec; any others are closed). Returns the bytes read (0: the
 /// peer closed) and the descriptor. `flags` as for recvmsg(2) (`MSG_DONTWAIT`).
@@ -190,10 +195,21 @@ pub fn recv_with_fd(
     buf: &mut [u8],
     flags: libc::c_int,
 ) -> io::Result<(usize, Option<std::os::fd::OwnedFd>)> {
+    let (n, fds) = recv_with_fds(sock, buf, flags)?;
+    Ok((n, fds.into_iter().next()))
+}
+
+/// Receives one message into `buf` with every descriptor that came with it (SCM_RIGHTS,
+/// close-on-exec, up to [`MAX_FDS`]). Returns the bytes read (0: the peer closed) and
+/// the descriptors. `flags` as for recvmsg(2) (`MSG_DONTWAIT`).
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
     use std::os::fd::FromRawFd;
-    // Room for a few descriptors, so that a peer sending more does not leave any
-    // unclosed in our table (the kernel truncates what does not fit: MSG_CTRUNC).
-    let mut cbuf = [0u64; 8];
+    // Room for MAX_FDS descriptors and then some (headers, a second cmsg), 8-aligned.
+    let mut cbuf = [0u64; 16 + MAX_FDS / 2];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -218,7 +234,7 @@ pub fn recv_with_fd(
         }
         break n as usize;
     };
-    let mut got = None;
+    let mut fds = Vec::new();
     // SAFETY: the CMSG_* macros walk the control buffer the kernel just filled, within
     // `msg_controllen`; each SCM_RIGHTS payload holds `(cmsg_len - CMSG_LEN(0)) / 4`
     // descriptors, which are now ours (read unaligned: CMSG_DATA need not be aligned).
@@ -230,25 +246,25 @@ pub fn recv_with_fd(
                     / std::mem::size_of::<libc::c_int>();
                 let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
                 for i in 0..count {
-                    let fd = std::os::fd::OwnedFd::from_raw_fd(data.add(i).read_unaligned());
-                    if got.is_none() {
-                        got = Some(fd);
-                    }
+                    fds.push(std::os::fd::OwnedFd::from_raw_fd(
+                        data.add(i).read_unaligned(),
+                    ));
                 }
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Ok((n, got))
+    Ok((n, fds))
 }
 
-/// Sends `buf` as one message, with `fd` attached (SCM_RIGHTS) when given.
-pub fn send_with_fd(
+/// Sends `buf` as one message, with `fds` attached (SCM_RIGHTS) when there are any
+/// (the first [`MAX_FDS`] of them).
+pub fn send_with_fds(
     sock: BorrowedFd<'_>,
     buf: &[u8],
-    fd: Option<BorrowedFd<'_>>,
+    fds: &[BorrowedFd<'_>],
 ) -> io::Result<usize> {
-    let mut cbuf = [0u64; 4];
+    let mut cbuf = [0u64; 2 + MAX_FDS / 2];
     let mut iov = libc::iovec {
         iov_base: buf.as_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
@@ -257,21 +273,23 @@ pub fn send_with_fd(
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
+    let fds = &fds[..fds.len().min(MAX_FDS)];
+    if !fds.is_empty() {
+        let payload = std::mem::size_of_val(fds) as u32;
         msg.msg_control = cbuf.as_mut_ptr().cast();
         // SAFETY: CMSG_SPACE is a pure computation.
-        msg.msg_controllen =
-            unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as _;
-        // SAFETY: the control buffer (32 bytes, 8-aligned) holds one cmsghdr with one
-        // int (CMSG_SPACE(4) = 24 bytes); CMSG_FIRSTHDR points at its start.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as _;
+        // SAFETY: the control buffer (80 bytes, 8-aligned) holds one cmsghdr with up to
+        // MAX_FDS ints (CMSG_SPACE(64) = 80 bytes); CMSG_FIRSTHDR points at its start.
         unsafe {
             let c = libc::CMSG_FIRSTHDR(&msg);
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-            libc::CMSG_DATA(c)
-                .cast::<libc::c_int>()
-                .write_unaligned(fd.as_raw_fd());
+            (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
+            let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+            for (i, fd) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(fd.as_raw_fd());
+            }
         }
     }
     loop {

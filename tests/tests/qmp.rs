@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -631,13 +631,14 @@ fn getfd_passes_a_socket_for_netdev_add() {
     let mut line = String::new();
     use std::io::BufRead;
     r.read_line(&mut line).unwrap();
-    ctl::qmp::scm::send_with_fds(&raw, b"{\"execute\":\"qmp_capabilities\"}\n", &[]).unwrap();
+    ctl::qmp::scm::send_with_fds(raw.as_fd(), b"{\"execute\":\"qmp_capabilities\"}\n", &[])
+        .unwrap();
     line.clear();
     r.read_line(&mut line).unwrap();
     ctl::qmp::scm::send_with_fds(
-        &raw,
+        raw.as_fd(),
         b"{\"execute\":\"getfd\",\"arguments\":{\"fdname\":\"f1\"}}\n",
-        &[theirs.as_raw_fd()],
+        &[theirs.as_fd()],
     )
     .unwrap();
     line.clear();
@@ -645,7 +646,7 @@ fn getfd_passes_a_socket_for_netdev_add() {
     assert_eq!(line.trim_end(), "{\"return\":{}}");
     drop(theirs);
     let mut send = |cmd: &str| {
-        ctl::qmp::scm::send_with_fds(&raw, format!("{cmd}\n").as_bytes(), &[]).unwrap();
+        ctl::qmp::scm::send_with_fds(raw.as_fd(), format!("{cmd}\n").as_bytes(), &[]).unwrap();
         line.clear();
         r.read_line(&mut line).unwrap();
         line.trim_end().to_string()

@@ -360,7 +360,7 @@ fn disconnect_msg(reason: &str) -> Msg {
 }
 
 fn send(sock: &Socket, m: &Msg, fd: Option<std::os::fd::BorrowedFd<'_>>) -> bool {
-    matches!(sys::send_with_fd(sock.as_fd(), &m.emit(), fd), Ok(n) if n == MSG_SIZE)
+    matches!(sys::send_with_fds(sock.as_fd(), &m.emit(), fd.as_slice()), Ok(n) if n == MSG_SIZE)
 }
 
 impl Thread {

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -509,7 +509,7 @@ fn start_unix_client(s: UnixStream, ctl: Sender<Msg>, pretty: bool) {
     let Some((id, out)) = register(w, on_error, &ctl, pretty) else {
         return;
     };
-    std::thread::spawn(move || reader_loop(id, ctl, out, |buf| recv_with_fds(&s, buf)));
+    std::thread::spawn(move || reader_loop(id, ctl, out, |buf| recv_with_fds(s.as_fd(), buf, 0)));
 }
 
 fn start_tcp_client(s: TcpStream, ctl: Sender<Msg>, pretty: bool) {
