@@ -263,13 +263,8 @@ pub fn exit_on_signal(program: &'static str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netns::tests::listed;
     use crate::{run_ok, unique};
-
-    fn listed(name: &str) -> bool {
-        run_ok("ip", &["netns", "list"])
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(name))
-    }
 
     #[test]
     fn clean_stops_processes_and_removes_namespaces_links_and_dirs() {

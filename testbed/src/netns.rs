@@ -334,10 +334,11 @@ impl Drop for VethPair {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn listed(name: &str) -> bool {
+    /// Whether `ip netns list` names `name` (the cleanup tests ask it too).
+    pub(crate) fn listed(name: &str) -> bool {
         run_ok("ip", &["netns", "list"])
             .lines()
             .any(|l| l.split_whitespace().next() == Some(name))
