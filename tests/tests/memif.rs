@@ -82,6 +82,26 @@ impl Drop for SetOnDrop<'_> {
     }
 }
 
+/// A test frame of `len` bytes from `src` to `dst` whose payload starts with `n`
+/// (big-endian), so that a receiver can tell which one it got.
+fn numbered(dst: [u8; 6], src: [u8; 6], len: usize, seed: u8, n: u64) -> Vec<u8> {
+    let mut f = frame(dst, src, ETH_EXP, len, seed);
+    f[14..22].copy_from_slice(&n.to_be_bytes());
+    f
+}
+
+/// Sends numbered broadcasts of `len` bytes from `src` on `to`, about 1000 a second,
+/// until `stop` is set; returns how many it sent.
+fn send_numbered(to: &UdpEnd, src: [u8; 6], len: usize, stop: &AtomicBool) -> u64 {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        to.send(&numbered(BCAST, src, len, 0, n));
+        n += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    n
+}
+
 /// A dpdk-testpmd in io forwarding mode whose ports are memif vdevs: killed (SIGKILL)
 /// and reaped on drop if still running, its runtime directory
 /// (`/var/run/dpdk/<file-prefix>`) removed then, and both also by the signal handler.
@@ -736,17 +756,7 @@ fn app_killed_mid_traffic_and_restarted() {
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let _stop = SetOnDrop(&stop);
-        let sender = s.spawn(|| {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let mut f = frame(BCAST, mac(1), ETH_EXP, 100, 0);
-                f[14..22].copy_from_slice(&n.to_be_bytes());
-                a.send(&f);
-                n += 1;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            n
-        });
+        let sender = s.spawn(|| send_numbered(&a, mac(1), 100, &stop));
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 if b.recv_timeout(Duration::from_millis(50)).is_some() {
@@ -936,17 +946,7 @@ fn attach_detach_cycles_leak_nothing() {
     let (cycles, spent, warm_maps) = std::thread::scope(|sc| {
         let _stop = SetOnDrop(&stop);
         // The other flow: x → hub 1 → y, about 1000 frames/s, every one counted.
-        let sender = sc.spawn(|| {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let mut f = frame(BCAST, mac(5), ETH_EXP, 200, 0);
-                f[14..22].copy_from_slice(&n.to_be_bytes());
-                x.send(&f);
-                n += 1;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            n
-        });
+        let sender = sc.spawn(|| send_numbered(&x, mac(5), 200, &stop));
         sc.spawn(|| {
             // Until the sender has stopped and nothing came for 50 ms.
             loop {
@@ -979,24 +979,10 @@ fn attach_detach_cycles_leak_nothing() {
                 eprintln!("attached: fds {fds0} → {fds}, maps {maps0} → {maps}");
                 assert!(fds > fds0 && maps > maps0, "fds {fds}, maps {maps}");
             }
-            let mut f = frame(
-                BCAST,
-                mac(3),
-                ETH_EXP,
-                60 + (i as usize * 7) % 1455,
-                i as u8,
-            );
-            f[14..22].copy_from_slice(&i.to_be_bytes());
+            let f = numbered(BCAST, mac(3), 60 + (i as usize * 7) % 1455, i as u8, i);
             app_send(&mut app, &f, &format!("cycle {i}"));
             expect_frame(&u, &f, &format!("cycle {i}: app → u"));
-            let mut g = frame(
-                mac(3),
-                mac(4),
-                ETH_EXP,
-                1514 - (i as usize * 7) % 1455,
-                !i as u8,
-            );
-            g[14..22].copy_from_slice(&i.to_be_bytes());
+            let g = numbered(mac(3), mac(4), 1514 - (i as usize * 7) % 1455, !i as u8, i);
             u.send(&g);
             expect_at_app(&mut app, &g, &format!("cycle {i}: u → app"));
             drop(app);
