@@ -142,26 +142,60 @@ pub fn frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, len: usize, seed: u8) -
     f
 }
 
-/// A UDP port on 127.0.0.1 that was free a moment ago (bound, read, released).
+/// A UDP port on 127.0.0.1 that was free a moment ago (see [`pick_port`]).
 ///
 /// # Panics
 /// When no port can be bound.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("bind a UDP socket on 127.0.0.1:0")
-        .port()
+    pick_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound, read, released).
+/// A TCP port on 127.0.0.1 that was free a moment ago (see [`pick_port`]).
 ///
 /// # Panics
 /// When no port can be bound.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("bind a TCP listener on 127.0.0.1:0")
-        .port()
+    pick_port(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// The lowest port the kernel hands out to sockets bound to port 0.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// Lowest port [`pick_port`] hands out.
+const PICK_LOW: u16 = 10000;
+
+/// A port that `bindable` could bind a moment ago, for a peer told to bind it later.
+/// It lies below the kernel's ephemeral range, so that no socket bound to port 0 in the
+/// meantime (this test's, a parallel test's, a peer's) can take it, and no two calls of
+/// one test process return the same one.
+///
+/// # Panics
+/// When no port from 10000 up to the ephemeral range can be bound.
+fn pick_port(bindable: impl Fn(u16) -> bool) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = ephemeral_low();
+    assert!(
+        low > PICK_LOW + 1000,
+        "ephemeral ports start at {low}: no room below them for test ports"
+    );
+    let span = u32::from(low - PICK_LOW);
+    // Processes start at different places, so that test binaries run one after another
+    // do not retry the same ports.
+    let base = std::process::id().wrapping_mul(7919);
+    for _ in 0..span {
+        let off = base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = PICK_LOW + off as u16;
+        if bindable(port) {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 from {PICK_LOW} to {low}")
 }
 
 /// Runs `program args...` to completion and returns its output, whatever its status.
@@ -200,8 +234,11 @@ mod tests {
     fn free_ports_are_bindable() {
         let p = free_udp_port();
         UdpSocket::bind(("127.0.0.1", p)).expect("free UDP port binds");
-        let p = free_tcp_port();
-        TcpListener::bind(("127.0.0.1", p)).expect("free TCP port binds");
+        let q = free_tcp_port();
+        TcpListener::bind(("127.0.0.1", q)).expect("free TCP port binds");
+        // Out of the kernel's reach for port-0 binds, and not handed out twice.
+        assert!(p < ephemeral_low() && q < ephemeral_low(), "{p} {q}");
+        assert_ne!(free_udp_port(), p);
     }
 
     #[test]
