@@ -698,6 +698,8 @@ mod tests {
                         x_learning: None,
                         x_fdb_ageing_ms: None,
                         x_fdb_size: None,
+                        x_vlan: None,
+                        x_trunks: None,
                     }),
                 },
             ]

@@ -213,6 +213,30 @@ impl Daemon {
         Ok(b)
     }
 
+    /// Changes hubport `name`'s VLAN settings (`x-vlan`, `x-trunks`) while traffic flows.
+    pub fn set_vlan(
+        &mut self,
+        name: &str,
+        vlan: Option<u16>,
+        trunks: Option<&str>,
+    ) -> Result<(), CtlError> {
+        let Some(NetdevOpts::Hubport(o)) = self
+            .netdevs
+            .iter_mut()
+            .find(|n| n.config.id == name)
+            .map(|n| &mut n.config.opts)
+        else {
+            return Err(CtlError::Invalid(format!("'{name}' is not a hubport")));
+        };
+        let v = crate::netdev::hubport_vlan(vlan, trunks)?;
+        let desc = v.as_ref().map_or("none".to_string(), ToString::to_string);
+        self.switch.set_vlan(name, v)?;
+        o.x_vlan = vlan;
+        o.x_trunks = trunks.map(str::to_string);
+        tracing::info!("hubport {name} VLAN settings now {desc}");
+        Ok(())
+    }
+
     /// Sets a netdev's link state (and a NIC peer's, as QEMU does).
     pub fn set_link(&mut self, name: &str, up: bool) -> Result<(), CtlError> {
         self.switch.set_link(name, up)?;

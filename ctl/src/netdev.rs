@@ -83,7 +83,7 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
     let mut user_out = None;
     let mut config = nd.clone();
     let (kind, peer) = match &nd.opts {
-        NetdevOpts::Hubport(o) => hubport(o),
+        NetdevOpts::Hubport(o) => hubport(o)?,
         NetdevOpts::Tap(o) => {
             let (kind, ifname) = tap(&nd.id, o, env)?;
             if let (NetdevOpts::Tap(c), Some(name)) = (&mut config.opts, ifname) {
@@ -385,8 +385,30 @@ fn unsupported(ty: &str) -> CtlError {
     ))
 }
 
-fn hubport(o: &NetdevHubPortOptions) -> (SpecKind, Option<String>) {
-    (SpecKind::HubPort { hub: o.hubid }, o.netdev.clone())
+fn hubport(o: &NetdevHubPortOptions) -> Result<(SpecKind, Option<String>), CtlError> {
+    let vlan = hubport_vlan(o.x_vlan, o.x_trunks.as_deref())?;
+    Ok((SpecKind::HubPort { hub: o.hubid, vlan }, o.netdev.clone()))
+}
+
+/// A hubport's VLAN settings from its `x-vlan` and `x-trunks`.
+pub fn hubport_vlan(
+    vlan: Option<u16>,
+    trunks: Option<&str>,
+) -> Result<Option<switch::vlan::VlanPort>, CtlError> {
+    use switch::vlan::{VidSet, VlanPort, MAX_VID};
+    if let Some(v) = vlan.filter(|v| !(1..=MAX_VID).contains(v)) {
+        return Err(CtlError::Invalid(format!(
+            "x-vlan={v} is not a VLAN id (1..={MAX_VID})"
+        )));
+    }
+    let trunks = trunks
+        .map(|t| VidSet::parse(t).map_err(|e| CtlError::Invalid(format!("x-trunks: {e}"))))
+        .transpose()?;
+    Ok(match (vlan, trunks) {
+        (None, None) => None,
+        (Some(v), None) => Some(VlanPort::access(v)),
+        (native, Some(t)) => Some(VlanPort::trunk(t, native)),
+    })
 }
 
 /// Opens a tap; with it, the interface name the kernel gave it when it was opened by

@@ -37,11 +37,14 @@ pub enum DropReason {
     NotConnected,
     /// The kernel reported an error for the operation.
     IoError,
+    /// A VLAN rule refused it: tagged with a VLAN the port does not carry, untagged on
+    /// a port without a native VLAN (or no buffer for its retagged copy).
+    Vlan,
 }
 
 impl DropReason {
     /// Every reason, in report order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::LinkDown,
         DropReason::Oversize,
         DropReason::Undersize,
@@ -54,6 +57,7 @@ impl DropReason {
         DropReason::Filtered,
         DropReason::NotConnected,
         DropReason::IoError,
+        DropReason::Vlan,
     ];
 
     /// The reason's name in reports.
@@ -71,6 +75,7 @@ impl DropReason {
             DropReason::Filtered => "filtered",
             DropReason::NotConnected => "not-connected",
             DropReason::IoError => "io-error",
+            DropReason::Vlan => "vlan",
         }
     }
 }

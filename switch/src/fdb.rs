@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  open addressing, linear probing (at most PROBES slots):
-//!   keys[i]    AtomicU64   MAC | VALID   (0 = never used; a key is never removed)
+//!   keys[i]    AtomicU64   VALID | VLAN << 48 | MAC   (0 = never used; never removed)
 //!   members[i] AtomicU32   the netdev it was seen on (its first queue's port id)
 //!   stamps[i]  AtomicU32   ms since the table's epoch of its last frame (0 = flushed)
 //! ```
@@ -48,6 +48,8 @@ const BUSY: u64 = 1 << 62;
 pub struct Entry {
     /// The address.
     pub mac: Mac,
+    /// Its VLAN (0 on a hub without VLANs).
+    pub vlan: u16,
     /// Where it was seen (the netdev's first queue).
     pub member: PortId,
     /// Since its last frame.
@@ -68,10 +70,11 @@ pub struct Fdb {
     moves: AtomicU64,
 }
 
-fn key(mac: &Mac) -> u64 {
+/// The key of `mac` on VLAN `vid` (0 on a hub without VLANs).
+fn key(mac: &Mac, vid: u16) -> u64 {
     let mut b = [0u8; 8];
     b[2..].copy_from_slice(mac);
-    u64::from_be_bytes(b) | VALID
+    u64::from_be_bytes(b) | (u64::from(vid & 0x0fff) << 48) | VALID
 }
 
 fn slot_hash(k: u64) -> usize {
@@ -126,10 +129,10 @@ impl Fdb {
         stamp != 0 && now.wrapping_sub(stamp) < self.ageing_ms
     }
 
-    /// Where `mac` lives, if it was seen within the ageing time.
+    /// Where `mac` lives on VLAN `vid`, if it was seen within the ageing time.
     #[inline]
-    pub fn lookup(&self, mac: &Mac, now: u32) -> Option<PortId> {
-        let k = key(mac);
+    pub fn lookup(&self, mac: &Mac, vid: u16, now: u32) -> Option<PortId> {
+        let k = key(mac, vid);
         let mut i = slot_hash(k) & self.mask;
         for _ in 0..PROBES {
             // Acquire: pairs with the Release store of the key's stamp below.
@@ -152,10 +155,10 @@ impl Fdb {
         None
     }
 
-    /// Notes that a frame from `mac` came in on `member`.
+    /// Notes that a frame from `mac` on VLAN `vid` came in on `member`.
     #[inline]
-    pub fn learn(&self, mac: &Mac, member: PortId, now: u32) {
-        let k = key(mac);
+    pub fn learn(&self, mac: &Mac, vid: u16, member: PortId, now: u32) {
+        let k = key(mac, vid);
         let mut i = slot_hash(k) & self.mask;
         let mut reuse = None;
         for _ in 0..PROBES {
@@ -247,6 +250,7 @@ impl Fdb {
             mac.copy_from_slice(&b[2..]);
             out.push(Entry {
                 mac,
+                vlan: u16::from_be_bytes([b[0], b[1]]) & 0x0fff,
                 member: self.members[i].load(Ordering::Relaxed),
                 age: Duration::from_millis(u64::from(now_ms.wrapping_sub(st))),
             });
@@ -283,18 +287,18 @@ mod loom_tests {
     fn a_slot_changing_hands_never_answers_for_another_address() {
         loom::model(|| {
             let f = Arc::new(Fdb::with_slots(1, 1, Duration::from_millis(100)));
-            f.learn(&A, 1, 1);
+            f.learn(&A, 0, 1, 1);
             f.flush_member(1);
             let (f1, f2) = (f.clone(), f.clone());
-            let tb = thread::spawn(move || f1.learn(&B, 2, 5));
-            let tc = thread::spawn(move || f2.learn(&C, 3, 5));
-            let b = f.lookup(&B, 6);
-            let c = f.lookup(&C, 6);
+            let tb = thread::spawn(move || f1.learn(&B, 0, 2, 5));
+            let tc = thread::spawn(move || f2.learn(&C, 0, 3, 5));
+            let b = f.lookup(&B, 0, 6);
+            let c = f.lookup(&C, 0, 6);
             assert!(b.is_none() || b == Some(2), "B answered {b:?}");
             assert!(c.is_none() || c == Some(3), "C answered {c:?}");
             tb.join().unwrap();
             tc.join().unwrap();
-            let (b, c) = (f.lookup(&B, 7), f.lookup(&C, 7));
+            let (b, c) = (f.lookup(&B, 0, 7), f.lookup(&C, 0, 7));
             assert!(b.is_none() || b == Some(2), "B answered {b:?} after");
             assert!(c.is_none() || c == Some(3), "C answered {c:?} after");
         });
@@ -313,37 +317,59 @@ mod tests {
     #[test]
     fn learns_moves_and_ages() {
         let f = Fdb::new(100, Duration::from_millis(1000));
-        assert_eq!(f.lookup(&mac(1), 10), None);
-        f.learn(&mac(1), 7, 10);
-        assert_eq!(f.lookup(&mac(1), 20), Some(7));
-        f.learn(&mac(1), 9, 30);
-        assert_eq!(f.lookup(&mac(1), 40), Some(9), "moved on its first frame");
+        assert_eq!(f.lookup(&mac(1), 0, 10), None);
+        f.learn(&mac(1), 0, 7, 10);
+        assert_eq!(f.lookup(&mac(1), 0, 20), Some(7));
+        f.learn(&mac(1), 0, 9, 30);
+        assert_eq!(
+            f.lookup(&mac(1), 0, 40),
+            Some(9),
+            "moved on its first frame"
+        );
         assert_eq!(f.moves(), 1);
-        assert_eq!(f.lookup(&mac(1), 30 + 999), Some(9));
-        assert_eq!(f.lookup(&mac(1), 30 + 1000), None, "aged out");
+        assert_eq!(f.lookup(&mac(1), 0, 30 + 999), Some(9));
+        assert_eq!(f.lookup(&mac(1), 0, 30 + 1000), None, "aged out");
         // A frame brings it back.
-        f.learn(&mac(1), 9, 2000);
-        assert_eq!(f.lookup(&mac(1), 2001), Some(9));
+        f.learn(&mac(1), 0, 9, 2000);
+        assert_eq!(f.lookup(&mac(1), 0, 2001), Some(9));
+    }
+
+    #[test]
+    fn one_address_on_two_vlans_is_two_entries() {
+        let f = Fdb::new(100, DEFAULT_AGEING);
+        f.learn(&mac(1), 10, 3, 5);
+        f.learn(&mac(1), 20, 4, 5);
+        assert_eq!(f.lookup(&mac(1), 10, 6), Some(3));
+        assert_eq!(f.lookup(&mac(1), 20, 6), Some(4));
+        assert_eq!(f.lookup(&mac(1), 0, 6), None);
+        assert_eq!(f.moves(), 0, "not a move: another VLAN");
+        let mut e: Vec<(u16, PortId)> = f
+            .entries(f.epoch + Duration::from_millis(6))
+            .into_iter()
+            .map(|e| (e.vlan, e.member))
+            .collect();
+        e.sort_unstable();
+        assert_eq!(e, vec![(10, 3), (20, 4)]);
     }
 
     #[test]
     fn flushes_by_member_or_all() {
         let f = Fdb::new(100, DEFAULT_AGEING);
         for n in 0..10 {
-            f.learn(&mac(n), n % 2, 5);
+            f.learn(&mac(n), 0, n % 2, 5);
         }
         f.flush_member(1);
         for n in 0..10 {
-            assert_eq!(f.lookup(&mac(n), 6), (n % 2 == 0).then_some(0), "{n}");
+            assert_eq!(f.lookup(&mac(n), 0, 6), (n % 2 == 0).then_some(0), "{n}");
         }
         assert_eq!(f.entries(f.epoch + Duration::from_millis(6)).len(), 5);
         f.flush();
         assert!(f.entries(f.epoch + Duration::from_millis(6)).is_empty());
         // Flushed slots are reused; the chains still find what follows them.
         for n in 0..10 {
-            f.learn(&mac(n), 3, 7);
+            f.learn(&mac(n), 0, 3, 7);
         }
-        assert!((0..10).all(|n| f.lookup(&mac(n), 8) == Some(3)));
+        assert!((0..10).all(|n| f.lookup(&mac(n), 0, 8) == Some(3)));
     }
 
     #[test]
@@ -351,14 +377,14 @@ mod tests {
         // 64 slots: at most 64 addresses, fewer where probes run out.
         let f = Fdb::new(1, DEFAULT_AGEING);
         for n in 0..1000 {
-            f.learn(&mac(n), 1, 5);
+            f.learn(&mac(n), 0, 1, 5);
         }
         let held = f.entries(f.epoch + Duration::from_millis(5)).len() as u64;
         assert!(held <= 64 && held > 0, "{held}");
         assert_eq!(held + f.overflow(), 1000);
         // Everything held is found.
         let found = (0..1000)
-            .filter(|&n| f.lookup(&mac(n), 6).is_some())
+            .filter(|&n| f.lookup(&mac(n), 0, 6).is_some())
             .count() as u64;
         assert_eq!(found, held);
     }
@@ -367,10 +393,10 @@ mod tests {
     fn a_hundred_thousand_addresses_fit_a_table_sized_for_them() {
         let f = Fdb::new(100_000, DEFAULT_AGEING);
         for n in 0..100_000 {
-            f.learn(&mac(n), n % 32, 5);
+            f.learn(&mac(n), 0, n % 32, 5);
         }
         assert_eq!(f.overflow(), 0);
-        assert!((0..100_000).all(|n| f.lookup(&mac(n), 6) == Some(n % 32)));
+        assert!((0..100_000).all(|n| f.lookup(&mac(n), 0, 6) == Some(n % 32)));
     }
 
     #[test]
@@ -384,9 +410,9 @@ mod tests {
                         for n in 0..1000 {
                             // Each thread owns a quarter of the addresses; all look up all.
                             if n % 4 == t {
-                                f.learn(&mac(n), t, 10 + round);
+                                f.learn(&mac(n), 0, t, 10 + round);
                             }
-                            let _ = f.lookup(&mac(n), 10 + round);
+                            let _ = f.lookup(&mac(n), 0, 10 + round);
                         }
                     }
                 })
@@ -396,6 +422,6 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(f.overflow(), 0);
-        assert!((0..1000).all(|n| f.lookup(&mac(n), 100) == Some(n % 4)));
+        assert!((0..1000).all(|n| f.lookup(&mac(n), 0, 100) == Some(n % 4)));
     }
 }

@@ -19,6 +19,7 @@ pub mod ring;
 pub mod switch;
 pub mod topology;
 pub mod uring;
+pub mod vlan;
 pub mod wake;
 pub mod wire;
 pub mod worker;

@@ -96,6 +96,8 @@ pub enum SpecKind {
     HubPort {
         /// Hub id.
         hub: i32,
+        /// Its VLAN settings, if any (see [`crate::vlan`]).
+        vlan: Option<crate::vlan::VlanPort>,
     },
 }
 
@@ -321,8 +323,12 @@ impl Switch {
     /// Adds a client; its queues are spread over the least loaded workers.
     pub fn add(&mut self, spec: ClientSpec) -> Result<(), SwitchError> {
         self.graph.check_add(&spec.name, spec.peer.as_deref())?;
+        let mut vlan = None;
         let kind = match spec.kind {
-            SpecKind::HubPort { hub } => ClientKind::HubPort { hub },
+            SpecKind::HubPort { hub, vlan: v } => {
+                vlan = v;
+                ClientKind::HubPort { hub }
+            }
             SpecKind::Port { queues, poll_us } => {
                 let mut refs = Vec::with_capacity(queues.len());
                 let mut waits = Vec::new();
@@ -370,6 +376,9 @@ impl Switch {
         self.graph.add(&spec.name, kind, spec.peer.as_deref())?;
         if spec.nic {
             self.graph.set_nic(&spec.name);
+        }
+        if vlan.is_some() {
+            self.graph.set_vlan(&spec.name, vlan)?;
         }
         self.publish()
     }
@@ -458,6 +467,21 @@ impl Switch {
         }
         for (w, rx) in waits {
             recv(&rx, w)?;
+        }
+        Ok(())
+    }
+
+    /// Changes hubport `name`'s VLAN settings while traffic flows (`None`: none). The
+    /// addresses its port's hub learned are forgotten: they may sit on other VLANs now.
+    pub fn set_vlan(
+        &mut self,
+        name: &str,
+        vlan: Option<crate::vlan::VlanPort>,
+    ) -> Result<(), SwitchError> {
+        self.graph.set_vlan(name, vlan)?;
+        self.publish()?;
+        if let Some((fdb, member)) = self.graph.learned_member(name) {
+            fdb.flush_member(member);
         }
         Ok(())
     }

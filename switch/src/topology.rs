@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use crate::error::SwitchError;
 use crate::fdb::Fdb;
+use crate::vlan::{PortVlans, VlanPort};
 
 /// Global, never reused identifier of one port queue.
 pub type PortId = u32;
@@ -98,6 +99,8 @@ pub struct PortEntry {
     pub dests: Box<[DestGroup]>,
     /// On a learning hub: the table that picks one of `dests` for known addresses.
     pub learn: Option<Learn>,
+    /// On a VLAN-aware hub: its own and its destinations' VLAN membership.
+    pub vlans: Option<Arc<PortVlans>>,
 }
 
 /// The table every worker forwards by, indexed by [`PortId`].
@@ -148,6 +151,8 @@ pub struct Graph {
     clients: BTreeMap<String, Client>,
     /// The tables of learning hubs, by hub id.
     learning: BTreeMap<i32, Arc<Fdb>>,
+    /// The VLAN settings of hubports that have some, by hubport name.
+    vlans: BTreeMap<String, VlanPort>,
 }
 
 impl Graph {
@@ -217,7 +222,35 @@ impl Graph {
                 pc.peer = None;
             }
         }
+        self.vlans.remove(name);
         Ok(c)
+    }
+
+    /// Gives hubport `name` VLAN settings (`None`: none, a trunk of everything). A hub
+    /// with a hubport that has some is VLAN-aware.
+    pub fn set_vlan(&mut self, name: &str, vlan: Option<VlanPort>) -> Result<(), SwitchError> {
+        match self.clients.get(name).map(|c| &c.kind) {
+            Some(ClientKind::HubPort { .. }) => {}
+            _ => return Err(SwitchError::NotFound(name.to_string())),
+        }
+        match vlan {
+            Some(v) => self.vlans.insert(name.to_string(), v),
+            None => self.vlans.remove(name),
+        };
+        Ok(())
+    }
+
+    /// The VLAN settings of hubport `name`, if it has some.
+    pub fn vlan(&self, name: &str) -> Option<&VlanPort> {
+        self.vlans.get(name)
+    }
+
+    /// Whether hub `hub` has a hubport with VLAN settings.
+    pub fn vlan_aware(&self, hub: i32) -> bool {
+        self.vlans.keys().any(|n| {
+            matches!(self.clients.get(n).map(|c| &c.kind),
+                Some(ClientKind::HubPort { hub: h }) if *h == hub)
+        })
     }
 
     /// Sets a client's link state, and that of its peer when the peer is a NIC (QEMU's
@@ -300,8 +333,9 @@ impl Graph {
         }
     }
 
-    /// Where frames entering client `name` go, each destination with its member id.
-    fn dests_of(&self, name: &str) -> Vec<(PortId, DestGroup)> {
+    /// Where frames entering client `name` go, each destination with its member id and,
+    /// on a hub, the hubport it is reached through.
+    fn dests_of(&self, name: &str) -> Vec<(PortId, DestGroup, Option<&str>)> {
         let Some(peer_name) = self.clients.get(name).and_then(|c| c.peer.as_deref()) else {
             return Vec::new();
         };
@@ -310,7 +344,10 @@ impl Graph {
         };
         let with_id = |p: &str| Some((self.member_id(p)?, self.group_of(p)?));
         match peer.kind {
-            ClientKind::Port { .. } => with_id(peer_name).into_iter().collect(),
+            ClientKind::Port { .. } => with_id(peer_name)
+                .map(|(m, g)| (m, g, None))
+                .into_iter()
+                .collect(),
             ClientKind::HubPort { hub } => {
                 if !peer.link_up {
                     return Vec::new();
@@ -322,8 +359,8 @@ impl Graph {
                             && c.link_up
                             && matches!(c.kind, ClientKind::HubPort { hub: h } if h == hub)
                     })
-                    .filter_map(|(_, c)| c.peer.as_deref())
-                    .filter_map(with_id)
+                    .filter_map(|(hp, c)| Some((hp.as_str(), c.peer.as_deref()?)))
+                    .filter_map(|(hp, p)| with_id(p).map(|(m, g)| (m, g, Some(hp))))
                     .collect()
             }
         }
@@ -345,7 +382,7 @@ impl Graph {
                     let mut by_member: Vec<(PortId, u16)> = with_ids
                         .iter()
                         .enumerate()
-                        .map(|(i, (m, _))| (*m, i as u16))
+                        .map(|(i, (m, _, _))| (*m, i as u16))
                         .collect();
                     by_member.sort_unstable();
                     Learn {
@@ -354,7 +391,8 @@ impl Graph {
                         by_member: by_member.into_boxed_slice(),
                     }
                 });
-            let dests: Box<[DestGroup]> = with_ids.into_iter().map(|(_, g)| g).collect();
+            let vlans = self.port_vlans(name, &with_ids);
+            let dests: Box<[DestGroup]> = with_ids.into_iter().map(|(_, g, _)| g).collect();
             for q in queues {
                 let i = q.port as usize;
                 if ports.len() <= i {
@@ -365,10 +403,34 @@ impl Graph {
                     link_up: c.link_up,
                     dests: dests.clone(),
                     learn: learn.clone(),
+                    vlans: vlans.clone(),
                 });
             }
         }
         Topology { ports }
+    }
+
+    /// The VLAN facts of port `name` with destinations `dests`, when its hub is
+    /// VLAN-aware.
+    fn port_vlans(
+        &self,
+        name: &str,
+        dests: &[(PortId, DestGroup, Option<&str>)],
+    ) -> Option<Arc<PortVlans>> {
+        let hub = self.hub_of(name)?;
+        if !self.vlan_aware(hub) {
+            return None;
+        }
+        let of = |hp: Option<&str>| {
+            hp.and_then(|h| self.vlans.get(h))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let me = of(self.clients.get(name)?.peer.as_deref());
+        Some(Arc::new(PortVlans {
+            me,
+            dests: dests.iter().map(|(_, _, hp)| of(*hp)).collect(),
+        }))
     }
 
     /// Hubport names of a hub, in name order.
@@ -501,6 +563,32 @@ mod tests {
         assert!(
             g.get("be").unwrap().link_up,
             "a backend peer keeps its own state"
+        );
+    }
+
+    #[test]
+    fn a_hub_is_vlan_aware_once_a_hubport_has_settings() {
+        let mut g = hub_of_three();
+        assert!(g.topology().get(0).unwrap().vlans.is_none());
+        g.set_vlan("hb", Some(VlanPort::access(10))).unwrap();
+        assert!(
+            g.set_vlan("a", Some(VlanPort::access(10))).is_err(),
+            "not a hubport"
+        );
+        let t = g.topology();
+        let v = t.get(0).unwrap().vlans.clone().unwrap();
+        assert_eq!(v.me, VlanPort::default());
+        let e = t.get(0).unwrap();
+        let of_b = e.dests.iter().position(|d| d.queues[0].port == 1).unwrap();
+        assert_eq!(v.dests[of_b], VlanPort::access(10));
+        assert_eq!(
+            t.get(1).unwrap().vlans.as_ref().unwrap().me,
+            VlanPort::access(10)
+        );
+        g.remove("hb").unwrap();
+        assert!(
+            g.topology().get(0).unwrap().vlans.is_none(),
+            "its settings go with it"
         );
     }
 

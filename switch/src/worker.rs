@@ -30,8 +30,9 @@ use crate::backend::{Backend, Io, IoParts, BURST};
 use crate::counters::{DropReason, PortCounters};
 use crate::pool::{BufCache, Pkt, Pool};
 use crate::ring::{Consumer, Producer};
-use crate::topology::{PortId, Topology};
+use crate::topology::{DestGroup, PortId, Topology};
 use crate::uring::{untoken, Completion, Uring, UringStats, WORKER_SLOT};
+use crate::vlan::{Form, VlanPort};
 use crate::wake::Bell;
 
 /// How often timed work runs while awake.
@@ -532,6 +533,7 @@ impl Worker {
             rx,
             ..
         } = self;
+        let topo: &Topology = topo;
         let me = eng.shared.id;
         // Drops at the source, counted once per burst on its counters at the end.
         let (mut no_dest, mut ring_full) = (0u64, 0u64);
@@ -552,7 +554,7 @@ impl Worker {
         let ndest = entry.dests.len() as u32;
         // A flow hash only when some destination has several queues to choose from.
         let spread = entry.dests.iter().any(|g| g.queues.len() > 1);
-        if let ([g], false, None) = (&entry.dests[..], spread, &entry.learn) {
+        if let ([g], false, None, None) = (&entry.dests[..], spread, &entry.learn, &entry.vlans) {
             // One destination queue (a port and its peer, a two-port hub): the whole
             // burst goes as one, decided once.
             let q = g.queues[0];
@@ -570,9 +572,32 @@ impl Worker {
             }
         }
         let stamp = entry.learn.as_ref().map(|l| l.fdb.stamp(now));
+        let pool = &eng.pool;
+        let mut fwd = Fwd {
+            cache: &mut eng.cache,
+            shared: &eng.shared,
+            topo,
+            slots,
+            slot_of,
+            outq,
+            no_dest: 0,
+            vlan: 0,
+        };
         for pkt in rx.drain(..) {
-            let f = eng.pool.bytes(&pkt);
+            let f = pool.bytes(&pkt);
             let hash = if spread { frame_hash(f) } else { 0 };
+            // On a VLAN-aware hub: the frame's VLAN, and the form it came in.
+            let (vid, form) = match &entry.vlans {
+                None => (0, Form::Untagged),
+                Some(v) => match v.me.ingress(f) {
+                    Some(x) => x,
+                    None => {
+                        fwd.vlan += 1;
+                        fwd.cache.free(pkt);
+                        continue;
+                    }
+                },
+            };
             // A learning hub: learn the source, send a known unicast to its one port.
             if let (Some(l), Some(stamp), Some(h)) = (
                 &entry.learn,
@@ -581,55 +606,44 @@ impl Worker {
             ) {
                 let (dst, srcm) = (h.dst(), h.src());
                 if !crate::wire::ethernet::is_group(&srcm) {
-                    l.fdb.learn(&srcm, l.me, stamp);
+                    l.fdb.learn(&srcm, vid, l.me, stamp);
                 }
                 let known = if crate::wire::ethernet::is_group(&dst) {
                     None
                 } else {
-                    l.fdb.lookup(&dst, stamp)
+                    l.fdb.lookup(&dst, vid, stamp)
                 };
                 match known.map(|m| (m, l.dest_of(m))) {
                     Some((m, _)) if m == l.me => {
                         // Its own segment's address: a bridge keeps it there.
-                        no_dest += 1;
-                        eng.cache.free(pkt);
+                        fwd.no_dest += 1;
+                        fwd.cache.free(pkt);
                         continue;
                     }
                     Some((_, Some(i))) => {
-                        let g = &entry.dests[i];
-                        route(
-                            &mut eng.cache,
-                            &eng.shared,
-                            topo,
-                            slots,
-                            slot_of,
-                            outq,
-                            g,
-                            pkt,
-                            hash,
-                            &mut no_dest,
-                        );
+                        let vl = entry.vlans.as_ref().map(|v| (&v.dests[i], vid, form));
+                        fwd.send_known(&entry.dests[i], vl, pkt, hash);
                         continue;
                     }
                     _ => {}
                 }
             }
-            let copies = eng.pool.fanout(pkt, ndest);
-            for (g, p) in entry.dests.iter().zip(copies) {
-                route(
-                    &mut eng.cache,
-                    &eng.shared,
-                    topo,
-                    slots,
-                    slot_of,
-                    outq,
-                    g,
-                    p,
-                    hash,
-                    &mut no_dest,
-                );
+            match &entry.vlans {
+                None => {
+                    let copies = pool.fanout(pkt, ndest);
+                    for (g, p) in entry.dests.iter().zip(copies) {
+                        fwd.route(g, p, hash);
+                    }
+                }
+                Some(v) => fwd.flood_vlan(pool, &entry.dests, &v.dests, pkt, vid, form, hash),
             }
         }
+        let Fwd {
+            no_dest: nd,
+            vlan: vlan_drops,
+            ..
+        } = fwd;
+        no_dest += nd;
         for (w, q) in outq.iter_mut().enumerate() {
             if q.is_empty() {
                 continue;
@@ -648,10 +662,11 @@ impl Worker {
                 peers[w].bell.notify();
             }
         }
-        if no_dest + ring_full > 0 {
+        if no_dest + ring_full + vlan_drops > 0 {
             if let Some(Some(s)) = slots.get(src_idx) {
                 s.counters.count_drop(DropReason::NoDest, no_dest);
                 s.counters.count_drop(DropReason::RingFull, ring_full);
+                s.counters.count_drop(DropReason::Vlan, vlan_drops);
             }
         }
     }
@@ -740,31 +755,123 @@ impl Worker {
     }
 }
 
-/// Sends `p` to one queue of destination `g`: onto a local port's pending batch, or into
-/// the batch for another worker's ring.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn route(
-    cache: &mut BufCache,
-    shared: &WorkerShared,
-    topo: &Topology,
-    slots: &mut [Option<Slot>],
-    slot_of: &[u32],
-    outq: &mut [Vec<(PortId, Pkt)>],
-    g: &crate::topology::DestGroup,
-    p: Pkt,
-    hash: u32,
-    no_dest: &mut u64,
-) {
-    let me = shared.id;
-    let q = g.pick(me, hash);
-    if q.worker == me {
-        deliver_local(cache, topo, slots, slot_of, q.port, p, shared);
-    } else if let Some(v) = outq.get_mut(q.worker as usize) {
-        v.push((q.port, p));
-    } else {
-        *no_dest += 1;
-        cache.free(p);
+/// What forwarding one burst borrows from its worker, with the drops it counts on the
+/// way (charged to the source port at the end of the burst).
+struct Fwd<'a> {
+    cache: &'a mut BufCache,
+    shared: &'a WorkerShared,
+    topo: &'a Topology,
+    slots: &'a mut [Option<Slot>],
+    slot_of: &'a [u32],
+    outq: &'a mut [Vec<Hop>],
+    /// Frames with nowhere to go.
+    no_dest: u64,
+    /// Frames a VLAN rule refused (at the source, or no buffer for a retagged copy).
+    vlan: u64,
+}
+
+impl Fwd<'_> {
+    /// Sends `p` to one queue of destination `g`: onto a local port's pending batch, or
+    /// into the batch for another worker's ring.
+    #[inline]
+    fn route(&mut self, g: &DestGroup, p: Pkt, hash: u32) {
+        let me = self.shared.id;
+        let q = g.pick(me, hash);
+        if q.worker == me {
+            deliver_local(
+                self.cache,
+                self.topo,
+                self.slots,
+                self.slot_of,
+                q.port,
+                p,
+                self.shared,
+            );
+        } else if let Some(v) = self.outq.get_mut(q.worker as usize) {
+            v.push((q.port, p));
+        } else {
+            self.no_dest += 1;
+            self.cache.free(p);
+        }
+    }
+
+    /// Sends a known unicast to its one destination; on a VLAN-aware hub (`vl`: the
+    /// destination's membership, the frame's VLAN and form) in the form it takes.
+    #[inline]
+    fn send_known(&mut self, g: &DestGroup, vl: Option<(&VlanPort, u16, Form)>, p: Pkt, hash: u32) {
+        let p = match vl {
+            None => p,
+            Some((dv, vid, form)) => match dv.egress(vid) {
+                Some(want) if want == form => p,
+                Some(_) => match crate::vlan::reform_pkt(self.cache, p, vid) {
+                    Some(p) => p,
+                    None => {
+                        self.vlan += 1;
+                        return;
+                    }
+                },
+                None => {
+                    // Learned on this VLAN at a port that has left it since.
+                    self.no_dest += 1;
+                    self.cache.free(p);
+                    return;
+                }
+            },
+        };
+        self.route(g, p, hash);
+    }
+
+    /// Floods frame `p` of VLAN `vid` (come in as `form`) to the destinations that are
+    /// members of the VLAN: those that take it as it came share it, the others share
+    /// one retagged copy (or the frame itself, retagged in place, when nobody takes it
+    /// as it came).
+    #[allow(clippy::too_many_arguments)]
+    fn flood_vlan(
+        &mut self,
+        pool: &Pool,
+        dests: &[DestGroup],
+        dvl: &[VlanPort],
+        p: Pkt,
+        vid: u16,
+        form: Form,
+        hash: u32,
+    ) {
+        let (mut same, mut other) = (0u32, 0u32);
+        for v in dvl {
+            match v.egress(vid) {
+                Some(f) if f == form => same += 1,
+                Some(_) => other += 1,
+                None => {}
+            }
+        }
+        let (orig, alt) = match (same, other) {
+            (0, 0) => {
+                self.no_dest += 1;
+                self.cache.free(p);
+                return;
+            }
+            (_, 0) => (Some(p), None),
+            (0, _) => (None, crate::vlan::reform_pkt(self.cache, p, vid)),
+            _ => {
+                let alt = crate::vlan::reformed_copy(self.cache, &p, vid);
+                (Some(p), alt)
+            }
+        };
+        if other > 0 && alt.is_none() {
+            self.vlan += u64::from(other);
+        }
+        let mut as_came = orig.map(|p| pool.fanout(p, same));
+        let mut retagged = alt.map(|p| pool.fanout(p, other));
+        for (g, v) in dests.iter().zip(dvl) {
+            let p = match v.egress(vid) {
+                Some(f) if f == form => as_came.as_mut().and_then(Iterator::next),
+                Some(_) => retagged.as_mut().and_then(Iterator::next),
+                None => None,
+            };
+            if let Some(p) = p {
+                self.route(g, p, hash);
+            }
+        }
     }
 }
 

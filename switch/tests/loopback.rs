@@ -41,7 +41,7 @@ fn add_port_of_depth(sw: &mut Switch, name: &str, depth: usize) -> LoopbackHandl
 fn add_hubport(sw: &mut Switch, name: &str, hub: i32, peer: &str) {
     sw.add(ClientSpec {
         name: name.into(),
-        kind: SpecKind::HubPort { hub },
+        kind: SpecKind::HubPort { hub, vlan: None },
         peer: Some(peer.into()),
         nic: false,
     })

@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{diff, expect_frame, expect_nothing, mac, Args, BCAST, ETH_EXP, QUIET, WAIT};
+use common::{diff, expect_frame, expect_nothing, mac, ping, Args, BCAST, ETH_EXP, QUIET, WAIT};
 use tests::{
     bin_path, frame, move_link_into, require_tool, run, run_ok, unique, wait_until, Daemon, Netns,
     RawSock, TempDir, UdpEnd,
@@ -79,31 +79,6 @@ fn mac_of(ns: &Netns, ifname: &str) -> [u8; 6] {
         .map(|h| u8::from_str_radix(h, 16).expect("hex MAC"))
         .collect();
     v.try_into().expect("6-byte MAC")
-}
-
-/// Runs busybox ping inside `ns` and asserts that every echo got its reply.
-fn ping(ns: &Netns, to: &str, count: u32, size: u32) {
-    let out = ns.exec(&[
-        "busybox",
-        "ping",
-        "-c",
-        &count.to_string(),
-        "-s",
-        &size.to_string(),
-        "-A",
-        "-w",
-        "10",
-        to,
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!(
-            "{count} packets transmitted, {count} packets received"
-        )),
-        "ping -s {size} {to} from netns {}: {text}{}",
-        ns.name,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Internet checksum of `data` (ones' complement of the ones' complement sum).

@@ -108,6 +108,19 @@ qapi_struct! {
 }
 
 qapi_struct! {
+    /// `x-set-vlan` (pollswitch extension): a hubport's VLAN settings, changed while
+    /// traffic flows; neither member: no VLAN settings.
+    pub struct SetVlanArgs {
+        /// the hubport
+        name: req str = "name",
+        /// its access VLAN (with `trunks`: its native VLAN)
+        vlan: opt uint16 = "vlan",
+        /// the VLANs it carries tagged, such as 10:20-29
+        trunks: opt str = "trunks",
+    }
+}
+
+qapi_struct! {
     /// `x-fdb-flush` (pollswitch extension): forget a learning hub's addresses, or those
     /// of one of its ports.
     pub struct FdbFlushArgs {

@@ -261,6 +261,10 @@ qapi_struct! {
         x_fdb_ageing_ms: opt uint32 = "x-fdb-ageing-ms",
         /// pollswitch: the most addresses the hub's table holds
         x_fdb_size: opt uint32 = "x-fdb-size",
+        /// pollswitch: the port's access VLAN (with x-trunks: its native VLAN)
+        x_vlan: opt uint16 = "x-vlan",
+        /// pollswitch: the VLANs the port carries tagged, such as 10:20-29
+        x_trunks: opt str = "x-trunks",
     }
 }
 
@@ -880,6 +884,8 @@ mod tests {
                         x_learning: None,
                         x_fdb_ageing_ms: None,
                         x_fdb_size: None,
+                        x_vlan: None,
+                        x_trunks: None,
                     }),
                 ),
             ),
@@ -1415,6 +1421,8 @@ mod tests {
                     x_learning,
                     x_fdb_ageing_ms: None,
                     x_fdb_size: None,
+                    x_vlan: None,
+                    x_trunks: None,
                 })
             },
         )

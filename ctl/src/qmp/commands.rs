@@ -17,7 +17,7 @@ use crate::error::CtlError;
 use crate::netdev::{inherited_fd, FdSource};
 use crate::qapi::commands::{
     AnnounceParameters, CapabilitiesArgs, FdbFlushArgs, GetfdArgs, HmpArgs, NetdevCaptureArgs,
-    NetdevDelArgs, QueryFdbArgs, QueryRxFilterArgs, SetLinkArgs, SetRxFilterArgs,
+    NetdevDelArgs, QueryFdbArgs, QueryRxFilterArgs, SetLinkArgs, SetRxFilterArgs, SetVlanArgs,
 };
 use crate::qapi::{Netdev, NetdevOpts, QapiError, QapiStruct};
 use backends::nic::{RxFilter, RxState};
@@ -84,6 +84,7 @@ pub const COMMANDS: &[(&str, Handler)] = &[
     ("x-query-fdb", x_query_fdb),
     ("x-netdev-capture", x_netdev_capture),
     ("x-fdb-flush", x_fdb_flush),
+    ("x-set-vlan", x_set_vlan),
 ];
 
 /// Checks and runs one request; returns the reply (always one, for QMP requests).
@@ -760,7 +761,7 @@ fn x_query_fdb(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Res
                 json!({
                     "mac": mac_to_string(&e.mac),
                     "port": member_name(g, e.member),
-                    "vlan": 0,
+                    "vlan": e.vlan,
                     "age-ms": e.age.as_millis() as u64,
                 })
             })
@@ -795,6 +796,12 @@ fn x_fdb_flush(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Res
             }
         },
     }
+    Ok(json!({}))
+}
+
+fn x_set_vlan(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    let a = SetVlanArgs::from_qmp(args)?;
+    ctl.daemon.set_vlan(&a.name, a.vlan, a.trunks.as_deref())?;
     Ok(json!({}))
 }
 

@@ -135,6 +135,44 @@ impl Args {
     }
 }
 
+/// Runs busybox ping (`count` echoes of `size` bytes, for at most `wait_s` seconds)
+/// inside `ns`; the replies that came back, and ping's output.
+pub fn ping_replies(ns: &Netns, to: &str, count: u32, size: u32, wait_s: u32) -> (u32, String) {
+    let out = ns.exec(&[
+        "busybox",
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-s",
+        &size.to_string(),
+        "-A",
+        "-w",
+        &wait_s.to_string(),
+        to,
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = text
+        .split_once(" packets received")
+        .and_then(|(a, _)| a.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    (got, text)
+}
+
+/// Runs busybox ping inside `ns` and asserts that every echo got its reply.
+pub fn ping(ns: &Netns, to: &str, count: u32, size: u32) {
+    let (got, text) = ping_replies(ns, to, count, size, 10);
+    assert_eq!(
+        got, count,
+        "ping -s {size} {to} from netns {}: {text}",
+        ns.name
+    );
+}
+
 /// Port `name` of `x-query-stats`.
 pub fn port_stats(c: &mut QmpClient, name: &str) -> Value {
     let st = c.execute_ok("x-query-stats", Value::Null);
