@@ -7,24 +7,18 @@
 //!  IP mode:   [IPv4 header, receive only] | session | cookie | counter | offset | frame |
 //! ```
 //!
-//! The worker moves frames itself with `recvmmsg`/`sendmmsg` (non-blocking, a burst per
-//! call), woken by a multishot io_uring poll: each datagram lands in two iovecs, the
-//! header in a scratch area of this port and the frame exactly at the pool buffer's
-//! `HEADROOM`, so neither direction copies a frame. A datagram whose session or cookie
-//! is not ours is counted as `filtered` and its buffer reused; the counter is not
-//! checked on receive (as in QEMU).
-#![allow(unsafe_code)]
+//! The port is a [`TunnelPort`] (`recvmmsg`/`sendmmsg` bursts, no frame copied); this
+//! module is the header. A datagram whose session or cookie is not ours is counted as
+//! `filtered`; the counter is not checked on receive (as in QEMU).
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use crate::readiness::Readiness;
 use socket2::{Domain, Protocol, Socket, Type};
-use switch::pool::{HEADROOM, MIN_FRAME};
-use switch::{Backend, DropReason, Io, Pkt, BURST};
+use switch::DropReason;
 
 use crate::error::Error;
 use crate::sys::RawAddr;
+use crate::tunnel::{Tunnel, TunnelPort};
 
 /// IP protocol number of L2TPv3 over IP.
 pub const IPPROTO_L2TP: i32 = 115;
@@ -144,27 +138,16 @@ pub struct L2tpv3Config {
     pub pincounter: bool,
 }
 
-/// One L2TPv3 session as a port.
-pub struct L2tpv3Port {
-    fd: OwnedFd,
+/// One L2TPv3 session: what [`TunnelPort`] needs to know of it.
+pub struct L2tpv3Session {
     cfg: L2tpv3Config,
     dest: RawAddr,
-    /// Bytes in front of the frame in a received datagram (the IPv4 header included).
-    rx_lead: usize,
-    /// Received headers, `rx_lead` bytes per datagram of a burst.
-    rx_hdr: Vec<u8>,
-    /// Headers to send, `layout.len()` bytes per frame of a burst.
-    tx_hdr: Vec<u8>,
-    /// Fresh buffers for the next receive burst (at most [`BURST`], kept between calls
-    /// so that an empty socket costs no allocation).
-    spare: Vec<Pkt>,
-    /// The socket may have datagrams waiting: set by the poll's completions and when a
-    /// burst ended at its budget, cleared before reading until the kernel has none.
-    readable: bool,
-    /// Counter of the last frame sent.
-    sent: u32,
-    wake: Readiness,
+    /// Bytes of IPv4 header in front of the L2TPv3 header in a received datagram.
+    ip: usize,
 }
+
+/// One L2TPv3 session as a port.
+pub type L2tpv3Port = TunnelPort<L2tpv3Session>;
 
 fn sock_err(what: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Socket {
@@ -174,283 +157,75 @@ fn sock_err(what: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error)
     }
 }
 
-impl L2tpv3Port {
-    /// Opens and binds the socket: UDP in UDP mode, a raw socket of protocol 115 (which
-    /// needs CAP_NET_RAW) in IP mode.
-    pub fn open(cfg: L2tpv3Config) -> Result<L2tpv3Port, Error> {
-        if cfg.src.is_ipv4() != cfg.dst.is_ipv4() {
-            return Err(Error::Config(format!(
-                "src {} and dst {} are not of the same address family",
-                cfg.src.ip(),
-                cfg.dst.ip()
-            )));
-        }
-        let domain = Domain::for_address(cfg.src);
-        let s = if cfg.layout.udp {
-            Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))
-        } else {
-            Socket::new(
-                domain,
-                Type::RAW.cloexec(),
-                Some(Protocol::from(IPPROTO_L2TP)),
-            )
-        }
-        .map_err(sock_err("socket for", cfg.src))?;
-        s.bind(&cfg.src.into()).map_err(sock_err("bind", cfg.src))?;
-        let rx_lead = cfg.layout.len()
-            + if !cfg.layout.udp && cfg.src.is_ipv4() {
-                IPV4_HDR
-            } else {
-                0
-            };
-        Ok(L2tpv3Port {
-            fd: s.into(),
+/// Opens and binds the socket: UDP in UDP mode, a raw socket of protocol 115 (which
+/// needs CAP_NET_RAW) in IP mode.
+pub fn open(cfg: L2tpv3Config) -> Result<L2tpv3Port, Error> {
+    if cfg.src.is_ipv4() != cfg.dst.is_ipv4() {
+        return Err(Error::Config(format!(
+            "src {} and dst {} are not of the same address family",
+            cfg.src.ip(),
+            cfg.dst.ip()
+        )));
+    }
+    let domain = Domain::for_address(cfg.src);
+    let s = if cfg.layout.udp {
+        Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))
+    } else {
+        Socket::new(
+            domain,
+            Type::RAW.cloexec(),
+            Some(Protocol::from(IPPROTO_L2TP)),
+        )
+    }
+    .map_err(sock_err("socket for", cfg.src))?;
+    s.bind(&cfg.src.into()).map_err(sock_err("bind", cfg.src))?;
+    let ip = if !cfg.layout.udp && cfg.src.is_ipv4() {
+        IPV4_HDR
+    } else {
+        0
+    };
+    Ok(TunnelPort::new(
+        s.into(),
+        L2tpv3Session {
             dest: RawAddr::from_std(&cfg.dst),
-            rx_hdr: vec![0; rx_lead * BURST],
-            tx_hdr: vec![0; cfg.layout.len() * BURST],
-            rx_lead,
+            ip,
             cfg,
-            spare: Vec::with_capacity(BURST),
-            sent: 0,
-            readable: true,
-            wake: Readiness::default(),
-        })
-    }
-
-    /// One `recvmmsg` of up to `want` datagrams; the accepted frames go to `out`.
-    /// Returns how many datagrams the kernel gave (0: none waiting, or an error).
-    fn recv_some(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, want: usize) -> usize {
-        let pool = io.pool();
-        let lead = self.rx_lead;
-        let cap = pool.max_frame() + 1;
-        // SAFETY: iovec and mmsghdr are plain data; all-zero is a valid empty value.
-        let mut iov: [[libc::iovec; 2]; BURST] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut msgs: [libc::mmsghdr; BURST] = unsafe { std::mem::zeroed() };
-        while self.spare.len() < want.min(BURST) {
-            let Some(p) = io.alloc() else { break };
-            self.spare.push(p);
-        }
-        let mut k = 0;
-        for (i, p) in self.spare.iter_mut().take(want).enumerate() {
-            let Some(base) = pool.buf_ptr(p) else { break };
-            iov[i] = [
-                libc::iovec {
-                    iov_base: self.rx_hdr[i * lead..].as_mut_ptr().cast(),
-                    iov_len: lead,
-                },
-                libc::iovec {
-                    // SAFETY: buf_size >= HEADROOM + max_frame + 1, so the frame area
-                    // of `cap` bytes lies inside the buffer.
-                    iov_base: unsafe { base.add(HEADROOM) }.cast(),
-                    iov_len: cap,
-                },
-            ];
-            msgs[i].msg_hdr.msg_iov = iov[i].as_mut_ptr();
-            msgs[i].msg_hdr.msg_iovlen = 2;
-            k = i + 1;
-        }
-        if k == 0 {
-            return 0;
-        }
-        // SAFETY: every iovec points into this port's header scratch (`lead` bytes per
-        // datagram) or into an exclusively owned pool buffer (`spare`, untouched during
-        // the call); the call is synchronous, so nothing outlives it.
-        let r = unsafe {
-            libc::recvmmsg(
-                self.fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                k as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if r < 0 {
-            let e = std::io::Error::last_os_error().raw_os_error();
-            if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
-                io.counters.count_drop(DropReason::IoError, 1);
-                io.count_op_error();
-            }
-            return 0;
-        }
-        let r = r as usize;
-        let ip = lead - self.cfg.layout.len();
-        for (i, mut pkt) in self.spare.drain(..r).enumerate() {
-            let n = msgs[i].msg_len as usize;
-            let truncated = msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            let h = &self.rx_hdr[i * lead..(i + 1) * lead];
-            let why = if n < lead {
-                Some(DropReason::Undersize)
-            } else if (ip > 0 && h[0] != 0x45)
-                || !self
-                    .cfg
-                    .layout
-                    .accepts(&h[ip..], self.cfg.rxsession, self.cfg.rxcookie)
-            {
-                // Not our session (or an IPv4 header with options, which would move
-                // the L2TPv3 header where QEMU does not look for it either).
-                Some(DropReason::Filtered)
-            } else if truncated || n - lead > pool.max_frame() {
-                Some(DropReason::Oversize)
-            } else if n - lead < MIN_FRAME {
-                Some(DropReason::Undersize)
-            } else {
-                None
-            };
-            match why {
-                Some(w) => io.drop_one(pkt, w),
-                None => {
-                    pkt.set_span(HEADROOM, n - lead);
-                    io.counters.rx(n - lead);
-                    out.push(pkt);
-                }
-            }
-        }
-        r
-    }
-
-    /// One `sendmmsg` of the front of `pkts`; returns how many it took (sent or, when
-    /// the kernel refused the first one for a reason other than a full queue, dropped).
-    fn send_some(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
-        let pool = io.pool();
-        let hl = self.cfg.layout.len();
-        let n = pkts.len().min(BURST);
-        // SAFETY: iovec and mmsghdr are plain data; all-zero is a valid empty value.
-        let mut iov: [[libc::iovec; 2]; BURST] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut msgs: [libc::mmsghdr; BURST] = unsafe { std::mem::zeroed() };
-        let mut bytes = [0usize; BURST];
-        for (i, p) in pkts.iter().take(n).enumerate() {
-            let counter = match self.cfg.pincounter {
-                true => 0,
-                false => self.sent.wrapping_add(i as u32 + 1),
-            };
-            let h = &mut self.tx_hdr[i * hl..(i + 1) * hl];
-            self.cfg
-                .layout
-                .emit(h, self.cfg.txsession, self.cfg.txcookie, counter);
-            let d = pool.bytes(p);
-            bytes[i] = d.len();
-            iov[i] = [
-                libc::iovec {
-                    iov_base: h.as_mut_ptr().cast(),
-                    iov_len: hl,
-                },
-                libc::iovec {
-                    iov_base: d.as_ptr() as *mut libc::c_void,
-                    iov_len: d.len(),
-                },
-            ];
-            msgs[i].msg_hdr.msg_iov = iov[i].as_mut_ptr();
-            msgs[i].msg_hdr.msg_iovlen = 2;
-            msgs[i].msg_hdr.msg_name =
-                (&mut self.dest.storage as *mut libc::sockaddr_storage).cast();
-            msgs[i].msg_hdr.msg_namelen = self.dest.len;
-        }
-        // SAFETY: the iovecs point at this port's header scratch and at frames whose
-        // references `pkts` holds through the call; the destination is ours. The call
-        // is synchronous: the kernel keeps no pointer after it returns.
-        let r = unsafe {
-            libc::sendmmsg(
-                self.fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if r < 0 {
-            let e = std::io::Error::last_os_error().raw_os_error();
-            if e == Some(libc::EAGAIN) || e == Some(libc::ENOBUFS) {
-                // The socket's queue is full: the rest stays with the caller.
-                return 0;
-            }
-            // An error of this datagram (an ICMP error reported late, an unreachable
-            // destination): it is dropped, the others go on.
-            self.sent = self.sent.wrapping_add(1);
-            let p = pkts.remove(0);
-            io.drop_one(p, DropReason::IoError);
-            return 1;
-        }
-        let r = r as usize;
-        self.sent = self.sent.wrapping_add(r as u32);
-        io.counters
-            .tx(r as u64, bytes[..r].iter().sum::<usize>() as u64);
-        for p in pkts.drain(..r) {
-            io.free(p);
-        }
-        r
-    }
+        },
+    ))
 }
 
-impl Backend for L2tpv3Port {
+impl Tunnel for L2tpv3Session {
     fn kind(&self) -> &'static str {
         "l2tpv3"
     }
 
-    fn start(&mut self, io: &mut Io<'_>) {
-        self.wake.arm(io, self.fd.as_fd());
+    fn rx_lead(&self) -> usize {
+        self.ip + self.cfg.layout.len()
     }
 
-    fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
-        if self.wake.stopping() {
-            return 0;
-        }
-        self.wake.arm(io, self.fd.as_fd());
-        // Without a poll armed nothing would tell us of new datagrams: read every time.
-        if !self.readable && self.wake.armed() {
-            return 0;
-        }
-        // Cleared before reading: a datagram queued after the read that finds the
-        // socket empty wakes the poll, whose completion sets it again.
-        self.readable = false;
-        let mut got = 0;
-        while got < max {
-            let before = out.len();
-            let want = (max - got).min(BURST);
-            let r = self.recv_some(io, out, want);
-            got += out.len() - before;
-            if r < want {
-                break;
-            }
-        }
-        if got >= max || self.spare.is_empty() {
-            // The budget (or the pool) ended the burst, not the socket: more may wait.
-            self.readable = true;
-        }
-        got
+    fn tx_lead(&self) -> usize {
+        self.cfg.layout.len()
     }
 
-    fn tx_burst(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
-        if self.wake.stopping() {
-            return 0;
-        }
-        let mut taken = 0;
-        while !pkts.is_empty() {
-            let r = self.send_some(io, pkts);
-            if r == 0 {
-                break;
-            }
-            taken += r;
-        }
-        taken
+    fn accept(&mut self, h: &[u8], _: Option<SocketAddr>, _: &[u8]) -> Option<DropReason> {
+        let ip = self.ip;
+        // Not our session (or an IPv4 header with options, which would move the L2TPv3
+        // header where QEMU does not look for it either).
+        let ours = (ip == 0 || h.first() == Some(&0x45))
+            && h.get(ip..).is_some_and(|h| {
+                self.cfg
+                    .layout
+                    .accepts(h, self.cfg.rxsession, self.cfg.rxcookie)
+            });
+        (!ours).then_some(DropReason::Filtered)
     }
 
-    fn complete(&mut self, _io: &mut Io<'_>, op: u8, _tag: u32, _res: i32, flags: u32) {
-        if self.wake.complete(op, flags) {
-            self.readable = true;
-        }
-    }
-
-    fn stop(&mut self, io: &mut Io<'_>) -> bool {
-        let mut spare = std::mem::take(&mut self.spare);
-        io.free_all(&mut spare);
-        self.wake.stop(io, self.fd.as_fd())
-    }
-
-    /// The spare receive buffers: received frames are handed on within the same
-    /// `rx_burst`, and frames to send are sent and freed within one `tx_burst`.
-    fn max_held(&self, _pool: &switch::Pool) -> usize {
-        BURST
+    fn emit(&mut self, hdr: &mut [u8], _: &[u8], seq: u32, to: &mut RawAddr) {
+        let counter = if self.cfg.pincounter { 0 } else { seq };
+        self.cfg
+            .layout
+            .emit(hdr, self.cfg.txsession, self.cfg.txcookie, counter);
+        *to = self.dest;
     }
 }
 

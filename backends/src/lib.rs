@@ -19,7 +19,9 @@ pub mod readiness;
 pub mod socket;
 pub mod sys;
 pub mod tap;
+pub mod tunnel;
 pub mod user;
 pub mod vde;
+pub mod vxlan;
 
 pub use error::Error;

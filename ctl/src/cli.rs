@@ -41,8 +41,9 @@ after '=' (-netdev=tap,id=t0).
   -netdev TYPE,id=ID[,KEY=VALUE]...
                    Add a port, as QEMU's -netdev does (repeatable). TYPE is one of
                    tap, socket, stream, dgram, hubport, nic, l2tpv3, vde, bridge,
-                   user (libslirp NAT), netmap (where the host has it), or x-null
-                   (an in-memory source/sink for benchmarks); the keys are that
+                   user (libslirp NAT), netmap (where the host has it), x-vxlan
+                   (VXLAN to other hosts), or x-null (an in-memory source/sink for
+                   benchmarks); the keys are that
                    type's members in qapi/net.json (tap: ifname, queues, poll-us,
                    sndbuf, ...; nested ones dotted: addr.type=inet,addr.port=5000).
                    vhost-user and vhost-vdpa are refused, saying why.

@@ -34,6 +34,8 @@ pub struct NetdevEntry {
     pub user: Option<backends::user::UserHandle>,
     /// A capture of the port's frames, while one runs.
     pub capture: Option<switch::capture::Capture>,
+    /// Present for VXLAN ports: what they count.
+    pub vxlan: Option<std::sync::Arc<backends::vxlan::VxlanStats>>,
 }
 
 /// The daemon.
@@ -142,6 +144,7 @@ impl Daemon {
             nic,
             user: built.user,
             capture: None,
+            vxlan: built.vxlan,
         });
         Ok(())
     }

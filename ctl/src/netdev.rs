@@ -74,6 +74,8 @@ pub struct Built {
     pub nic: Option<(NicHandle, Mac)>,
     /// For a user network: its stack's control handle.
     pub user: Option<backends::user::UserHandle>,
+    /// For a VXLAN port: what it counts.
+    pub vxlan: Option<std::sync::Arc<backends::vxlan::VxlanStats>>,
 }
 
 /// Builds the switch client for a netdev. `mac` is the address a NIC without
@@ -81,6 +83,7 @@ pub struct Built {
 pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, CtlError> {
     let mut nic_out = None;
     let mut user_out = None;
+    let mut vxlan_out = None;
     let mut config = nd.clone();
     let (kind, peer) = match &nd.opts {
         NetdevOpts::Hubport(o) => hubport(o)?,
@@ -96,6 +99,11 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
         NetdevOpts::Dgram(o) => (dgram(&nd.id, o, env)?, None),
         NetdevOpts::L2tpv3(o) => (l2tpv3(&nd.id, o)?, None),
         NetdevOpts::XNull(o) => (null(o, env)?, None),
+        NetdevOpts::XVxlan(o) => {
+            let (kind, stats) = vxlan(&nd.id, o)?;
+            vxlan_out = Some(stats);
+            (kind, None)
+        }
         NetdevOpts::Vde(o) => (vde(&nd.id, o)?, None),
         NetdevOpts::Bridge(o) => (bridge(&nd.id, o)?, None),
         NetdevOpts::Netmap(o) => (netmap(&nd.id, o)?, None),
@@ -141,7 +149,64 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
         },
         nic: nic_out,
         user: user_out,
+        vxlan: vxlan_out,
     })
+}
+
+/// The `x-vxlan` extension: its options checked and its socket opened.
+fn vxlan(
+    id: &str,
+    o: &crate::qapi::NetdevXVxlanOptions,
+) -> Result<(SpecKind, std::sync::Arc<backends::vxlan::VxlanStats>), CtlError> {
+    use backends::vxlan::{Remote, VxlanConfig, DEFAULT_AGEING, DEFAULT_FDB_SIZE, PORT};
+    use std::net::IpAddr;
+    let ip = |what: &str, v: &str| -> Result<IpAddr, CtlError> {
+        v.parse()
+            .map_err(|_| CtlError::Invalid(format!("x-vxlan {what} '{v}' is not an IP address")))
+    };
+    let remote = match (&o.remote, &o.group) {
+        (Some(r), None) => Remote::Unicast(ip("remote", r)?),
+        (None, Some(g)) => match ip("group", g)? {
+            IpAddr::V4(g) => Remote::Group(g),
+            IpAddr::V6(g) => {
+                return Err(CtlError::Unsupported(format!(
+                    "x-vxlan group {g}: IPv6 multicast groups are not supported yet (use an \
+                     IPv4 group, or remote= for an IPv6 VTEP)"
+                )))
+            }
+        },
+        _ => {
+            return Err(CtlError::Invalid(
+                "x-vxlan needs exactly one of remote= (one VTEP) and group= (a multicast \
+                 group)"
+                    .into(),
+            ))
+        }
+    };
+    if o.ageing_ms == Some(0) || o.fdb_size == Some(0) {
+        return Err(CtlError::Invalid(
+            "x-vxlan ageing-ms and fdb-size must be at least 1".into(),
+        ));
+    }
+    let cfg = VxlanConfig {
+        vni: o.vni,
+        remote,
+        local: o.local.as_deref().map(|l| ip("local", l)).transpose()?,
+        port: o.port.unwrap_or(PORT),
+        ttl: o.ttl,
+        fdb_size: o.fdb_size.map_or(DEFAULT_FDB_SIZE, |n| n as usize),
+        ageing: o.ageing_ms.map_or(DEFAULT_AGEING, |ms| {
+            std::time::Duration::from_millis(u64::from(ms))
+        }),
+    };
+    let (port, stats) = backends::vxlan::open(cfg).map_err(backend_err(id))?;
+    Ok((
+        SpecKind::Port {
+            queues: vec![Box::new(port)],
+            poll_us: None,
+        },
+        stats,
+    ))
 }
 
 /// A NIC's memif settings (`x-memif*`), checked; `None` without `x-memif`.
@@ -771,7 +836,7 @@ fn dgram(
 /// addresses (the family from `ipv6=`, or from the addresses when it is not given),
 /// and opens the session's socket.
 fn l2tpv3(id: &str, o: &crate::qapi::NetdevL2TPv3Options) -> Result<SpecKind, CtlError> {
-    use backends::l2tpv3::{L2tpv3Config, L2tpv3Port, Layout};
+    use backends::l2tpv3::{L2tpv3Config, Layout};
     use std::net::{SocketAddr, ToSocketAddrs};
     if o.offset.is_some_and(|n| n > 256) {
         return Err(CtlError::Invalid(
@@ -860,7 +925,7 @@ fn l2tpv3(id: &str, o: &crate::qapi::NetdevL2TPv3Options) -> Result<SpecKind, Ct
         rxcookie: o.rxcookie.unwrap_or(0),
         pincounter: o.pincounter == Some(true),
     };
-    let port = L2tpv3Port::open(cfg).map_err(backend_err(id))?;
+    let port = backends::l2tpv3::open(cfg).map_err(backend_err(id))?;
     Ok(SpecKind::Port {
         queues: vec![Box::new(port)],
         poll_us: None,

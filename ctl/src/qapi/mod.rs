@@ -33,6 +33,7 @@ pub use netdev::{
     NetdevHubPortOptions, NetdevL2TPv3Options, NetdevNetmapOptions, NetdevOpts,
     NetdevSocketOptions, NetdevStreamOptions, NetdevTapOptions, NetdevUserOptions,
     NetdevVdeOptions, NetdevVhostUserOptions, NetdevVhostVDPAOptions, NetdevXNullOptions,
+    NetdevXVxlanOptions,
 };
 pub use scalar::{id_wellformed, parse_bool, parse_size};
 pub use sockets::{

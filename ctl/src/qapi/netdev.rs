@@ -320,6 +320,29 @@ qapi_struct! {
     }
 }
 
+qapi_struct! {
+    /// pollswitch extension: Ethernet in VXLAN (RFC 7348) over UDP, to other hosts'
+    /// switches and the kernel's `vxlan` devices (see `backends/src/vxlan.rs`).
+    pub struct NetdevXVxlanOptions {
+        /// the segment's VXLAN network identifier (0..16777215)
+        vni: req uint32 = "vni",
+        /// the one remote VTEP (IPv4 or IPv6 address)
+        remote: opt str = "remote",
+        /// a multicast group (IPv4) for floods; remote VTEPs are learned per MAC
+        group: opt str = "group",
+        /// local address (with a group: of the interface that joins it)
+        local: opt str = "local",
+        /// UDP port, local and remote (default 4789)
+        port: opt uint16 = "port",
+        /// TTL of sent datagrams (default 1 to a group)
+        ttl: opt uint32 = "ttl",
+        /// most remote MACs learned (default 4096)
+        fdb_size: opt uint32 = "fdb-size",
+        /// life of a learned MAC after its last frame, ms (default 300000)
+        ageing_ms: opt uint32 = "ageing-ms",
+    }
+}
+
 /// The schema's `NetClientDriver` enum: every value `type` may take, plus our `x-`
 /// extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -354,11 +377,13 @@ pub enum NetClientDriver {
     VhostVdpa,
     /// `x-null` (extension)
     XNull,
+    /// `x-vxlan` (extension)
+    XVxlan,
 }
 
 impl NetClientDriver {
     /// Every value, in schema order, extensions last.
-    pub const ALL: [NetClientDriver; 15] = [
+    pub const ALL: [NetClientDriver; 16] = [
         NetClientDriver::None,
         NetClientDriver::Nic,
         NetClientDriver::User,
@@ -374,6 +399,7 @@ impl NetClientDriver {
         NetClientDriver::VhostUser,
         NetClientDriver::VhostVdpa,
         NetClientDriver::XNull,
+        NetClientDriver::XVxlan,
     ];
 
     /// The QAPI name.
@@ -394,6 +420,7 @@ impl NetClientDriver {
             NetClientDriver::VhostUser => "vhost-user",
             NetClientDriver::VhostVdpa => "vhost-vdpa",
             NetClientDriver::XNull => "x-null",
+            NetClientDriver::XVxlan => "x-vxlan",
         }
     }
 
@@ -434,6 +461,8 @@ pub enum NetdevOpts {
     VhostVdpa(NetdevVhostVDPAOptions),
     /// `x-null`
     XNull(NetdevXNullOptions),
+    /// `x-vxlan`
+    XVxlan(NetdevXVxlanOptions),
 }
 
 impl NetdevOpts {
@@ -454,6 +483,7 @@ impl NetdevOpts {
             NetdevOpts::VhostUser(_) => NetClientDriver::VhostUser,
             NetdevOpts::VhostVdpa(_) => NetClientDriver::VhostVdpa,
             NetdevOpts::XNull(_) => NetClientDriver::XNull,
+            NetdevOpts::XVxlan(_) => NetClientDriver::XVxlan,
         }
     }
 
@@ -483,6 +513,7 @@ impl NetdevOpts {
             NetClientDriver::VhostUser => NetdevOpts::VhostUser(QapiStruct::read_members(input)?),
             NetClientDriver::VhostVdpa => NetdevOpts::VhostVdpa(QapiStruct::read_members(input)?),
             NetClientDriver::XNull => NetdevOpts::XNull(QapiStruct::read_members(input)?),
+            NetClientDriver::XVxlan => NetdevOpts::XVxlan(QapiStruct::read_members(input)?),
         }))
     }
 
@@ -503,6 +534,7 @@ impl NetdevOpts {
             NetdevOpts::VhostUser(o) => o.write_members(out),
             NetdevOpts::VhostVdpa(o) => o.write_members(out),
             NetdevOpts::XNull(o) => o.write_members(out),
+            NetdevOpts::XVxlan(o) => o.write_members(out),
         }
     }
 }
@@ -911,6 +943,26 @@ mod tests {
                         chardev: "c0".into(),
                         vhostforce: Some(true),
                         queues: Some(4),
+                    }),
+                ),
+            ),
+            (
+                json!({"id": "vx0", "type": "x-vxlan", "vni": 42, "group": "239.1.1.1",
+                       "local": "10.0.0.1", "port": 4790, "ttl": 2, "fdb-size": 100,
+                       "ageing-ms": 1000}),
+                "type=x-vxlan,id=vx0,vni=42,group=239.1.1.1,local=10.0.0.1,port=4790,ttl=2,\
+                 fdb-size=100,ageing-ms=1000",
+                nd(
+                    "vx0",
+                    NetdevOpts::XVxlan(NetdevXVxlanOptions {
+                        vni: 42,
+                        remote: None,
+                        group: Some("239.1.1.1".into()),
+                        local: Some("10.0.0.1".into()),
+                        port: Some(4790),
+                        ttl: Some(2),
+                        fdb_size: Some(100),
+                        ageing_ms: Some(1000),
                     }),
                 ),
             ),

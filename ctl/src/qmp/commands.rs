@@ -610,6 +610,13 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
                 "guest-errors": k.guest_errors.load(Relaxed),
             });
         }
+        if let Some(v) = &e.vxlan {
+            use std::sync::atomic::Ordering::Relaxed;
+            port["vxlan"] = json!({
+                "vteps": v.vteps.load(Relaxed), "learned": v.learned.load(Relaxed),
+                "overflow": v.overflow.load(Relaxed), "to-vtep": v.to_vtep.load(Relaxed),
+            });
+        }
         ports.push(port);
     }
     Ok(json!({
