@@ -64,6 +64,13 @@ pub struct NullConfig {
     pub stall: bool,
     /// Busy-poll time.
     pub poll_us: Option<u32>,
+    /// The frames' source address (default: one of the port's own).
+    pub src: Option<switch::wire::Mac>,
+    /// The frames' destination address (default 02:00:00:00:00:02).
+    pub dst: Option<switch::wire::Mac>,
+    /// Address pairs a source cycles through (frame k: `src + k % flows`, `dst +
+    /// k % flows`, counted in the addresses' last three bytes); 1: one pair.
+    pub flows: u32,
 }
 
 /// An `x-null` port.
@@ -82,9 +89,12 @@ impl NullPort {
     /// two sources differ.
     pub fn new(cfg: NullConfig, id: u32) -> NullPort {
         let mut t = vec![0u8; cfg.size.max(14)];
-        t[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+        t[..6].copy_from_slice(&cfg.dst.unwrap_or([0x02, 0, 0, 0, 0, 0x02]));
         t[6..8].copy_from_slice(&[0x02, 0]);
         t[8..12].copy_from_slice(&id.to_be_bytes());
+        if let Some(src) = cfg.src {
+            t[6..12].copy_from_slice(&src);
+        }
         // IEEE 802 local experimental ethertype.
         t[12..14].copy_from_slice(&[0x88, 0xb5]);
         NullPort {
@@ -114,6 +124,12 @@ impl NullPort {
     }
 }
 
+/// `out` = address `base` with `k` added to its last three bytes (wrapping there).
+fn add_low24(out: &mut [u8], base: &[u8], k: u32) {
+    let low = u32::from_be_bytes([0, base[3], base[4], base[5]]).wrapping_add(k);
+    out[3..6].copy_from_slice(&low.to_be_bytes()[1..]);
+}
+
 impl Backend for NullPort {
     fn kind(&self) -> &'static str {
         "x-null"
@@ -140,6 +156,11 @@ impl Backend for NullPort {
             f.copy_from_slice(&self.template);
             if len >= 22 {
                 f[14..22].copy_from_slice(&self.seq.to_be_bytes());
+            }
+            if self.cfg.flows > 1 {
+                let k = (self.seq % u64::from(self.cfg.flows)) as u32;
+                add_low24(&mut f[..6], &self.template[..6], k);
+                add_low24(&mut f[6..12], &self.template[6..12], k);
             }
             p.set_span(HEADROOM, len);
             self.seq += 1;
@@ -185,5 +206,19 @@ impl Backend for NullPort {
         } else {
             self.cfg.poll_us
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::add_low24;
+
+    #[test]
+    fn flows_count_in_the_last_three_bytes_and_wrap_there() {
+        let mut out = [0u8; 6];
+        add_low24(&mut out, &[2, 0, 0, 1, 0, 0xff], 1);
+        assert_eq!(out[3..], [1, 1, 0]);
+        add_low24(&mut out, &[2, 0, 0, 0xff, 0xff, 0xff], 2);
+        assert_eq!(out[3..], [0, 0, 1], "wraps within 24 bits");
     }
 }

@@ -403,6 +403,15 @@ fn netmap(id: &str, o: &crate::qapi::NetdevNetmapOptions) -> Result<SpecKind, Ct
     })
 }
 
+/// An `x-null` address member, parsed.
+fn null_mac(what: &str, v: Option<&str>) -> Result<Option<Mac>, CtlError> {
+    v.map(|m| {
+        parse_mac(m)
+            .ok_or_else(|| CtlError::Invalid(format!("x-null {what} '{m}' is not a MAC address")))
+    })
+    .transpose()
+}
+
 /// The `x-null` extension: an in-memory source/sink.
 fn null(o: &NetdevXNullOptions, env: &BuildEnv<'_>) -> Result<SpecKind, CtlError> {
     use backends::null::{NullConfig, NullMode, NullPort};
@@ -431,6 +440,17 @@ fn null(o: &NetdevXNullOptions, env: &BuildEnv<'_>) -> Result<SpecKind, CtlError
             count: o.count.unwrap_or(0),
             stall: o.stall.unwrap_or(false),
             poll_us: o.poll_us,
+            src: null_mac("src", o.src.as_deref())?,
+            dst: null_mac("dst", o.dst.as_deref())?,
+            flows: match o.flows {
+                Some(0) => return Err(CtlError::Invalid("x-null flows must be at least 1".into())),
+                Some(n) if n > 1 << 24 => {
+                    return Err(CtlError::Invalid(
+                        "x-null flows is at most 16777216 (the addresses' last 3 bytes)".into(),
+                    ))
+                }
+                n => n.unwrap_or(1),
+            },
         },
         id,
     );

@@ -180,6 +180,9 @@ struct BenchArgs {
     /// Frame sizes of the scale sweep [default: 64,512,1518,9000]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     sizes: Option<Vec<usize>>,
+    /// Learned-address counts of the learning sweep [default: 10,100,1000,10000,100000]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    macs: Option<Vec<usize>>,
     /// The daemon binary [default: beside this program, else on PATH]
     #[arg(long, value_name = "PATH")]
     pollswitch: Option<PathBuf>,
@@ -446,6 +449,7 @@ fn bench_opts(a: &BenchArgs) -> Result<BenchOpts> {
     opts.warmup = a.warmup.unwrap_or(opts.warmup);
     opts.ports = a.ports.clone().unwrap_or(opts.ports);
     opts.sizes = a.sizes.clone().unwrap_or(opts.sizes);
+    opts.macs = a.macs.clone().unwrap_or(opts.macs);
     match &a.sut_cores {
         Some(c) => opts.sut_cores = c.0.clone(),
         // One core per worker after the generator's.
@@ -472,6 +476,9 @@ fn bench_opts(a: &BenchArgs) -> Result<BenchOpts> {
     }
     if opts.ports.iter().any(|&p| !(2..=256).contains(&p)) {
         return Err(PerfError::Usage("--ports: 2 to 256 each".into()));
+    }
+    if opts.macs.iter().any(|&m| !(2..=1 << 20).contains(&m)) {
+        return Err(PerfError::Usage("--macs: 2 to 1048576 each".into()));
     }
     opts.command_line = std::iter::once("pollswitch-perf".to_string())
         .chain(std::env::args().skip(1))

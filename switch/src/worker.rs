@@ -583,6 +583,23 @@ impl Worker {
             no_dest: 0,
             vlan: 0,
         };
+        if let Some(l) = entry.learn.as_ref().filter(|l| l.fdb.prefetches()) {
+            // A large table: the whole burst's slots are fetched at once.
+            for p in rx.iter() {
+                let f = pool.bytes(p);
+                let (Some(dst), Some(src)) = (f.first_chunk::<6>(), f.get(6..12)) else {
+                    continue;
+                };
+                let vid = match &entry.vlans {
+                    Some(v) => v.me.ingress(f).map_or(0, |x| x.0),
+                    None => 0,
+                };
+                l.fdb.prefetch(dst, vid);
+                if let Ok(src) = src.try_into() {
+                    l.fdb.prefetch(src, vid);
+                }
+            }
+        }
         for pkt in rx.drain(..) {
             let f = pool.bytes(&pkt);
             let hash = if spread { frame_hash(f) } else { 0 };

@@ -317,6 +317,12 @@ qapi_struct! {
         stall: opt bool = "stall",
         /// busy-poll time of a sink
         poll_us: opt uint32 = "poll-us",
+        /// a source's frames' source MAC
+        src: opt str = "src",
+        /// a source's frames' destination MAC
+        dst: opt str = "dst",
+        /// address pairs a source cycles through, counting in their last 3 bytes
+        flows: opt uint32 = "flows",
     }
 }
 
@@ -980,8 +986,10 @@ mod tests {
             ),
             (
                 json!({"id": "z0", "type": "x-null", "mode": "both", "size": 128,
-                       "rate": 1000, "count": 5, "stall": true, "poll-us": 7}),
-                "type=x-null,id=z0,mode=both,size=128,rate=1000,count=5,stall=on,poll-us=7",
+                       "rate": 1000, "count": 5, "stall": true, "poll-us": 7,
+                       "src": "02:00:00:01:00:00", "dst": "02:00:00:02:00:00", "flows": 9}),
+                "type=x-null,id=z0,mode=both,size=128,rate=1000,count=5,stall=on,poll-us=7,\
+                 src=02:00:00:01:00:00,dst=02:00:00:02:00:00,flows=9",
                 nd(
                     "z0",
                     NetdevOpts::XNull(NetdevXNullOptions {
@@ -991,6 +999,9 @@ mod tests {
                         count: Some(5),
                         stall: Some(true),
                         poll_us: Some(7),
+                        src: Some("02:00:00:01:00:00".into()),
+                        dst: Some("02:00:00:02:00:00".into()),
+                        flows: Some(9),
                     }),
                 ),
             ),

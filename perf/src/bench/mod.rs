@@ -30,11 +30,13 @@ use crate::traffic::{self, Rate, Roles};
 pub mod idle;
 pub mod io_baseline;
 pub mod latency;
+pub mod learning;
 pub mod memif;
 pub mod scale;
 pub mod tap_hub;
 pub mod udp_hub;
 pub mod workers;
+pub mod xnull;
 
 /// A scenario's entry in the registry.
 pub struct Scenario {
@@ -59,6 +61,7 @@ pub const SCENARIOS: &[Scenario] = &[
     scale::SCENARIO,
     io_baseline::SCENARIO,
     workers::SCENARIO,
+    learning::SCENARIO,
     memif::SCENARIO,
 ];
 
@@ -106,6 +109,8 @@ pub struct BenchOpts {
     pub ports: Vec<usize>,
     /// Frame sizes (scale).
     pub sizes: Vec<usize>,
+    /// Learned-address counts (learning).
+    pub macs: Vec<usize>,
     /// The pollswitch binary.
     pub pollswitch: PathBuf,
     /// More arguments for the pollswitch daemon.
@@ -140,6 +145,7 @@ impl BenchOpts {
             systems: None,
             ports: vec![2, 4, 8, 16, 32],
             sizes: vec![64, 512, 1518, 9000],
+            macs: vec![10, 100, 1000, 10_000, 100_000],
             pollswitch: default_pollswitch(),
             pollswitch_args: Vec::new(),
             gen_gso: true,
@@ -156,6 +162,7 @@ impl BenchOpts {
         self.warmup = Duration::from_millis(100);
         self.ports = vec![2, 8];
         self.sizes = vec![64, 9000];
+        self.macs = vec![10, 100_000];
     }
 
     /// The systems to measure for `scenario`, checked to exist and to have their

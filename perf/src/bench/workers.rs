@@ -23,25 +23,16 @@
 //! (local layout) at least 0.85 × 8 × the one-worker median, judged only where 8
 //! workers were measured.
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
-use std::time::Duration;
-
-use serde_json::{json, Value};
-use testbed::process::Signal;
+use serde_json::json;
 use testbed::QmpClient;
 
+use crate::bench::xnull::{self, Stats};
 use crate::bench::{not_measured, rounds, target, BenchOpts, Scenario};
-use crate::error::{chain, PerfError, Result};
-use crate::frame;
-use crate::peer::{self, pollswitch::READY};
+use crate::error::{PerfError, Result};
+use crate::peer;
 use crate::report::{Cores, Ratio, Report, Sample, Series};
 use crate::svg::{color, Bar, Svg};
-use crate::sys;
-use crate::traffic::{CpuUse, Outcome, Rate};
+use crate::traffic::Rate;
 
 /// Registry entry.
 pub const SCENARIO: Scenario = Scenario {
@@ -61,13 +52,6 @@ pub const ONE_WORKER_MPPS: f64 = 20.0;
 pub const SCALING_WORKERS: usize = 8;
 /// The scaling target: this fraction of linear.
 pub const SCALING_GOAL: f64 = 0.85;
-/// How long the daemon may take to start.
-const START: Duration = Duration::from_secs(10);
-/// How long it may take to exit after SIGTERM.
-const STOP: Duration = Duration::from_secs(5);
-/// How long a QMP connect or reply may take.
-const QMP_TIMEOUT: Duration = Duration::from_secs(5);
-
 const ONE_WORKER_GOAL: &str = "one worker, two in-memory ports, 64 B: ≥ 20 Mpps";
 const SCALING_TARGET: &str = "Workers 1 → 8: ≥ 0.85 × linear";
 
@@ -152,110 +136,6 @@ pub fn netdevs(layout: Layout, workers: usize, size: usize, rate: u64) -> Vec<St
         .collect()
 }
 
-/// One port's counters in an `x-query-stats` reply.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct PortCount {
-    rx: u64,
-    tx: u64,
-    drops: BTreeMap<String, u64>,
-}
-
-/// One worker in an `x-query-stats` reply.
-#[derive(Debug, Clone, PartialEq)]
-struct WorkerInfo {
-    core: Option<u64>,
-    ports: u64,
-}
-
-/// What `x-query-stats` said.
-#[derive(Debug, Clone, Default)]
-struct Stats {
-    ports: BTreeMap<String, PortCount>,
-    workers: Vec<WorkerInfo>,
-}
-
-impl Stats {
-    fn parse(v: &Value) -> Result<Stats> {
-        let bad = |what: &str| {
-            PerfError::peer(
-                "pollswitch",
-                format!("x-query-stats reply without {what}: {v}"),
-            )
-        };
-        let mut out = Stats::default();
-        for p in v["ports"].as_array().ok_or_else(|| bad("ports"))? {
-            let name = p["name"].as_str().ok_or_else(|| bad("a port name"))?;
-            let drops = p["drops"]
-                .as_object()
-                .map(|d| {
-                    d.iter()
-                        .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.ports.insert(
-                name.to_string(),
-                PortCount {
-                    rx: p["rx-packets"].as_u64().ok_or_else(|| bad("rx-packets"))?,
-                    tx: p["tx-packets"].as_u64().ok_or_else(|| bad("tx-packets"))?,
-                    drops,
-                },
-            );
-        }
-        for w in v["workers"].as_array().ok_or_else(|| bad("workers"))? {
-            out.workers.push(WorkerInfo {
-                core: w["core"].as_u64(),
-                ports: w["ports"].as_u64().unwrap_or(0),
-            });
-        }
-        Ok(out)
-    }
-
-    /// Counters of `port` from `before` to `self`.
-    fn delta(&self, before: &Stats, port: &str) -> Result<PortCount> {
-        let (Some(a), Some(b)) = (before.ports.get(port), self.ports.get(port)) else {
-            return Err(PerfError::peer(
-                "pollswitch",
-                format!("port {port} missing from x-query-stats"),
-            ));
-        };
-        let mut drops = BTreeMap::new();
-        for (k, n) in &b.drops {
-            drops.insert(
-                k.clone(),
-                n.saturating_sub(a.drops.get(k).copied().unwrap_or(0)),
-            );
-        }
-        Ok(PortCount {
-            rx: b.rx.saturating_sub(a.rx),
-            tx: b.tx.saturating_sub(a.tx),
-            drops,
-        })
-    }
-}
-
-/// One read of the counters and when it happened.
-struct Reading {
-    stats: Stats,
-    /// Midpoint of the query, monotonic nanoseconds.
-    at_ns: u64,
-    /// How long the query took.
-    took_ns: u64,
-}
-
-fn read_stats(qmp: &mut QmpClient) -> Result<Reading> {
-    let t0 = frame::now_ns();
-    let v = qmp
-        .try_execute_ok("x-query-stats", Value::Null)
-        .map_err(|e| PerfError::peer("pollswitch", format!("QMP x-query-stats: {e}")))?;
-    let t1 = frame::now_ns();
-    Ok(Reading {
-        stats: Stats::parse(&v)?,
-        at_ns: t0 + (t1 - t0) / 2,
-        took_ns: t1 - t0,
-    })
-}
-
 /// One (layout, worker count) case.
 struct Case {
     layout: Layout,
@@ -264,18 +144,8 @@ struct Case {
     series: Series,
 }
 
-/// A fresh socket path for one daemon.
-fn socket_path() -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    std::env::temp_dir().join(format!(
-        "pollswitch-perf-workers-{}-{}.sock",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ))
-}
-
 /// The daemon's whole command line (after the program) for `case`.
-fn daemon_args(opts: &BenchOpts, case: &Case, sock: &Path) -> Vec<String> {
+fn daemon_args(opts: &BenchOpts, case: &Case) -> Vec<String> {
     let mut a = netdevs(
         case.layout,
         case.workers,
@@ -291,251 +161,74 @@ fn daemon_args(opts: &BenchOpts, case: &Case, sock: &Path) -> Vec<String> {
         POOL_SIZE.to_string(),
         "-max-frame".to_string(),
         opts.size.max(1518).to_string(),
-        "-qmp".to_string(),
-        format!("unix:{},server=on,wait=off", sock.display()),
     ]);
     a.extend(opts.pollswitch_args.iter().cloned());
     a
 }
 
-/// What one window measured.
-struct Window {
-    outcome: Outcome,
-    drops: u64,
-    detail: Value,
-    diagnostics: Vec<String>,
-    sut_cpu_pct: f64,
-}
-
-/// Warm-up, then the window between two reads of the counters.
-fn window(qmp: &mut QmpClient, opts: &BenchOpts, case: &Case, pid: u32) -> Result<Window> {
+/// The generic window, with this scenario's premise (one source and one sink on each
+/// worker) and its per-worker report.
+fn window(
+    qmp: &mut QmpClient,
+    opts: &BenchOpts,
+    case: &Case,
+    pid: u32,
+    sample: &mut Sample,
+) -> Result<()> {
     let w = case.workers;
-    let first = read_stats(qmp)?;
-    let placed: Vec<u64> = first.stats.workers.iter().map(|x| x.ports).collect();
-    if placed != vec![2; w] {
-        return Err(PerfError::peer(
+    let sources: Vec<String> = (0..w).map(|i| format!("s{i}")).collect();
+    let sinks: Vec<String> = (0..w).map(|i| format!("k{i}")).collect();
+    let mut placed_as_expected = |_: &mut QmpClient, first: &Stats| -> Result<()> {
+        let placed: Vec<u64> = first.workers.iter().map(|x| x.ports).collect();
+        if placed == vec![2; w] {
+            return Ok(());
+        }
+        Err(PerfError::peer(
             "pollswitch",
             format!(
                 "ports per worker {placed:?}, not one source and one sink on each of {w} \
                  worker(s): the daemon no longer places ports as this scenario expects"
             ),
-        ));
-    }
-    thread::sleep(opts.warmup);
-    let a = read_stats(qmp)?;
-    let (cpu0, tool0, cores0, t0) = (
-        sys::process_cpu_ns(pid),
-        sys::self_cpu_ns(),
-        sys::core_times(),
-        frame::now_ns(),
-    );
-    thread::sleep(opts.duration);
-    let b = read_stats(qmp)?;
-    let (cpu1, tool1, cores1, t1) = (
-        sys::process_cpu_ns(pid),
-        sys::self_cpu_ns(),
-        sys::core_times(),
-        frame::now_ns(),
-    );
-    let elapsed = b.at_ns.saturating_sub(a.at_ns).max(1) as f64 / 1e9;
-    let wall = t1.saturating_sub(t0).max(1) as f64;
-    let sut_cpu_pct = match (cpu0, cpu1) {
-        (Some(x), Some(y)) => 100.0 * y.saturating_sub(x) as f64 / wall,
-        _ => return Err(PerfError::peer("pollswitch", "exited during the window")),
+        ))
     };
-    let tool_pct = 100.0 * tool1.saturating_sub(tool0) as f64 / wall;
-    let cores_busy_pct = sys::core_busy_pct(&cores0, &cores1);
-    let other_pct = (cores_busy_pct.iter().sum::<f64>() - tool_pct - sut_cpu_pct).max(0.0);
-
-    let sources: Vec<String> = (0..w).map(|i| format!("s{i}")).collect();
-    let sinks: Vec<String> = (0..w).map(|i| format!("k{i}")).collect();
-    let mut made = 0u64;
-    for s in &sources {
-        made += b.stats.delta(&a.stats, s)?.rx;
-    }
-    let mut per_sink = Vec::new();
-    for k in &sinks {
-        per_sink.push(b.stats.delta(&a.stats, k)?.tx);
-    }
-    let delivered: u64 = per_sink.iter().sum();
-    let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
-    for name in b.stats.ports.keys() {
-        for (k, n) in b.stats.delta(&a.stats, name)?.drops {
-            *by_reason.entry(k).or_default() += n;
-        }
-    }
-    by_reason.retain(|_, n| *n > 0);
-    let drops: u64 = by_reason.values().sum();
-
+    let m = xnull::window(qmp, opts, pid, &sources, &sinks, &mut placed_as_expected)?;
+    let elapsed = m.elapsed();
+    let delivered = m.outcome.received;
     let mut diagnostics = Vec::new();
     let mut per_worker = Vec::new();
-    for (i, &n) in per_sink.iter().enumerate() {
+    for (i, (sink, n)) in m.per_sink.iter().enumerate() {
         let src = case.layout.source_of(i, w);
-        let core = b.stats.workers.get(i).and_then(|x| x.core);
-        let mpps = n as f64 / elapsed / 1e6;
+        let core = m.after.stats.workers.get(i).and_then(|x| x.core);
+        let mpps = *n as f64 / elapsed / 1e6;
         let share = if delivered > 0 {
-            100.0 * n as f64 / delivered as f64
+            100.0 * *n as f64 / delivered as f64
         } else {
             0.0
         };
         diagnostics.push(format!(
-            "worker {i} (core {}): sink k{i} took {mpps:.3} Mpps ({share:.1} % of all), fed by \
-             source s{src} on worker {src}",
+            "worker {i} (core {}): sink {sink} took {mpps:.3} Mpps ({share:.1} % of all), fed \
+             by source s{src} on worker {src}",
             core.map_or("?".to_string(), |c| c.to_string())
         ));
         per_worker.push(json!({
-            "worker": i, "core": core, "sink": format!("k{i}"), "source": format!("s{src}"),
+            "worker": i, "core": core, "sink": sink, "source": format!("s{src}"),
             "delivered": n, "mpps": mpps, "share_pct": share,
         }));
     }
-    diagnostics.push(if by_reason.is_empty() {
-        "switch drops in the window: none".to_string()
-    } else {
-        format!(
-            "switch drops in the window: {}",
-            by_reason
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    });
-    diagnostics.push(format!(
-        "x-query-stats took {:.2} ms and {:.2} ms (the window runs between their midpoints)",
-        a.took_ns as f64 / 1e6,
-        b.took_ns as f64 / 1e6
-    ));
-    let size = opts.size;
-    let rx_pps = delivered as f64 / elapsed;
-    let lost = made.saturating_sub(delivered);
-    let outcome = Outcome {
-        size,
-        rate: opts.rate.label(),
-        duration_s: elapsed,
-        tx_ports: sources,
-        rx_ports: sinks,
-        sent: made,
-        expected: made,
-        received: delivered,
-        lost,
-        loss_pct: if made > 0 {
-            100.0 * lost as f64 / made as f64
-        } else {
-            0.0
-        },
-        tx_pps: made as f64 / elapsed,
-        rx_pps,
-        rx_gbps: rx_pps * size as f64 * 8.0 / 1e9,
-        cpu: CpuUse {
-            tool_pct,
-            cores_busy_pct,
-            watched_pct: vec![("pollswitch".into(), sut_cpu_pct)],
-            other_pct,
-        },
-        ..Outcome::default()
-    };
-    let detail = json!({
+    diagnostics.extend(m.diagnostics());
+    sample.detail = Some(json!({
         "layout": case.layout.name(),
         "workers": w,
         "cores": case.cores,
         "per_worker": per_worker,
-        "drops_by_reason": by_reason,
-        "qmp_query_ms": [a.took_ns as f64 / 1e6, b.took_ns as f64 / 1e6],
-    });
-    if delivered == 0 {
-        return Err(PerfError::peer(
-            "pollswitch",
-            format!("the sinks took no frames in the window (sources made {made})"),
-        ));
-    }
-    Ok(Window {
-        outcome,
-        drops,
-        detail,
-        diagnostics,
-        sut_cpu_pct,
-    })
-}
-
-/// Starts the daemon for `case`, measures one window, stops it.
-fn measure_once(
-    opts: &BenchOpts,
-    bin: &Path,
-    case: &Case,
-    run: usize,
-    command: &mut String,
-) -> Sample {
-    let mut sample = Sample {
-        run,
-        ..Sample::default()
-    };
-    let sock = socket_path();
-    let _ = fs::remove_file(&sock);
-    let argv = daemon_args(opts, case, &sock);
-    let mut proc = match peer::spawn("pollswitch", bin, &argv, None, &case.cores) {
-        Ok(p) => p,
-        Err(e) => {
-            sample.error = Some(format!("start: {}", chain(&e)));
-            return sample;
-        }
-    };
-    *command = proc.command().to_string();
-    let measured = (|| -> Result<Window> {
-        proc.wait_for(READY, START)?;
-        let mut qmp = QmpClient::connect_unix_waiting(&sock, QMP_TIMEOUT)
-            .map_err(|e| proc.failed(&format!("QMP at {}: {e}", sock.display())))?;
-        window(&mut qmp, opts, case, proc.pid())
-            .map_err(|e| proc.failed(&format!("measure: {}", chain(&e))).into())
-    })();
-    match measured {
-        Ok(w) => {
-            sample.outcome = Some(w.outcome);
-            sample.switch_drops = Some(w.drops);
-            sample.detail = Some(w.detail);
-            sample.diagnostics = w.diagnostics;
-            sample.sut_cpu_pct = Some(w.sut_cpu_pct);
-        }
-        Err(e) => sample.error = Some(chain(&e)),
-    }
-    if proc.running() {
-        if let Err(e) = peer::stop(&mut proc, Signal::TERM, STOP, false) {
-            let text = format!("stop: {}", chain(&e));
-            sample.error = Some(match sample.error.take() {
-                Some(prev) => format!("{prev}; {text}"),
-                None => text,
-            });
-        }
-    } else if sample.error.is_none() {
-        sample.error = Some(chain(&proc.failed("exited before it was stopped")));
-    }
-    sample.diagnostics.extend(
-        proc.output()
-            .lines()
-            .filter(|l| l.contains("pool:") || l.contains("not returned"))
-            .map(str::to_string),
-    );
-    let _ = fs::remove_file(&sock);
-    sample
-}
-
-fn say(label: &str, s: &Sample) {
-    match (&s.outcome, &s.error) {
-        (_, Some(e)) => eprintln!(
-            "  run {} {label}: FAILED: {}",
-            s.run,
-            e.lines().next().unwrap_or("")
-        ),
-        (Some(o), None) => eprintln!(
-            "  run {} {label}: {:.3} Mpps through the sinks ({:.3} Mpps made), switch drops \
-             {}, system CPU {:.0} %",
-            s.run,
-            o.rx_pps / 1e6,
-            o.tx_pps / 1e6,
-            s.switch_drops.unwrap_or(0),
-            s.sut_cpu_pct.unwrap_or(f64::NAN)
-        ),
-        (None, None) => {}
-    }
+        "drops_by_reason": m.by_reason,
+        "qmp_query_ms": [m.before.took_ns as f64 / 1e6, m.after.took_ns as f64 / 1e6],
+    }));
+    sample.switch_drops = Some(m.drops());
+    sample.sut_cpu_pct = Some(m.sut_cpu_pct);
+    sample.diagnostics = diagnostics;
+    sample.outcome = Some(m.outcome);
+    Ok(())
 }
 
 /// The layout and worker count a series measured (from its params).
@@ -604,10 +297,18 @@ fn run(opts: &BenchOpts, _systems: &[&'static peer::System]) -> Result<Report> {
         opts,
         &mut cases,
         |c| &mut c.series,
-        say,
+        xnull::say,
         |case, run| {
             let mut command = String::new();
-            let sample = measure_once(opts, &bin, case, run, &mut command);
+            let args = daemon_args(opts, case);
+            let sample = xnull::measure_once(
+                &bin,
+                &args,
+                &case.cores,
+                run,
+                &mut command,
+                &mut |qmp, pid, sample| window(qmp, opts, case, pid, sample),
+            );
             case.series.command = command;
             sample
         },
@@ -797,6 +498,7 @@ fn plot(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::traffic::Outcome;
 
     #[test]
     fn counts_double_up_to_n() {
@@ -827,38 +529,6 @@ mod tests {
         assert_eq!(per_source_rate(Rate::Max, 4), 0);
         assert_eq!(label(Layout::Local, 1), "local 1 worker");
         assert_eq!(label(Layout::Cross, 4), "cross 4 workers");
-    }
-
-    #[test]
-    fn stats_deltas() {
-        let reply = |rx: u64, tx: u64, drop: u64| {
-            json!({
-                "pool": {},
-                "workers": [{"id": 0, "core": 3, "ports": 2}],
-                "ports": [
-                    {"name": "s0", "rx-packets": rx, "tx-packets": 0,
-                     "drops": {"no-dest": drop, "ring-full": 0}},
-                    {"name": "k0", "rx-packets": 0, "tx-packets": tx, "drops": {}},
-                ],
-            })
-        };
-        let a = Stats::parse(&reply(100, 90, 7)).unwrap();
-        let b = Stats::parse(&reply(1100, 1080, 9)).unwrap();
-        assert_eq!(
-            b.workers,
-            [WorkerInfo {
-                core: Some(3),
-                ports: 2
-            }]
-        );
-        let d = b.delta(&a, "s0").unwrap();
-        assert_eq!(
-            (d.rx, d.drops["no-dest"], d.drops["ring-full"]),
-            (1000, 2, 0)
-        );
-        assert_eq!(b.delta(&a, "k0").unwrap().tx, 990);
-        assert!(b.delta(&a, "k1").is_err());
-        assert!(Stats::parse(&json!({"ports": 3})).is_err());
     }
 
     #[test]
