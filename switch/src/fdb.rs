@@ -261,7 +261,8 @@ impl Fdb {
     /// Takes slot `i` from key `old` for writing: one writer at a time, and no reader
     /// answers from it meanwhile.
     fn claim(&self, i: usize, old: u64) -> bool {
-        self.slots[i].key
+        self.slots[i]
+            .key
             .compare_exchange(old, old | BUSY, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
     }
@@ -399,7 +400,11 @@ mod tests {
         f.learn(&mac(2), 0, 8, 990);
         assert_eq!(f.lookup(&mac(1), 0, 991), Some(7), "not overwritten");
         let e = f.entries(f.epoch + Duration::from_millis(995));
-        assert_eq!(e.len(), 2, "a report reading while stamps move counts every one");
+        assert_eq!(
+            e.len(),
+            2,
+            "a report reading while stamps move counts every one"
+        );
         assert!(e.iter().all(|e| e.age <= Duration::from_millis(5)));
     }
 

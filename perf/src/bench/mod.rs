@@ -35,6 +35,7 @@ pub mod memif;
 pub mod scale;
 pub mod tap_hub;
 pub mod udp_hub;
+pub mod vxlan;
 pub mod workers;
 pub mod xnull;
 
@@ -63,6 +64,7 @@ pub const SCENARIOS: &[Scenario] = &[
     workers::SCENARIO,
     learning::SCENARIO,
     memif::SCENARIO,
+    vxlan::SCENARIO,
 ];
 
 /// The scenario called `name`.
