@@ -315,6 +315,80 @@ fn workers() {
     );
 }
 
+/// learning: flood against learn at 2 and 8 ports, and tables of 10 and 100 000
+/// addresses; each learn run checked its own premise (every address in the table).
+#[test]
+fn learning() {
+    let _serial = serial();
+    let r = bench("learning", &["--sut-cores", "1"]);
+    assert_eq!(
+        labels(&r),
+        [
+            "flood 2 ports",
+            "learn 2 ports",
+            "flood 8 ports",
+            "learn 8 ports",
+            "learn 2 ports 10 MACs",
+            "learn 2 ports 100000 MACs"
+        ]
+    );
+    for s in r["series"].as_array().unwrap() {
+        let x = &s["samples"][0];
+        let ports = num(&s["params"]["ports"], "ports");
+        let fan_out = num(&x["detail"]["fan_out"], "fan_out");
+        let want = if s["params"]["mode"] == "flood" {
+            ports - 1.0
+        } else {
+            1.0
+        };
+        assert!(
+            (fan_out - want).abs() < 0.02 * want,
+            "{}: {fan_out}",
+            s["label"]
+        );
+        if s["params"]["mode"] == "learn" {
+            let macs = num(&s["params"]["macs"], "macs");
+            assert_eq!(
+                num(&x["detail"]["table_entries"], "entries"),
+                macs,
+                "{}",
+                s["label"]
+            );
+        }
+    }
+    let targets = r["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    for t in targets {
+        assert!(num(&t["value"], "target value") > 0.0, "measured: {t}");
+    }
+    assert_eq!(r["ratios"].as_array().unwrap().len(), 4, "{}", r["ratios"]);
+}
+
+/// vxlan: x-vxlan and the kernel's vxlan as the sending VTEP, frames and TCP.
+#[test]
+fn vxlan() {
+    let _serial = serial();
+    let r = bench("vxlan", &["--duration", "1"]);
+    assert_eq!(
+        labels(&r),
+        [
+            "pollswitch 64 B frames",
+            "kernel-vxlan 64 B frames",
+            "pollswitch TCP",
+            "kernel-vxlan TCP"
+        ]
+    );
+    for s in r["series"].as_array().unwrap() {
+        let o = &s["samples"][0]["outcome"];
+        if s["label"].as_str().unwrap().contains("TCP") {
+            assert!(num(&o["rx_gbps"], "rx_gbps") > 0.0, "{}", s["label"]);
+        } else {
+            assert!(num(&o["received"], "received") > 0.0, "{}", s["label"]);
+        }
+    }
+    assert_eq!(r["ratios"].as_array().unwrap().len(), 2);
+}
+
 /// memif: pollswitch and testpmd as middle boxes of a testpmd loop, 64 and 9000 bytes.
 #[test]
 fn memif() {

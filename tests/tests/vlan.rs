@@ -348,3 +348,44 @@ fn linux_vlan_sub_interfaces_reach_access_ports_and_vlans_stay_apart() {
     drop(c);
     d.stop_clean();
 }
+
+#[test]
+fn a_nics_vlan_table_is_enforced_on_delivery() {
+    let mut t = UdpEnd::new();
+    let dir = TempDir::new();
+    let (d, mut c) = Args::new()
+        .netdev(&udp_spec("t", &mut t))
+        .netdev(&hubport("t", ",x-trunks=10:20"))
+        .netdev("hubport,id=hp-n,hubid=0")
+        .netdev("nic,id=n,netdev=hp-n,macaddr=52:54:00:12:34:56")
+        .start_with_qmp(&dir);
+    c.execute_ok(
+        "x-set-rx-filter",
+        // Out of promiscuous mode: as in virtio-net, a promiscuous NIC takes every VLAN.
+        json!({"name": "n", "promiscuous": false, "vlan": "normal", "vlan-table": [10]}),
+    );
+    let r = c.execute_ok("query-rx-filter", json!({"name": "n"}));
+    assert_eq!(r[0]["vlan-table"], json!([10]), "{r}");
+    let counts = |c: &mut tests::QmpClient| {
+        let st = port_stats(c, "n");
+        (
+            st["tx-packets"].as_u64().unwrap(),
+            st["drops"]["filtered"].as_u64().unwrap(),
+        )
+    };
+    let (tx0, filtered0) = counts(&mut c);
+    // The NIC carries every VLAN tagged (its hubport has no settings); its guest's
+    // filter takes VLAN 10 only.
+    t.send(&tagged(&frame(BCAST, mac(1), ETH_EXP, 60, 1), 10));
+    t.send(&tagged(&frame(BCAST, mac(1), ETH_EXP, 60, 2), 20));
+    let arrived = tests::wait_until(std::time::Duration::from_secs(5), || {
+        counts(&mut c) == (tx0 + 1, filtered0 + 1)
+    });
+    assert!(
+        arrived,
+        "VLAN 10 delivered, VLAN 20 filtered: {:?}",
+        counts(&mut c)
+    );
+    drop(c);
+    d.stop_clean();
+}
