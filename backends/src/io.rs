@@ -282,6 +282,8 @@ pub struct DgramIo {
     gso: Box<[GsoSlot]>,
     gso_free: Vec<u32>,
     gso_on: bool,
+    /// The device behind the descriptor is gone (a tap deleted from outside: EBADFD).
+    device_gone: bool,
 }
 
 // SAFETY: the raw pointers inside the slots (iovecs, msghdrs) point only into this
@@ -333,6 +335,7 @@ impl DgramIo {
             cancel_sent: false,
             multi: None,
             poll_armed: false,
+            device_gone: false,
             gso: (0..if cfg_gso { GSO_SLOTS } else { 0 })
                 .map(|_| GsoSlot {
                     pkts: Vec::with_capacity(GSO_MAX),
@@ -563,6 +566,20 @@ impl DgramIo {
         }
     }
 
+    /// The device went away under the descriptor (EBADFD: a tap deleted with `ip link
+    /// del`): carrier down and one log line; frames for it keep being counted as
+    /// `io-error` until the netdev is deleted.
+    fn lost_device(&mut self, io: &mut Io<'_>) {
+        if !self.device_gone {
+            self.device_gone = true;
+            io.counters.set_carrier(false);
+            tracing::warn!(
+                "a port's device is gone (deleted from outside?): carrier down; frames for \
+                 it are dropped as io-error until its netdev is deleted"
+            );
+        }
+    }
+
     /// Reads ready frames straight from the descriptor until it has none or `max`.
     fn read_sync(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
         let hdr = self.cfg.vnet_hdr_len;
@@ -584,7 +601,10 @@ impl DgramIo {
             if r < 0 {
                 io.free(pkt);
                 let e = std::io::Error::last_os_error().raw_os_error();
-                if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
+                if e == Some(libc::EBADFD) {
+                    // Not a frame lost: the device is gone. Said once, as carrier down.
+                    self.lost_device(io);
+                } else if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
                     io.counters.count_drop(DropReason::IoError, 1);
                 }
                 break;
@@ -676,6 +696,9 @@ impl DgramIo {
                 } else {
                     DropReason::IoError
                 };
+                if e == Some(libc::EBADFD) {
+                    self.lost_device(io);
+                }
                 io.counters.count_drop(why, 1);
             }
             io.free(p);

@@ -9,6 +9,8 @@
 
 pub mod bridge;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod l2tpv3;
 pub mod memif;

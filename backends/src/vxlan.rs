@@ -206,21 +206,43 @@ pub fn open(cfg: VxlanConfig) -> Result<(VxlanPort, Arc<VxlanStats>), Error> {
             }
         }
     }
-    let stats = Arc::new(VxlanStats::default());
-    let vtep = Vtep {
-        flood: RawAddr::from_std(&flood),
-        own,
-        table: HashMap::new(),
-        epoch: Instant::now(),
-        now_ms: 0,
-        last_age: 0,
-        stats: stats.clone(),
-        cfg,
-    };
+    let vtep = Vtep::new(cfg, flood, own);
+    let stats = vtep.stats.clone();
     Ok((TunnelPort::new(s.into(), vtep), stats))
 }
 
 impl Vtep {
+    fn new(cfg: VxlanConfig, flood: SocketAddr, own: Option<SocketAddr>) -> Vtep {
+        Vtep {
+            flood: RawAddr::from_std(&flood),
+            own,
+            table: HashMap::new(),
+            epoch: Instant::now(),
+            now_ms: 0,
+            last_age: 0,
+            stats: Arc::new(VxlanStats::default()),
+            cfg,
+        }
+    }
+
+    /// A VTEP without a socket, its destinations worked out as [`open`] does: for
+    /// exercising the protocol alone.
+    pub(crate) fn for_fuzzing(cfg: VxlanConfig) -> Vtep {
+        let (flood, own) = match (cfg.remote, cfg.local) {
+            (Remote::Unicast(ip), _) => (SocketAddr::new(ip, cfg.port), None),
+            (Remote::Group(g), l) => (
+                SocketAddr::new(g.into(), cfg.port),
+                l.map(|l| SocketAddr::new(l, cfg.port)),
+            ),
+        };
+        Vtep::new(cfg, flood, own)
+    }
+
+    /// MACs learned now.
+    pub(crate) fn learned_count(&self) -> usize {
+        self.table.len()
+    }
+
     fn learns(&self) -> bool {
         matches!(self.cfg.remote, Remote::Group(_))
     }
@@ -350,7 +372,7 @@ mod tests {
     }
 
     fn vtep(remote: Remote, fdb_size: usize) -> Vtep {
-        let cfg = VxlanConfig {
+        Vtep::for_fuzzing(VxlanConfig {
             vni: 42,
             remote,
             local: Some(Ipv4Addr::new(10, 0, 0, 1).into()),
@@ -358,17 +380,7 @@ mod tests {
             ttl: None,
             fdb_size,
             ageing: Duration::from_millis(500),
-        };
-        Vtep {
-            flood: RawAddr::from_std(&SocketAddr::new(Ipv4Addr::new(239, 1, 1, 1).into(), PORT)),
-            own: Some(SocketAddr::new(Ipv4Addr::new(10, 0, 0, 1).into(), PORT)),
-            table: HashMap::new(),
-            epoch: Instant::now(),
-            now_ms: 0,
-            last_age: 0,
-            stats: Arc::new(VxlanStats::default()),
-            cfg,
-        }
+        })
     }
 
     fn frame(dst: Mac, src: Mac) -> Vec<u8> {
@@ -448,7 +460,6 @@ mod tests {
     fn a_unicast_remote_gets_everything() {
         let ip: IpAddr = Ipv4Addr::new(10, 0, 0, 9).into();
         let mut v = vtep(Remote::Unicast(ip), 16);
-        v.flood = RawAddr::from_std(&SocketAddr::new(ip, PORT));
         assert!(!v.wants_source());
         let mut to = RawAddr::empty();
         v.emit(

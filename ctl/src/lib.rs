@@ -6,6 +6,8 @@ pub mod chardev;
 pub mod cli;
 pub mod daemon;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod log;
 pub mod metrics;
 pub mod netdev;

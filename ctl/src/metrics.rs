@@ -39,6 +39,12 @@ pub fn serve(addr: &str, ctl: Sender<Msg>) -> Result<(), CtlError> {
     let l = TcpListener::bind(addr)
         .map_err(|e| CtlError::Invalid(format!("-x-metrics {addr}: cannot listen: {e}")))?;
     tracing::info!("metrics on http://{addr}/metrics");
+    if l.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            "the metrics endpoint listens on {addr}, beyond loopback: every port's name and \
+             counters are readable from other hosts"
+        );
+    }
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
             let ctl = ctl.clone();

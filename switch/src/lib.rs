@@ -13,6 +13,8 @@ pub mod capture;
 pub mod counters;
 pub mod error;
 pub mod fdb;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod loopback;
 pub mod pool;
 pub mod ring;

@@ -771,8 +771,11 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// Add/delete cycles of the churn test.
+const CHURN_CYCLES: usize = 10_000;
+
 #[test]
-fn thousand_hot_add_del_cycles_under_traffic() {
+fn ten_thousand_add_del_cycles_of_every_type_under_traffic() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
     use std::sync::Arc;
     let sut = start(&[]);
@@ -781,7 +784,6 @@ fn thousand_hot_add_del_cycles_under_traffic() {
     let b = udp_port(&mut c, "b", 0);
     let sink = UdpEnd::new();
     let free0 = stats(&mut c)["pool"]["free"].as_u64().unwrap();
-    let fds0 = fd_count(sut.d.pid());
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let sender = {
@@ -828,20 +830,70 @@ fn thousand_hot_add_del_cycles_under_traffic() {
             }
         })
     };
+    // Every type this host can make without an outside peer, in turn, each with the
+    // ports and names it needs (the same ones every time: a deleted port's socket is
+    // closed before netdev_del answers, so the next cycle can bind it again).
+    let (u1, u2, t1) = (
+        tests::free_udp_port(),
+        tests::free_udp_port(),
+        tests::free_tcp_port(),
+    );
+    let tap = tests::unique("churn");
+    let kinds: Vec<Vec<Value>> = vec![
+        vec![json!({"type": "socket", "id": "x", "udp": "127.0.0.1:9",
+                    "localaddr": format!("127.0.0.1:{u1}")})],
+        vec![
+            json!({"type": "hubport", "id": "x", "hubid": 7}),
+            json!({"type": "nic", "id": "x2", "netdev": "x"}),
+        ],
+        vec![json!({"type": "dgram", "id": "x",
+                    "local": {"type": "inet", "host": "127.0.0.1", "port": u1.to_string()},
+                    "remote": {"type": "inet", "host": "127.0.0.1", "port": "9"}})],
+        vec![
+            json!({"type": "l2tpv3", "id": "x", "src": "127.0.0.1", "dst": "127.0.0.1",
+                    "udp": true, "srcport": u1.to_string(), "dstport": u2.to_string(),
+                    "txsession": 1, "rxsession": 1}),
+        ],
+        vec![json!({"type": "stream", "id": "x", "server": true,
+                    "addr": {"type": "inet", "host": "127.0.0.1", "port": t1.to_string()}})],
+        // Bound to 127.0.0.1, sending to 127.0.0.2: not to itself (a loop).
+        vec![
+            json!({"type": "x-vxlan", "id": "x", "vni": 5, "local": "127.0.0.1",
+                    "remote": "127.0.0.2", "port": u2}),
+        ],
+        vec![json!({"type": "x-null", "id": "x"})],
+        vec![
+            json!({"type": "tap", "id": "x", "ifname": tap, "script": "no",
+                    "downscript": "no"}),
+        ],
+        vec![json!({"type": "user", "id": "x", "restrict": true})],
+    ];
+    let cycle = |c: &mut QmpClient, k: usize| {
+        let specs = &kinds[k % kinds.len()];
+        let first = specs[0]["type"].as_str().unwrap_or("?").to_string();
+        for s in specs {
+            c.execute_ok("netdev_add", s.clone());
+        }
+        if first != "hubport" {
+            c.execute_ok(
+                "netdev_add",
+                json!({"type": "hubport", "id": "hx", "hubid": 0, "netdev": "x"}),
+            );
+            c.execute_ok("netdev_del", json!({"id": "hx"}));
+        }
+        for s in specs.iter().rev() {
+            c.execute_ok("netdev_del", json!({"id": s["id"]}));
+        }
+    };
+    // Allocator arenas and caches settle in the first cycles: RSS is measured after.
+    for k in 0..kinds.len() * 10 {
+        cycle(&mut c, k);
+    }
+    let rss0 = rss_kib(sut.d.pid());
+    let fds0 = fd_count(sut.d.pid());
     let t0 = Instant::now();
-    for _ in 0..1000 {
-        let local = tests::free_udp_port();
-        c.execute_ok(
-            "netdev_add",
-            json!({"type": "socket", "id": "x", "udp": "127.0.0.1:9",
-                   "localaddr": format!("127.0.0.1:{local}")}),
-        );
-        c.execute_ok(
-            "netdev_add",
-            json!({"type": "hubport", "id": "hx", "hubid": 0, "netdev": "x"}),
-        );
-        c.execute_ok("netdev_del", json!({"id": "hx"}));
-        c.execute_ok("netdev_del", json!({"id": "x"}));
+    for k in 0..CHURN_CYCLES {
+        cycle(&mut c, k);
     }
     let took = t0.elapsed();
     stop.store(true, Relaxed);
@@ -871,9 +923,19 @@ fn thousand_hot_add_del_cycles_under_traffic() {
         .unwrap()
         == free0));
     assert_eq!(fd_count(sut.d.pid()), fds0, "no descriptor left open");
+    let rss1 = rss_kib(sut.d.pid());
+    eprintln!(
+        "{CHURN_CYCLES} add/del cycles of {} kinds in {took:?}; {sent} frames through the \
+         other ports, none lost; RSS {rss0} → {rss1} KiB",
+        kinds.len()
+    );
     assert!(
-        took < Duration::from_secs(60),
-        "1000 add/del cycles took {took:?}"
+        rss1 < rss0 + 4096,
+        "RSS grew from {rss0} to {rss1} KiB over {CHURN_CYCLES} cycles"
+    );
+    assert!(
+        took < Duration::from_secs(300),
+        "{CHURN_CYCLES} add/del cycles took {took:?}"
     );
     drop(c);
     sut.d.stop_clean();
@@ -1349,5 +1411,82 @@ fn qmp_shell_drives_the_daemon() {
         "{text}"
     );
     assert!(text.contains("Device 'nosuch' not found"), "{text}");
+    sut.d.stop_clean();
+}
+
+#[test]
+fn two_hundred_clients_at_once_and_ten_mib_lines() {
+    use std::io::{BufRead, BufReader, Write};
+    let sut = start(&[]);
+    let mut c = sut.client();
+    let a = udp_port(&mut c, "a", 0);
+    let b = udp_port(&mut c, "b", 0);
+    let pid = sut.d.pid();
+    let (fds0, rss0) = (fd_count(pid), rss_kib(pid));
+    // 200 clients connected together, every one negotiated and answered.
+    let mut many: Vec<QmpClient> = (0..200).map(|_| sut.client()).collect();
+    for (i, cl) in many.iter_mut().enumerate() {
+        let r = cl.execute("query-version", json!(null));
+        assert!(r.get("return").is_some(), "client {i}: {r}");
+    }
+    assert!(fd_count(pid) >= fds0 + 200, "200 connections open at once");
+    // A 10 MiB line, twice: one string token (over the token cap: one error, the rest of
+    // the token skipped), then 10 MiB of blanks before a request, which is answered.
+    let s = UnixStream::connect(&sut.sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut lines = BufReader::new(s.try_clone().unwrap()).lines();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    assert!(next().get("QMP").is_some(), "greeting");
+    // Written by a thread of its own while this one reads the replies (the daemon stops
+    // reading a client whose replies it cannot write).
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut huge = b"{\"execute\": \"qmp_capabilities\", \"arguments\": {\"x\": \"".to_vec();
+        huge.resize(10 << 20, b'a');
+        huge.extend_from_slice(b"\"}}\n");
+        w.write_all(&huge).unwrap();
+        // 10 MiB of blanks between two requests: no token, nothing to answer.
+        let mut blanks = vec![b' '; 10 << 20];
+        blanks.extend_from_slice(b"\n{\"execute\": \"qmp_capabilities\"}\n");
+        w.write_all(&blanks).unwrap();
+    });
+    let mut errors = Vec::new();
+    let served = loop {
+        let v = next();
+        if v.get("return").is_some() {
+            break v;
+        }
+        errors.push(err(&v).1);
+        assert!(
+            errors.len() <= 8,
+            "a few errors, not one per token: {:?}",
+            &errors[..8]
+        );
+    };
+    writer.join().unwrap();
+    assert_eq!(
+        served,
+        json!({"return": {}}),
+        "the request after the blanks: {errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e == "JSON token size limit exceeded"),
+        "{errors:?}"
+    );
+    // Everything closes; the daemon holds no more than it did, and still forwards.
+    drop(many);
+    drop(lines);
+    drop(s);
+    assert!(
+        wait_until(Duration::from_secs(5), || fd_count(pid) == fds0),
+        "descriptors back to {fds0}: {}",
+        fd_count(pid)
+    );
+    let rss1 = rss_kib(pid);
+    assert!(rss1 < rss0 + 32 * 1024, "RSS {rss0} → {rss1} KiB");
+    let f = frame(BCAST, MAC_A, 0x0800, 60, 3);
+    a.send(&f);
+    assert_eq!(b.recv_timeout(Duration::from_secs(5)), Some(f));
+    drop(c);
     sut.d.stop_clean();
 }

@@ -821,3 +821,61 @@ fn a_burst_through_a_tap_keeps_its_order() {
     d.stop_clean();
     assert_gone(Some(&ns), &t);
 }
+
+#[test]
+fn a_tap_deleted_from_outside_leaves_the_daemon_and_the_other_ports_running() {
+    let tap = unique("tdel");
+    let (mut a, mut b) = (UdpEnd::new(), UdpEnd::new());
+    let dir = TempDir::new();
+    let (d, mut c) = Args::new()
+        .netdev(&tap_spec("t", &tap, ""))
+        .on_hub("t", 0)
+        .udp("a", 0, &mut a)
+        .udp("b", 0, &mut b)
+        .start_with_qmp(&dir);
+    let ns = ns_with(&tap, "10.93.0.1/24");
+    // Traffic flows everywhere before (the tap's kernel side sends its own frames too).
+    let f = frame(BCAST, mac(1), ETH_EXP, 60, 1);
+    a.send(&f);
+    expect_frame(&b, &f, "a → b before the tap goes");
+    ns.exec_ok(&["ip", "link", "del", &tap]);
+    assert!(!link_exists(Some(&ns), &tap), "the tap is gone");
+    std::thread::sleep(Duration::from_millis(300));
+    // The daemon runs on, its worker does not spin on the dead descriptor, the others
+    // forward, and frames for the tap are dropped and counted at it.
+    let pid = d.pid();
+    let cpu = |pid: u32| -> u64 {
+        let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let before = common::port_stats(&mut c, "t");
+    let t0 = cpu(pid);
+    for i in 0..20u8 {
+        let g = frame(BCAST, mac(1), ETH_EXP, 60, i);
+        a.send(&g);
+        expect_frame(&b, &g, "a → b after the tap went");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let ticks = cpu(pid) - t0;
+    assert!(
+        ticks < 50,
+        "the daemon used {ticks} clock ticks in ~1.2 s: spinning?"
+    );
+    let after = common::port_stats(&mut c, "t");
+    let dropped = common::total_drops(&after) - common::total_drops(&before);
+    let sent = after["tx-packets"].as_u64().unwrap() - before["tx-packets"].as_u64().unwrap();
+    assert_eq!(
+        dropped + sent,
+        20,
+        "every frame for the dead tap counted: {after}"
+    );
+    assert_eq!(
+        after["carrier"], false,
+        "the port says its device is gone: {after}"
+    );
+    c.execute_ok("netdev_del", serde_json::json!({"id": "hp-t"}));
+    c.execute_ok("netdev_del", serde_json::json!({"id": "t"}));
+    drop(c);
+    d.stop_clean();
+}

@@ -100,21 +100,6 @@ impl Outbox {
         self.lock().dropped_events
     }
 
-    /// The writer wrote `n` bytes.
-    fn sent(&self, n: usize) {
-        let mut q = self.lock();
-        q.bytes = q.bytes.saturating_sub(n);
-        if q.bytes <= OUT_SOFT {
-            self.state.1.notify_all();
-        }
-    }
-
-    /// The writer stopped (the client is gone): nobody waits for room any more.
-    fn close(&self) {
-        self.lock().closed = true;
-        self.state.1.notify_all();
-    }
-
     /// Waits until everything queued was written (or the client is gone), at most
     /// until `deadline`; true when it was.
     fn wait_drained(&self, deadline: Instant) -> bool {
@@ -140,6 +125,33 @@ impl Outbox {
         while q.bytes > OUT_SOFT && !q.closed {
             q = self.state.1.wait(q).unwrap_or_else(|p| p.into_inner());
         }
+    }
+}
+
+/// The writer thread's side of an [`Outbox`]: the count of queued bytes it drains, but
+/// not the channel's sending end — a writer holding one would keep its own channel open,
+/// and outlive its client with the connection's descriptors (it did: two descriptors
+/// and a thread per client that ever connected).
+struct Drain(Arc<(Mutex<Queued>, Condvar)>);
+
+impl Drain {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.0 .0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The writer wrote `n` bytes.
+    fn sent(&self, n: usize) {
+        let mut q = self.lock();
+        q.bytes = q.bytes.saturating_sub(n);
+        if q.bytes <= OUT_SOFT {
+            self.0 .1.notify_all();
+        }
+    }
+
+    /// The writer stopped (the client is gone): nobody waits for room any more.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.0 .1.notify_all();
     }
 }
 
@@ -380,7 +392,7 @@ fn spawn_writer<W: Write + Send + 'static>(
 ) -> Outbox {
     let (tx, rx) = channel::<String>();
     let out = Outbox::new(tx);
-    let mine = out.clone();
+    let mine = Drain(out.state.clone());
     std::thread::spawn(move || {
         for line in rx {
             if w.write_all(line.as_bytes()).is_err() {
@@ -473,6 +485,12 @@ pub fn listen(monitors: &[MonitorSpec], ctl: &Sender<Msg>) -> Result<Listeners, 
                 let l = TcpListener::bind(addr.as_str()).map_err(|e| {
                     CtlError::Invalid(format!("-qmp tcp:{addr}: cannot listen: {e}"))
                 })?;
+                if l.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+                    tracing::warn!(
+                        "QMP listens on tcp:{addr}, beyond loopback: anyone who can connect \
+                         there controls the switch (QMP has no authentication)"
+                    );
+                }
                 serve_tcp(l, ctl.clone(), pretty);
             }
         }

@@ -1,0 +1,123 @@
+//! Fuzz targets of the data plane's parsers and tables: each takes arbitrary bytes and
+//! checks a property, panicking when it fails. `fuzz/` drives them with libFuzzer
+//! (coverage-guided, nightly); the tests replay the committed corpora on stable.
+
+use std::sync::Arc;
+
+use crate::fdb::Fdb;
+use crate::pool::Pool;
+use crate::vlan::{reform, reform_pkt, Form, VidSet, VlanPort, TAG_LEN, TPID};
+
+/// VLAN lists, memberships and retagging: a list prints as one that parses back to
+/// the same set; a frame a port takes has a VLAN it is a member of; pushing then popping
+/// a tag gives the frame back byte for byte; retagging a pool packet, in place or by
+/// copy, leaks no buffer.
+pub fn vlan(data: &[u8]) {
+    if let Ok(set) = VidSet::parse(&String::from_utf8_lossy(data)) {
+        let again = VidSet::parse(&set.to_string()).expect("a printed list parses");
+        assert_eq!(again, set);
+    }
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let vid = u16::from_be_bytes([rest.first().copied().unwrap_or(0), sel]) & 0x0fff;
+    let mut vids = VidSet::empty();
+    for c in rest.chunks(2).take(8) {
+        vids.insert(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) & 0x0fff);
+    }
+    let port = match sel % 3 {
+        0 => VlanPort::access(vid.max(1)),
+        1 => VlanPort::trunk(vids, (sel & 4 != 0).then_some(vid)),
+        _ => VlanPort::default(),
+    };
+    if let Some((v, form)) = port.ingress(rest) {
+        assert!(
+            port.egress(v).is_some(),
+            "took VLAN {v} without being a member"
+        );
+        if form == Form::Tagged {
+            assert_eq!(u16::from_be_bytes([rest[12], rest[13]]), TPID);
+        }
+    }
+    let mut out = vec![0u8; rest.len() + TAG_LEN];
+    if let Some(n) = reform(rest, vid, &mut out) {
+        let mut back = vec![0u8; n + TAG_LEN];
+        let again = reform(&out[..n], vid, &mut back);
+        if u16::from_be_bytes([rest[12], rest[13]]) != TPID {
+            // Pushed: popping gives the frame back. (A popped frame may itself be a
+            // runt that claims a second tag it has no room for; it is refused then.)
+            let m = again.expect("a pushed tag pops");
+            assert_eq!(&back[..m], rest, "push then pop");
+        }
+    }
+    let pool = Arc::new(Pool::new(8, 1518).expect("pool"));
+    {
+        let mut cache = pool.cache();
+        if let Some(p) = cache.alloc_copy(rest) {
+            let shared = sel & 8 != 0;
+            let mut fan = pool.fanout(p, if shared { 2 } else { 1 });
+            let first = fan.next().expect("one handle");
+            let second = fan.next();
+            drop(fan);
+            if let Some(q) = reform_pkt(&mut cache, first, vid) {
+                let mut want = vec![0u8; rest.len() + TAG_LEN];
+                let n = reform(rest, vid, &mut want).expect("reform_pkt did, so reform does");
+                assert_eq!(pool.bytes(&q), &want[..n]);
+                cache.free(q);
+            }
+            if let Some(s) = second {
+                assert_eq!(
+                    pool.bytes(&s),
+                    rest,
+                    "the other holder's frame is untouched"
+                );
+                cache.free(s);
+            }
+        }
+    }
+    assert_eq!(pool.free_count(), pool.count(), "a buffer leaked");
+}
+
+/// The learning table against a model: a sequence of learn, lookup, flush and
+/// flush-member operations (6 bytes each) on a table big enough never to overflow;
+/// every lookup answers what the model says.
+pub fn fdb(data: &[u8]) {
+    use std::collections::HashMap;
+    use std::time::Duration;
+    const AGEING: u32 = 1000;
+    let f = Fdb::new(512, Duration::from_millis(u64::from(AGEING)));
+    let mut model: HashMap<([u8; 6], u16), (u32, u32)> = HashMap::new();
+    let mut now = 1u32;
+    for op in data.chunks_exact(6).take(256) {
+        let mac = [2, 0, 0, 0, op[1] & 0x3f, op[2] & 1];
+        let vid = u16::from(op[3] & 3);
+        let member = u32::from(op[4] & 7);
+        now = now.wrapping_add(u32::from(op[5]) * 8).max(1);
+        let alive = |m: &HashMap<_, (u32, u32)>| {
+            m.get(&(mac, vid))
+                .filter(|(_, t)| now.wrapping_sub(*t) < AGEING)
+                .map(|(m, _)| *m)
+        };
+        match op[0] % 8 {
+            0..=3 => {
+                f.learn(&mac, vid, member, now);
+                // A refresh of the same member within REFRESH_MS keeps the old stamp.
+                let keep = matches!(model.get(&(mac, vid)), Some((m, t)) if *m == member
+                    && now.wrapping_sub(*t) < crate::fdb::REFRESH_MS);
+                if !keep {
+                    model.insert((mac, vid), (member, now));
+                }
+            }
+            4..=6 => assert_eq!(f.lookup(&mac, vid, now), alive(&model), "{mac:?} {vid}"),
+            _ if op[1] & 1 == 0 => {
+                f.flush_member(member);
+                model.retain(|_, (m, _)| *m != member);
+            }
+            _ => {
+                f.flush();
+                model.clear();
+            }
+        }
+    }
+    assert_eq!(f.overflow(), 0);
+}
