@@ -389,6 +389,20 @@ fn vxlan() {
     assert_eq!(r["ratios"].as_array().unwrap().len(), 2);
 }
 
+/// soak: a short one; the readings are there and the pool is whole at the end.
+#[test]
+fn soak() {
+    let _serial = serial();
+    let r = bench("soak", &["--duration", "3"]);
+    let x = &r["series"][0]["samples"][0];
+    let readings = x["detail"]["readings"].as_array().expect("readings");
+    assert!(readings.len() >= 3, "{}", readings.len());
+    let (first, last) = (&readings[0], &readings[readings.len() - 1]);
+    assert_eq!(first["pool_free"], last["pool_free"], "{first} {last}");
+    assert!(num(&x["detail"]["churn_cycles"], "churn cycles") > 0.0);
+    assert!(num(&x["outcome"]["received"], "received") > 0.0);
+}
+
 /// memif: pollswitch and testpmd as middle boxes of a testpmd loop, 64 and 9000 bytes.
 #[test]
 fn memif() {

@@ -33,6 +33,7 @@ pub mod latency;
 pub mod learning;
 pub mod memif;
 pub mod scale;
+pub mod soak;
 pub mod tap_hub;
 pub mod udp_hub;
 pub mod vxlan;
@@ -65,6 +66,7 @@ pub const SCENARIOS: &[Scenario] = &[
     learning::SCENARIO,
     memif::SCENARIO,
     vxlan::SCENARIO,
+    soak::SCENARIO,
 ];
 
 /// The scenario called `name`.
