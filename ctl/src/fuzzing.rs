@@ -21,7 +21,10 @@ const CONTAINED_TYPES: &[&str] = &["hubport", "nic"];
 /// Commands a fuzzed stream may not run: they write files the input names.
 const REFUSED: &[&str] = &["x-netdev-capture", "chardev-add"];
 
-fn control() -> &'static Mutex<Control> {
+/// A daemon (one unpinned worker, a small pool) behind a control loop with one
+/// connected client (id 1), made once per process: for dispatching requests in tests and
+/// fuzz targets without a socket.
+pub fn control() -> &'static Mutex<Control> {
     static C: OnceLock<Mutex<Control>> = OnceLock::new();
     C.get_or_init(|| {
         let d = Daemon::start(&SwitchConfig {

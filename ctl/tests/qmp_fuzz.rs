@@ -2,15 +2,11 @@
 //! with its argument visitors, against a real daemon. Nothing may panic, and every
 //! request gets exactly one reply, `return` or `error`, carrying the request's `id`.
 
-use std::sync::OnceLock;
-
-use ctl::daemon::Daemon;
 use ctl::qmp::commands::{execute, COMMANDS};
-use ctl::qmp::server::{Control, Msg};
+
 use ctl::qmp::wire::{Input, Splitter};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
-use switch::SwitchConfig;
 
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -97,27 +93,7 @@ fn arb_request() -> impl Strategy<Value = Value> {
         })
 }
 
-fn control() -> &'static std::sync::Mutex<Control> {
-    static C: OnceLock<std::sync::Mutex<Control>> = OnceLock::new();
-    C.get_or_init(|| {
-        let d = Daemon::start(&SwitchConfig {
-            cores: vec![None],
-            pool_size: 512,
-            max_frame: 1514,
-            default_poll_us: 0,
-            ring_size: None,
-        })
-        .unwrap();
-        let mut c = Control::new(d);
-        let (tx, _rx) = std::sync::mpsc::channel();
-        c.handle(Msg::Connected {
-            id: 1,
-            out: ctl::qmp::server::Outbox::new(tx),
-            pretty: false,
-        });
-        std::sync::Mutex::new(c)
-    })
-}
+use ctl::fuzzing::control;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]

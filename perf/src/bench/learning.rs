@@ -27,7 +27,7 @@ use testbed::QmpClient;
 
 use crate::bench::workers::POOL_SIZE;
 use crate::bench::xnull::{self, Stats};
-use crate::bench::{not_measured, rounds, target, BenchOpts, Scenario};
+use crate::bench::{not_measured, rounds, summarized, target, BenchOpts, Scenario};
 use crate::error::{PerfError, Result};
 use crate::peer;
 use crate::report::{Cores, Ratio, Report, Sample, Series};
@@ -278,13 +278,7 @@ fn run(opts: &BenchOpts, _systems: &[&'static peer::System]) -> Result<Report> {
             sample
         },
     );
-    report.series = cases
-        .into_iter()
-        .map(|mut c| {
-            c.series.summarize();
-            c.series
-        })
-        .collect();
+    report.series = summarized(cases.into_iter().map(|c| c.series));
 
     let mut from_three = Vec::new();
     for &p in &opts.ports {

@@ -550,6 +550,16 @@ pub fn rounds<C>(
     }
 }
 
+/// The series of a scenario's cases, each summarized (medians of its samples).
+pub fn summarized(series: impl Iterator<Item = Series>) -> Vec<Series> {
+    series
+        .map(|mut s| {
+            s.summarize();
+            s
+        })
+        .collect()
+}
+
 /// Measures every system `opts.runs` times, alternating (A B C A B C ...), each with
 /// `measure_once(system, opts, run, command)`, and returns one summarized series per
 /// system (two-port scenarios: the series' params say so).

@@ -23,7 +23,7 @@ use serde_json::json;
 use testbed::process::{Process, Signal};
 use testbed::{unique, wait_until, Netns, VethPair};
 
-use crate::bench::{rounds, say, BenchOpts, Scenario};
+use crate::bench::{rounds, say, summarized, BenchOpts, Scenario};
 
 /// Prints one run's line: a TCP run's rate in Gbit/s, a frames run as every scenario.
 fn say_run(label: &str, s: &Sample) {
@@ -309,13 +309,7 @@ fn run(opts: &BenchOpts, _systems: &[&'static peer::System]) -> Result<Report> {
             s
         },
     );
-    report.series = cases
-        .into_iter()
-        .map(|mut c| {
-            c.series.summarize();
-            c.series
-        })
-        .collect();
+    report.series = summarized(cases.into_iter().map(|c| c.series));
     let med =
         |r: &Report, l: &str, f: fn(&crate::report::Summary) -> Option<crate::report::Stat>| {
             r.series(l).map_or(f64::NAN, |s| s.median(f))

@@ -27,7 +27,7 @@ use serde_json::json;
 use testbed::QmpClient;
 
 use crate::bench::xnull::{self, Stats};
-use crate::bench::{not_measured, rounds, target, BenchOpts, Scenario};
+use crate::bench::{not_measured, rounds, summarized, target, BenchOpts, Scenario};
 use crate::error::{PerfError, Result};
 use crate::peer;
 use crate::report::{Cores, Ratio, Report, Sample, Series};
@@ -313,13 +313,7 @@ fn run(opts: &BenchOpts, _systems: &[&'static peer::System]) -> Result<Report> {
             sample
         },
     );
-    report.series = cases
-        .into_iter()
-        .map(|mut c| {
-            c.series.summarize();
-            c.series
-        })
-        .collect();
+    report.series = summarized(cases.into_iter().map(|c| c.series));
 
     for s in &report.series {
         if let Some((layout, w)) = case_of(s).filter(|c| c.1 > 1) {
