@@ -447,6 +447,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "too slow under Miri (safe code: atomics only)")]
     fn a_full_table_counts_what_it_cannot_hold() {
         // 64 slots: at most 64 addresses, fewer where probes run out.
         let f = Fdb::new(1, DEFAULT_AGEING);
@@ -464,6 +465,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "too slow under Miri (safe code: atomics only)")]
     fn a_hundred_thousand_addresses_fit_a_table_sized_for_them() {
         let f = Fdb::new(100_000, DEFAULT_AGEING);
         for n in 0..100_000 {
@@ -474,6 +476,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "too slow under Miri (safe code: atomics only)")]
     fn workers_learning_at_once_agree() {
         let f = std::sync::Arc::new(Fdb::new(4096, DEFAULT_AGEING));
         let threads: Vec<_> = (0..4u32)
