@@ -59,7 +59,7 @@ pub fn vlan(data: &[u8]) {
             let first = fan.next().expect("one handle");
             let second = fan.next();
             drop(fan);
-            if let Some(q) = reform_pkt(&mut cache, first, vid) {
+            if let Some(q) = reform_pkt(&pool, &mut cache, first, vid) {
                 let mut want = vec![0u8; rest.len() + TAG_LEN];
                 let n = reform(rest, vid, &mut want).expect("reform_pkt did, so reform does");
                 assert_eq!(pool.bytes(&q), &want[..n]);

@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use crate::pool::{BufCache, Pkt, HEADROOM};
+use crate::pool::{BufCache, Pkt, Pool, HEADROOM};
 
 /// The 802.1Q tag protocol identifier.
 pub const TPID: u16 = 0x8100;
@@ -254,12 +254,11 @@ pub fn reform(f: &[u8], vid: u16, out: &mut [u8]) -> Option<usize> {
     }
 }
 
-/// Turns packet `p` of VLAN `vid` into the other form: in place when it is the only
+/// Turns packet `p` (of `pool`, `cache`'s pool) of VLAN `vid` into the other form: in place when it is the only
 /// reference to its buffer (a push uses the headroom), else as a new copy (`p` is given
 /// back to the cache). `None` when no buffer was free or the frame is too short; the
 /// packet is returned to the cache then.
-pub fn reform_pkt(cache: &mut BufCache, mut p: Pkt, vid: u16) -> Option<Pkt> {
-    let pool = cache.pool().clone();
+pub fn reform_pkt(pool: &Pool, cache: &mut BufCache, mut p: Pkt, vid: u16) -> Option<Pkt> {
     let (off, len) = (p.offset(), p.len());
     let tagged = {
         let f = pool.bytes(&p);
@@ -285,14 +284,13 @@ pub fn reform_pkt(cache: &mut BufCache, mut p: Pkt, vid: u16) -> Option<Pkt> {
             return Some(p);
         }
     }
-    let copy = reformed_copy(cache, &p, vid);
+    let copy = reformed_copy(pool, cache, &p, vid);
     cache.free(p);
     copy
 }
 
 /// A new packet holding `p`'s frame of VLAN `vid` in the other form; `p` is untouched.
-pub fn reformed_copy(cache: &mut BufCache, p: &Pkt, vid: u16) -> Option<Pkt> {
-    let pool = cache.pool().clone();
+pub fn reformed_copy(pool: &Pool, cache: &mut BufCache, p: &Pkt, vid: u16) -> Option<Pkt> {
     let mut q = cache.alloc()?;
     let n = pool
         .buf_mut(&mut q)
@@ -395,25 +393,25 @@ mod tests {
         let f = frame(None);
         let p = cache.alloc_copy(&f).unwrap();
         let idx = p.index();
-        let t = reform_pkt(&mut cache, p, 42).unwrap();
+        let t = reform_pkt(&pool, &mut cache, p, 42).unwrap();
         assert_eq!(t.index(), idx, "pushed in place");
         assert_eq!(pool.bytes(&t), &frame(Some(42))[..]);
         // Shared: the other holders keep the tagged frame, the popped one is a copy.
         let mut fan = pool.fanout(t, 2);
         let (a, b) = (fan.next().unwrap(), fan.next().unwrap());
         drop(fan);
-        let u = reform_pkt(&mut cache, a, 42).unwrap();
+        let u = reform_pkt(&pool, &mut cache, a, 42).unwrap();
         assert_ne!(u.index(), idx, "copied");
         assert_eq!(pool.bytes(&u), &f[..]);
         assert_eq!(pool.bytes(&b), &frame(Some(42))[..]);
         // The last holder pops in place.
-        let b = reform_pkt(&mut cache, b, 42).unwrap();
+        let b = reform_pkt(&pool, &mut cache, b, 42).unwrap();
         assert_eq!((b.index(), pool.bytes(&b)), (idx, &f[..]));
         cache.free(b);
         cache.free(u);
         // A frame too short for its tag is refused and returned.
         let short = cache.alloc_copy(&frame(Some(3))[..16]).unwrap();
-        assert!(reform_pkt(&mut cache, short, 3).is_none());
+        assert!(reform_pkt(&pool, &mut cache, short, 3).is_none());
         drop(cache);
         assert_eq!(pool.free_count(), pool.count(), "nothing leaked");
     }

@@ -574,6 +574,7 @@ impl Worker {
         let stamp = entry.learn.as_ref().map(|l| l.fdb.stamp(now));
         let pool = &eng.pool;
         let mut fwd = Fwd {
+            pool,
             cache: &mut eng.cache,
             shared: &eng.shared,
             topo,
@@ -652,7 +653,7 @@ impl Worker {
                         fwd.route(g, p, hash);
                     }
                 }
-                Some(v) => fwd.flood_vlan(pool, &entry.dests, &v.dests, pkt, vid, form, hash),
+                Some(v) => fwd.flood_vlan(&entry.dests, &v.dests, pkt, vid, form, hash),
             }
         }
         let Fwd {
@@ -775,6 +776,7 @@ impl Worker {
 /// What forwarding one burst borrows from its worker, with the drops it counts on the
 /// way (charged to the source port at the end of the burst).
 struct Fwd<'a> {
+    pool: &'a Pool,
     cache: &'a mut BufCache,
     shared: &'a WorkerShared,
     topo: &'a Topology,
@@ -820,7 +822,7 @@ impl Fwd<'_> {
             None => p,
             Some((dv, vid, form)) => match dv.egress(vid) {
                 Some(want) if want == form => p,
-                Some(_) => match crate::vlan::reform_pkt(self.cache, p, vid) {
+                Some(_) => match crate::vlan::reform_pkt(self.pool, self.cache, p, vid) {
                     Some(p) => p,
                     None => {
                         self.vlan += 1;
@@ -842,10 +844,8 @@ impl Fwd<'_> {
     /// members of the VLAN: those that take it as it came share it, the others share
     /// one retagged copy (or the frame itself, retagged in place, when nobody takes it
     /// as it came).
-    #[allow(clippy::too_many_arguments)]
     fn flood_vlan(
         &mut self,
-        pool: &Pool,
         dests: &[DestGroup],
         dvl: &[VlanPort],
         p: Pkt,
@@ -868,15 +868,16 @@ impl Fwd<'_> {
                 return;
             }
             (_, 0) => (Some(p), None),
-            (0, _) => (None, crate::vlan::reform_pkt(self.cache, p, vid)),
+            (0, _) => (None, crate::vlan::reform_pkt(self.pool, self.cache, p, vid)),
             _ => {
-                let alt = crate::vlan::reformed_copy(self.cache, &p, vid);
+                let alt = crate::vlan::reformed_copy(self.pool, self.cache, &p, vid);
                 (Some(p), alt)
             }
         };
         if other > 0 && alt.is_none() {
             self.vlan += u64::from(other);
         }
+        let pool = self.pool;
         let mut as_came = orig.map(|p| pool.fanout(p, same));
         let mut retagged = alt.map(|p| pool.fanout(p, other));
         for (g, v) in dests.iter().zip(dvl) {
