@@ -41,6 +41,7 @@ pub mod cleanup;
 pub mod cmd;
 pub mod cpu;
 mod error;
+pub mod iperf;
 pub mod netns;
 pub mod process;
 pub mod qemu;

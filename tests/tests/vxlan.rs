@@ -11,10 +11,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{ping, port_stats, Args};
-use tests::{require_tool, testbed::VethPair, unique, wait_until, Netns, QmpClient, TempDir};
+use tests::{require_tool, testbed::VethPair, unique, Netns, QmpClient, TempDir};
 
 const VNI: u32 = 4242;
 const GROUP: &str = "239.1.1.42";
@@ -87,27 +85,14 @@ fn switch_vtep(n: &Net, vxlan: &str, dir: &TempDir) -> (tests::Daemon, QmpClient
 
 /// iperf3 for `secs` seconds from A to B (`reverse`: B to A); the receiver's Gbit/s.
 fn iperf(n: &Net, reverse: bool, secs: u32) -> f64 {
-    let mut server = n.b.spawn(&["iperf3", "-s", "-1", "-B", "10.88.0.2"]);
-    let up = wait_until(Duration::from_secs(5), || {
-        n.b.exec_ok(&["ss", "-Hltn", "sport", "=", ":5201"])
-            .contains("5201")
-    });
-    assert!(up, "iperf3 server in B did not start listening");
     let t = secs.to_string();
-    let mut args = vec!["iperf3", "-c", "10.88.0.2", "-t", &t, "-J"];
+    let mut args = vec!["-t", t.as_str()];
     if reverse {
         args.push("-R");
     }
-    let out = n.a.exec(&args);
-    let _ = server.kill();
-    let _ = server.wait();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("iperf3 -J output ({e}): {text}"));
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("iperf3 result: {text}"));
-    bps / 1e9
+    tests::testbed::iperf::tcp(&n.b, "10.88.0.2", &n.a, &args)
+        .unwrap_or_else(|e| panic!("iperf3 A → B: {e}"))
+        .gbps
 }
 
 fn check_both_ways(n: &Net, c: &mut QmpClient) {

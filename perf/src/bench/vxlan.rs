@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use testbed::process::{Process, Signal};
-use testbed::{unique, wait_until, Netns, VethPair};
+use testbed::{unique, Netns, VethPair};
 
 use crate::bench::{rounds, say, summarized, BenchOpts, Scenario};
 
@@ -35,7 +35,7 @@ fn say_run(label: &str, s: &Sample) {
     }
 }
 use crate::engine;
-use crate::error::{chain, PerfError, Result};
+use crate::error::{chain, Result};
 use crate::frame;
 use crate::peer::{self, pollswitch::READY};
 use crate::report::{Ratio, Report, Sample, Series};
@@ -203,35 +203,14 @@ fn frames(opts: &BenchOpts, net: &Net) -> Result<Outcome> {
 
 /// One iperf3 TCP stream from A to B for the window; the receiver's rate.
 fn tcp(opts: &BenchOpts, net: &Net) -> Result<Outcome> {
-    let mut server = net.b.spawn(&["iperf3", "-s", "-1", "-B", "10.88.0.2"]);
-    let listening = wait_until(Duration::from_secs(5), || {
-        net.b
-            .run(&["ss", "-Hltn", "sport", "=", ":5201"])
-            .is_ok_and(|s| s.contains("5201"))
-    });
-    if !listening {
-        let _ = server.kill();
-        let _ = server.wait();
-        return Err(PerfError::peer("iperf3", "the server in B did not listen"));
-    }
     let secs = format!("{:.1}", opts.duration.as_secs_f64().max(1.0));
     let omit = format!("{:.0}", opts.warmup.as_secs_f64().ceil());
-    let out = net
-        .a
-        .exec(&["iperf3", "-c", "10.88.0.2", "-t", &secs, "-O", &omit, "-J"]);
-    let _ = server.kill();
-    let _ = server.wait();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| PerfError::peer("iperf3", format!("its JSON ({e}): {text}")))?;
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .ok_or_else(|| PerfError::peer("iperf3", format!("no result: {}", v["error"])))?;
+    let t = testbed::iperf::tcp(&net.b, "10.88.0.2", &net.a, &["-t", &secs, "-O", &omit])?;
     Ok(Outcome {
         size: 1500,
         rate: "TCP".into(),
-        duration_s: v["end"]["sum_received"]["seconds"].as_f64().unwrap_or(0.0),
-        rx_gbps: bps / 1e9,
+        duration_s: t.seconds,
+        rx_gbps: t.gbps,
         ..Outcome::default()
     })
 }
