@@ -57,7 +57,7 @@ struct Queued {
 #[derive(Debug, Clone)]
 pub struct Outbox {
     tx: Sender<String>,
-    state: Arc<(Mutex<Queued>, Condvar)>,
+    state: Drain,
 }
 
 impl Outbox {
@@ -65,12 +65,12 @@ impl Outbox {
     pub fn new(tx: Sender<String>) -> Outbox {
         Outbox {
             tx,
-            state: Arc::default(),
+            state: Drain::default(),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
-        self.state.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// Queues a reply (or the greeting): always, since the reader stops taking requests
@@ -111,7 +111,8 @@ impl Outbox {
             }
             q = self
                 .state
-                .1
+                .0
+                 .1
                 .wait_timeout(q, left)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
@@ -123,15 +124,16 @@ impl Outbox {
     fn wait_room(&self) {
         let mut q = self.lock();
         while q.bytes > OUT_SOFT && !q.closed {
-            q = self.state.1.wait(q).unwrap_or_else(|p| p.into_inner());
+            q = self.state.0 .1.wait(q).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
 
-/// The writer thread's side of an [`Outbox`]: the count of queued bytes it drains, but
-/// not the channel's sending end — a writer holding one would keep its own channel open,
-/// and outlive its client with the connection's descriptors (it did: two descriptors
-/// and a thread per client that ever connected).
+/// The count of an [`Outbox`]'s queued bytes, shared by the outbox and its writer
+/// thread. The writer holds only this, never the channel's sending end: a writer holding
+/// one would keep its own channel open and outlive its client with the connection's
+/// descriptors (it did: two descriptors and a thread per client that ever connected).
+#[derive(Debug, Clone, Default)]
 struct Drain(Arc<(Mutex<Queued>, Condvar)>);
 
 impl Drain {
@@ -392,7 +394,7 @@ fn spawn_writer<W: Write + Send + 'static>(
 ) -> Outbox {
     let (tx, rx) = channel::<String>();
     let out = Outbox::new(tx);
-    let mine = Drain(out.state.clone());
+    let mine = out.state.clone();
     std::thread::spawn(move || {
         for line in rx {
             if w.write_all(line.as_bytes()).is_err() {
