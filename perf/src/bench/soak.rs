@@ -158,6 +158,33 @@ fn soak(opts: &BenchOpts, sample: &mut Sample, command: &mut String) -> Result<(
         );
         let stop = Arc::new(AtomicBool::new(false));
         let cycles = Arc::new(AtomicU64::new(0));
+        // The first reading is taken before the churn and the soak's traffic start (the
+        // capacity run has drained), the last after both ended: both of an idle switch.
+        let (first_taken, taken) = std::sync::mpsc::channel::<()>();
+        let readings = {
+            let (stop, sock) = (stop.clone(), sock.clone());
+            let every = opts.duration / SAMPLES;
+            thread::spawn(move || -> Result<Vec<Value>> {
+                let mut q = QmpClient::connect_unix_negotiated(&sock)
+                    .map_err(|e| PerfError::peer("pollswitch", format!("QMP: {e}")))?;
+                let t0 = Instant::now();
+                let first = reading(&mut q, pid, t0);
+                drop(first_taken);
+                let mut out = vec![first?];
+                let mut next = t0 + every;
+                while !stop.load(Ordering::Relaxed) {
+                    if Instant::now() >= next {
+                        out.push(reading(&mut q, pid, t0)?);
+                        next += every;
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+                out.push(reading(&mut q, pid, t0)?);
+                Ok(out)
+            })
+        };
+        // Dropped (or gone with a failed thread) once the first reading is in.
+        let _ = taken.recv();
         let churn = {
             let (stop, cycles, sock) = (stop.clone(), cycles.clone(), sock.clone());
             thread::spawn(move || -> Result<()> {
@@ -190,26 +217,6 @@ fn soak(opts: &BenchOpts, sample: &mut Sample, command: &mut String) -> Result<(
                     thread::sleep(Duration::from_millis(100));
                 }
                 Ok(())
-            })
-        };
-        let readings = {
-            let (stop, sock) = (stop.clone(), sock.clone());
-            let every = opts.duration / SAMPLES;
-            thread::spawn(move || -> Result<Vec<Value>> {
-                let mut q = QmpClient::connect_unix_negotiated(&sock)
-                    .map_err(|e| PerfError::peer("pollswitch", format!("QMP: {e}")))?;
-                let t0 = Instant::now();
-                let mut out = vec![reading(&mut q, pid, t0)?];
-                let mut next = t0 + every;
-                while !stop.load(Ordering::Relaxed) {
-                    if Instant::now() >= next {
-                        out.push(reading(&mut q, pid, t0)?);
-                        next += every;
-                    }
-                    thread::sleep(Duration::from_millis(100));
-                }
-                out.push(reading(&mut q, pid, t0)?);
-                Ok(out)
             })
         };
         let mut cfg = opts.traffic(Rate::Pps(rate), opts.size, frame::BROADCAST);
