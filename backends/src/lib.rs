@@ -24,6 +24,7 @@ pub mod tap;
 pub mod tunnel;
 pub mod user;
 pub mod vde;
+pub mod vhost_user;
 pub mod vxlan;
 
 pub use error::Error;

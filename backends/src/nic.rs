@@ -17,6 +17,7 @@
 //! each new version to the port through a one-slot lock-free queue.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -152,6 +153,9 @@ pub struct NicHandle {
     filter: Arc<ArrayQueue<RxFilter>>,
     waker: Arc<OnceLock<switch::backend::Waker>>,
     memif: Option<Arc<Link>>,
+    /// The address the port saw its far side send from (vhost-user guests), as
+    /// `u64` with bit 63 set once known.
+    learned: Arc<AtomicU64>,
 }
 
 impl NicHandle {
@@ -175,11 +179,68 @@ impl NicHandle {
         }
     }
 
+    /// The address the far side sends from, once the port has seen a frame from it
+    /// (a vhost-user guest's MAC).
+    pub fn learned_mac(&self) -> Option<Mac> {
+        // Relaxed: a lone value, read for reports.
+        let v = self.learned.load(Ordering::Relaxed);
+        (v & LEARNED != 0).then(|| {
+            let b = v.to_be_bytes();
+            [b[2], b[3], b[4], b[5], b[6], b[7]]
+        })
+    }
+
+    /// Records the far side's address.
+    pub(crate) fn learn(&self, mac: Mac) {
+        let mut b = [0u8; 8];
+        b[2..].copy_from_slice(&mac);
+        self.learned
+            .store(u64::from_be_bytes(b) | LEARNED, Ordering::Relaxed);
+    }
+
+    /// Makes `w` the waker of whatever injects and filters go to.
+    pub(crate) fn set_waker(&self, w: switch::backend::Waker) {
+        let _ = self.waker.set(w);
+    }
+
+    /// A handle whose injected frames and filters a port other than [`NicPort`]
+    /// picks up (a vhost-user port).
+    pub(crate) fn detached() -> NicHandle {
+        NicHandle {
+            inject: Arc::new(ArrayQueue::new(INJECT_DEPTH)),
+            filter: Arc::new(ArrayQueue::new(1)),
+            waker: Arc::new(OnceLock::new()),
+            memif: None,
+            learned: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Moves up to `max` injected frames into `out` as received frames.
+    pub(crate) fn take_injected(&self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            // `is_empty` first: an empty `pop` fences (SeqCst), `is_empty` only loads,
+            // and this queue is empty on almost every call.
+            if self.inject.is_empty() {
+                break;
+            }
+            let Some(f) = self.inject.pop() else { break };
+            if let Some(p) = io.receive_copy(&f) {
+                out.push(p);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The memif link's state and counters, for a memif NIC.
     pub fn memif(&self) -> Option<crate::memif::LinkInfo> {
         self.memif.as_ref().map(|l| l.info())
     }
 }
+
+/// Bit 63 of [`NicHandle::learned`]: an address is there.
+const LEARNED: u64 = 1 << 63;
 
 /// Frames queued by the control thread for sending out of a NIC.
 const INJECT_DEPTH: usize = 256;
@@ -210,12 +271,7 @@ struct MemifSide {
 
 /// Makes a NIC port with the reset filter for `mac`.
 pub fn nic(mac: Mac) -> (NicPort, NicHandle) {
-    let h = NicHandle {
-        inject: Arc::new(ArrayQueue::new(INJECT_DEPTH)),
-        filter: Arc::new(ArrayQueue::new(1)),
-        waker: Arc::new(OnceLock::new()),
-        memif: None,
-    };
+    let h = NicHandle::detached();
     (
         NicPort {
             filter: RxFilter::new(mac),
@@ -452,17 +508,7 @@ impl Backend for NicPort {
                 self.filter = f;
             }
         }
-        let mut n = 0;
-        while n < max {
-            if self.h.inject.is_empty() {
-                break;
-            }
-            let Some(f) = self.h.inject.pop() else { break };
-            if let Some(p) = io.receive_copy(&f) {
-                out.push(p);
-                n += 1;
-            }
-        }
+        let mut n = self.h.take_injected(io, out, max);
         if let Some(m) = &mut self.memif {
             m.refresh(io);
             n += m.rx(io, out, max - n);

@@ -24,6 +24,20 @@ pub struct NicState {
     pub notify: bool,
 }
 
+impl NicState {
+    /// The NIC's address: the one a vhost-user guest was seen sending from, else the
+    /// configured one.
+    pub fn mac(&self) -> Mac {
+        self.handle.learned_mac().unwrap_or(self.filter.main_mac)
+    }
+
+    /// The filter as reported, with the address the port learned.
+    pub fn filter_now(&mut self) -> &RxFilter {
+        self.filter.main_mac = self.mac();
+        &self.filter
+    }
+}
+
 /// A configured netdev.
 pub struct NetdevEntry {
     /// The configuration, exactly as given (query-netdev returns it).
@@ -36,6 +50,8 @@ pub struct NetdevEntry {
     pub capture: Option<switch::capture::Capture>,
     /// Present for VXLAN ports: what they count.
     pub vxlan: Option<std::sync::Arc<backends::vxlan::VxlanStats>>,
+    /// Present for vhost-user ports: their state.
+    pub vhost: Option<backends::vhost_user::VhostHandle>,
 }
 
 /// The daemon.
@@ -43,6 +59,10 @@ pub struct Daemon {
     switch: Switch,
     netdevs: Vec<NetdevEntry>,
     macs: BTreeSet<Mac>,
+    /// Socket chardevs (`-chardev`), by id: what vhost-user netdevs name.
+    chardevs: HashMap<String, crate::chardev::Chardev>,
+    /// Where backends' QMP events go (the control loop), once it runs.
+    events: Option<std::sync::mpsc::Sender<crate::qmp::server::Msg>>,
 }
 
 /// QEMU's first default MAC address; later NICs count up from it.
@@ -55,7 +75,51 @@ impl Daemon {
             switch: Switch::start(cfg)?,
             netdevs: Vec::new(),
             macs: BTreeSet::new(),
+            chardevs: HashMap::new(),
+            events: None,
         })
+    }
+
+    /// Adds a socket chardev; its id must be new.
+    pub fn chardev_add(&mut self, c: crate::chardev::Chardev) -> Result<(), CtlError> {
+        if self.chardevs.contains_key(&c.id) {
+            return Err(CtlError::Invalid(format!(
+                "attempt to add duplicate property '{}' to object (type 'container')",
+                c.id
+            )));
+        }
+        self.chardevs.insert(c.id.clone(), c);
+        Ok(())
+    }
+
+    /// Removes a chardev no netdev uses.
+    pub fn chardev_remove(&mut self, id: &str) -> Result<(), CtlError> {
+        if !self.chardevs.contains_key(id) {
+            return Err(CtlError::Invalid(format!("Chardev '{id}' not found")));
+        }
+        if self.chardev_user(id).is_some() {
+            return Err(CtlError::Invalid(format!("Chardev '{id}' is busy")));
+        }
+        self.chardevs.remove(id);
+        Ok(())
+    }
+
+    /// Socket chardevs, by id.
+    pub fn chardevs(&self) -> &HashMap<String, crate::chardev::Chardev> {
+        &self.chardevs
+    }
+
+    /// The netdev that uses chardev `id`.
+    pub fn chardev_user(&self, id: &str) -> Option<&str> {
+        self.netdevs.iter().find_map(|n| match &n.config.opts {
+            NetdevOpts::VhostUser(o) if o.chardev == id => Some(n.config.id.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Sends backends' events to the control loop from now on.
+    pub fn set_events(&mut self, tx: std::sync::mpsc::Sender<crate::qmp::server::Msg>) {
+        self.events = Some(tx);
     }
 
     /// The data plane.
@@ -111,12 +175,34 @@ impl Daemon {
             NetdevOpts::Hubport(o) => self.hub_learning(o)?,
             _ => None,
         };
+        if let NetdevOpts::VhostUser(o) = &nd.opts {
+            if let Some(user) = self.chardev_user(&o.chardev) {
+                return Err(CtlError::Invalid(format!(
+                    "chardev '{}' is already in use by netdev '{user}'",
+                    o.chardev
+                )));
+            }
+        }
         let built = build(
             nd,
             &mut BuildEnv {
                 max_frame: self.switch.pool().max_frame(),
                 pool: self.switch.pool(),
                 fds,
+                chardevs: &self.chardevs,
+                events: self.events.clone().map(|tx| {
+                    let tx = std::sync::Mutex::new(tx);
+                    std::sync::Arc::new(move |id: &str, ev| {
+                        let backends::vhost_user::device::VhostEvent::FailoverNegotiated = ev;
+                        tracing::info!("netdev {id}: the frontend negotiated STANDBY (failover)");
+                        if let Ok(tx) = tx.lock() {
+                            let _ = tx.send(crate::qmp::server::Msg::Event {
+                                name: "FAILOVER_NEGOTIATED",
+                                data: serde_json::json!({ "device-id": id }),
+                            });
+                        }
+                    }) as backends::vhost_user::Events
+                }),
             },
             self.free_mac(),
         )?;
@@ -145,6 +231,7 @@ impl Daemon {
             user: built.user,
             capture: None,
             vxlan: built.vxlan,
+            vhost: built.vhost,
         });
         Ok(())
     }

@@ -54,6 +54,10 @@ pub struct BuildEnv<'a> {
     pub pool: &'a switch::Pool,
     /// Descriptor names.
     pub fds: &'a mut dyn FdSource,
+    /// Socket chardevs by id (vhost-user's `chardev=`).
+    pub chardevs: &'a std::collections::HashMap<String, crate::chardev::Chardev>,
+    /// Where a vhost-user port's events go.
+    pub events: Option<backends::vhost_user::Events>,
 }
 
 fn backend_err(id: &str) -> impl FnOnce(backends::Error) -> CtlError + '_ {
@@ -76,6 +80,8 @@ pub struct Built {
     pub user: Option<backends::user::UserHandle>,
     /// For a VXLAN port: what it counts.
     pub vxlan: Option<std::sync::Arc<backends::vxlan::VxlanStats>>,
+    /// For a vhost-user port: its state.
+    pub vhost: Option<backends::vhost_user::VhostHandle>,
 }
 
 /// Builds the switch client for a netdev. `mac` is the address a NIC without
@@ -84,6 +90,7 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
     let mut nic_out = None;
     let mut user_out = None;
     let mut vxlan_out = None;
+    let mut vhost_out = None;
     let mut config = nd.clone();
     let (kind, peer) = match &nd.opts {
         NetdevOpts::Hubport(o) => hubport(o)?,
@@ -105,6 +112,12 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
             (kind, None)
         }
         NetdevOpts::Vde(o) => (vde(&nd.id, o)?, None),
+        NetdevOpts::VhostUser(o) => {
+            let (kind, handle) = vhost_user(&nd.id, o, env)?;
+            nic_out = Some((handle.nic(), mac));
+            vhost_out = Some(handle);
+            (kind, None)
+        }
         NetdevOpts::Bridge(o) => (bridge(&nd.id, o)?, None),
         NetdevOpts::Netmap(o) => (netmap(&nd.id, o)?, None),
         NetdevOpts::User(o) => {
@@ -150,7 +163,58 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
         nic: nic_out,
         user: user_out,
         vxlan: vxlan_out,
+        vhost: vhost_out,
     })
+}
+
+/// `vhost-user`: pollswitch serves one VM NIC over the socket chardev `chardev`.
+fn vhost_user(
+    id: &str,
+    o: &crate::qapi::NetdevVhostUserOptions,
+    env: &BuildEnv<'_>,
+) -> Result<(SpecKind, backends::vhost_user::VhostHandle), CtlError> {
+    use crate::chardev::ChardevAddr;
+    use backends::vhost_user::{VhostUserConfig, MAX_QUEUES};
+    let c = env
+        .chardevs
+        .get(&o.chardev)
+        .ok_or_else(|| CtlError::Invalid(format!("chardev \"{}\" not found", o.chardev)))?;
+    let path = match &c.addr {
+        ChardevAddr::Unix(p) => p.clone(),
+        _ => {
+            return Err(CtlError::Invalid(format!(
+                "chardev \"{}\" is not a unix socket (vhost-user needs path=)",
+                o.chardev
+            )))
+        }
+    };
+    let queues = o.queues.unwrap_or(1);
+    if !(1..=i64::from(MAX_QUEUES)).contains(&queues) {
+        return Err(CtlError::Invalid(format!(
+            "vhost-user queues={queues} is outside 1..={MAX_QUEUES}"
+        )));
+    }
+    let (pairs, handle) = backends::vhost_user::open(
+        VhostUserConfig {
+            socket: path.into(),
+            server: c.server,
+            reconnect: (c.reconnect > 0).then(|| std::time::Duration::from_secs(c.reconnect)),
+            queues: queues as u16,
+            name: id.to_string(),
+        },
+        env.events.clone(),
+    )
+    .map_err(backend_err(id))?;
+    Ok((
+        SpecKind::Port {
+            queues: pairs
+                .into_iter()
+                .map(|q| Box::new(q) as Box<dyn Backend>)
+                .collect(),
+            poll_us: None,
+        },
+        handle,
+    ))
 }
 
 /// The `x-vxlan` extension: its options checked and its socket opened.

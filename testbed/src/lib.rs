@@ -10,6 +10,7 @@
 //!  process ─ Process: a child under taskset / ip netns exec, output captured (bounded)
 //!  qemu ──── QemuPeer: qemu-system-x86_64 -M none, netdevs only, QMP negotiated
 //!  vde ───── VdeSwitch (vde_switch -d) and VdePort (a request_v3 client)
+//!  testpmd ─ Testpmd: dpdk-testpmd with memif / virtio_user / vhost vdevs, its totals
 //!  qmp ───── QmpClient: greeting, replies and events kept apart
 //!  cpu ───── core lists, pinning, taskset, RPS masks
 //!  cmd ───── setup commands (ip, sysctl, ...), programs on PATH, temp dirs
@@ -48,6 +49,7 @@ pub mod qemu;
 pub mod qmp;
 #[allow(unsafe_code)]
 pub mod raw;
+pub mod testpmd;
 pub mod vde;
 
 pub use cmd::{require, require_tool, run, run_ok, TempDir};

@@ -27,7 +27,6 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backends::memif::wire::secret_field;
@@ -37,11 +36,10 @@ use common::{
     Args, BCAST, ETH_EXP, QUIET, WAIT,
 };
 use serde_json::{json, Value};
-use tests::testbed::cleanup::{self, Item};
-use tests::testbed::process::{Launch, Process, Signal};
+use tests::testbed::testpmd::{self, totals, Testpmd};
 use tests::testbed::{chain, drain};
 use tests::UdpEnd;
-use tests::{frame, require_tool, unique, wait_until, Daemon, DrainLimit, QmpClient, TempDir};
+use tests::{frame, wait_until, Daemon, DrainLimit, QmpClient, TempDir};
 
 /// Frame sizes through the memif rings: minimum, mid, standard, and two that need a
 /// chain of 2048-byte memif buffers (testpmd's mbufs hold 2048 bytes of data).
@@ -63,14 +61,6 @@ const CYCLES: u64 = 1000;
 /// Cycles before the mapping count is taken as the baseline (see the test).
 const WARM_CYCLES: u64 = 10;
 const CYCLES_TIME: Duration = Duration::from_secs(60);
-
-/// One testpmd at a time: each keeps core 0 busy with two polling lcores.
-static TESTPMD_LOCK: Mutex<()> = Mutex::new(());
-
-fn testpmd_lock() -> MutexGuard<'static, ()> {
-    // A failed test poisons it; the next one may still run.
-    TESTPMD_LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Sets its flag when dropped: threads of a scope that loop until the flag is set end
 /// even when the test panics (a scope joins its threads before the panic goes on).
@@ -102,105 +92,26 @@ fn send_numbered(to: &UdpEnd, src: [u8; 6], len: usize, stop: &AtomicBool) -> u6
     n
 }
 
-/// A dpdk-testpmd in io forwarding mode whose ports are memif vdevs: killed (SIGKILL)
-/// and reaped on drop if still running, its runtime directory
-/// (`/var/run/dpdk/<file-prefix>`) removed then, and both also by the signal handler.
-struct Testpmd {
-    proc: Process,
-    runtime: PathBuf,
-    _runtime: cleanup::Guard,
-}
-
-impl Testpmd {
-    /// Starts testpmd with one `net_memifN` vdev for each of `vdevs` (its options, e.g.
-    /// `role=client,socket=PATH`; `socket-abstract=no` is added unless they say: DPDK
-    /// 22.11 defaults to the abstract namespace).
-    fn start(vdevs: &[String]) -> Testpmd {
-        let bin = require_tool("dpdk-testpmd");
-        let prefix = unique("tpmd");
-        let runtime = Path::new("/var/run/dpdk").join(&prefix);
-        let guard = cleanup::track(Item::Dir(runtime.clone()));
-        let mut l = Launch::new("testpmd", bin)
-            .cores(&[0])
-            .args(["--lcores", "0@0,1@0", "--main-lcore", "0"])
-            .args(["--no-huge", "-m", "512", "--no-pci"])
-            .arg(format!("--file-prefix={prefix}"));
-        for (i, v) in vdevs.iter().enumerate() {
+/// testpmd in io forwarding mode with one `net_memifN` vdev for each of `vdevs` (its
+/// options, e.g. `role=client,socket=PATH`; `socket-abstract=no` is added unless they
+/// say: DPDK 22.11 defaults to the abstract namespace).
+fn memif_testpmd(vdevs: &[String]) -> Testpmd {
+    let vdevs: Vec<String> = vdevs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
             let ns = if v.contains("socket-abstract=") {
                 ""
             } else {
                 ",socket-abstract=no"
             };
-            l = l.arg("--vdev").arg(format!("net_memif{i},{v}{ns}"));
-        }
-        // Without --stats-period testpmd reads stdin (/dev/null) and exits at once.
-        let proc = l
-            .args(["--", "--total-num-mbufs=16384", "--forward-mode=io"])
-            .args(["--stats-period=1", "--auto-start"])
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}", chain(&e)));
-        Testpmd {
-            proc,
-            runtime,
-            _runtime: guard,
-        }
-    }
-
-    /// Stops it with SIGINT (it prints its totals then) and returns all its output.
-    fn interrupt(&mut self) -> String {
-        let status = self
-            .proc
-            .stop(Signal::INT, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{}", chain(&e)));
-        let out = self.proc.output();
-        assert!(status.success(), "testpmd exited with {status}:\n{out}");
-        out
-    }
-
-    /// Kills it with SIGKILL, as a crash would, and reaps it.
-    fn crash(&mut self) {
-        self.proc.kill();
-    }
-
-    /// What it said so far (the end of it), for failure messages.
-    fn said(&self) -> String {
-        let out = self.proc.output();
-        let tail: Vec<&str> = out.lines().rev().take(40).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
+            format!("net_memif{i},{v}{ns}")
+        })
+        .collect();
+    Testpmd::start(&vdevs, "io", &[])
 }
 
-impl Drop for Testpmd {
-    fn drop(&mut self) {
-        self.proc.kill();
-        let _ = std::fs::remove_dir_all(&self.runtime);
-    }
-}
-
-/// testpmd's accumulated totals at exit: (RX-packets, TX-packets, TX-dropped).
-fn totals(out: &str) -> (u64, u64, u64) {
-    let acc = out
-        .rsplit_once("Accumulated forward statistics")
-        .unwrap_or_else(|| panic!("no accumulated statistics in testpmd's output:\n{out}"))
-        .1;
-    let field = |name: &str| -> u64 {
-        let at = acc
-            .find(name)
-            .unwrap_or_else(|| panic!("no {name} in testpmd's totals:\n{acc}"));
-        acc[at + name.len()..]
-            .split_whitespace()
-            .next()
-            .and_then(|w| w.parse().ok())
-            .unwrap_or_else(|| panic!("{name} is not a number in:\n{acc}"))
-    };
-    (
-        field("RX-packets:"),
-        field("TX-packets:"),
-        field("TX-dropped:"),
-    )
-}
-
-/// `role=client,socket=PATH` for [`Testpmd::start`].
+/// `role=client,socket=PATH` for [`memif_testpmd`].
 fn client_vdev(sock: &Path) -> String {
     format!("role=client,socket={}", sock.display())
 }
@@ -419,7 +330,7 @@ fn two_server_nics(dir: &TempDir) -> (Daemon, QmpClient, [PathBuf; 2], [UdpEnd; 
 
 #[test]
 fn testpmd_io_forwards_between_two_server_nics() {
-    let _one = testpmd_lock();
+    let _one = testpmd::lock();
     let dir = TempDir::new();
     let (d, mut c, [sa, sb], [a, b]) = two_server_nics(&dir);
     for s in [&sa, &sb] {
@@ -430,7 +341,7 @@ fn testpmd_io_forwards_between_two_server_nics() {
     }
 
     let t0 = Instant::now();
-    let mut tp = Testpmd::start(&[client_vdev(&sa), client_vdev(&sb)]);
+    let mut tp = memif_testpmd(&[client_vdev(&sa), client_vdev(&sb)]);
     wait_attached(&mut c, &["nA", "nB"], true, ATTACH, || tp.said());
     eprintln!(
         "testpmd attached both NICs {:.1?} after its start",
@@ -530,7 +441,7 @@ fn testpmd_io_forwards_between_two_server_nics() {
 
 #[test]
 fn pollswitch_as_client_of_a_testpmd_server() {
-    let _one = testpmd_lock();
+    let _one = testpmd::lock();
     let dir = TempDir::new();
     let s = dir.join("s.sock");
     let mut a = UdpEnd::new();
@@ -555,7 +466,7 @@ fn pollswitch_as_client_of_a_testpmd_server() {
     );
 
     let t0 = Instant::now();
-    let mut tp = Testpmd::start(&[format!("role=server,socket={}", s.display())]);
+    let mut tp = memif_testpmd(&[format!("role=server,socket={}", s.display())]);
     wait_attached(&mut c, &["nA"], true, ATTACH, || tp.said());
     eprintln!(
         "the client NIC attached to testpmd's server {:.1?} after its start",
@@ -589,7 +500,7 @@ fn pollswitch_as_client_of_a_testpmd_server() {
 
     // The server comes back (testpmd removed its socket at exit; a new one listens on
     // the same path): the client NIC connects again by itself.
-    let mut tp = Testpmd::start(&[format!("role=server,socket={}", s.display())]);
+    let mut tp = memif_testpmd(&[format!("role=server,socket={}", s.display())]);
     wait_attached(&mut c, &["nA"], true, ATTACH, || tp.said());
     assert_eq!(memif_count(&port_stats(&mut c, "nA"), "connects"), 2);
     until_path_works(&a, &a, probe, "a → nA → second testpmd → nA → a");
@@ -607,7 +518,7 @@ fn pollswitch_as_client_of_a_testpmd_server() {
 /// is back in the pool once testpmd leaves.
 #[test]
 fn zero_copy_client_of_a_testpmd_server() {
-    let _one = testpmd_lock();
+    let _one = testpmd::lock();
     let dir = TempDir::new();
     let s = dir.join("s.sock");
     let mut a = UdpEnd::new();
@@ -621,7 +532,7 @@ fn zero_copy_client_of_a_testpmd_server() {
         .on_hub("nA", 0);
     let (d, mut c) = args.start_with_qmp(&dir);
     let free_before = pool_free(&mut c);
-    let mut tp = Testpmd::start(&[format!("role=server,socket={}", s.display())]);
+    let mut tp = memif_testpmd(&[format!("role=server,socket={}", s.display())]);
     wait_attached(&mut c, &["nA"], true, ATTACH, || tp.said());
     // The receive ring holds 256 pool buffers lent to testpmd.
     assert!(
@@ -671,7 +582,7 @@ fn zero_copy_client_of_a_testpmd_server() {
 /// testpmd given nothing but `socket=NAME`; no file is made.
 #[test]
 fn abstract_sockets_as_dpdk_makes_them_by_default() {
-    let _one = testpmd_lock();
+    let _one = testpmd::lock();
     let dir = TempDir::new();
     let (s0, s1) = (dir.join("abs0.sock"), dir.join("abs1.sock"));
     let mut a = UdpEnd::new();
@@ -686,7 +597,7 @@ fn abstract_sockets_as_dpdk_makes_them_by_default() {
         .on_hub("nB", 1);
     let (d, mut c) = args.start_with_qmp(&dir);
     assert!(!s0.exists(), "an abstract socket makes no file");
-    let mut tp = Testpmd::start(&[
+    let mut tp = memif_testpmd(&[
         format!("role=client,socket={},socket-abstract=yes", s0.display()),
         format!("role=server,socket={},socket-abstract=yes", s1.display()),
     ]);
@@ -744,11 +655,11 @@ fn perf_drives_memif_nics_through_the_switch() {
 
 #[test]
 fn app_killed_mid_traffic_and_restarted() {
-    let _one = testpmd_lock();
+    let _one = testpmd::lock();
     let dir = TempDir::new();
     let (d, mut c, [sa, sb], [a, b]) = two_server_nics(&dir);
     let vdevs = [client_vdev(&sa), client_vdev(&sb)];
-    let mut tp = Testpmd::start(&vdevs);
+    let mut tp = memif_testpmd(&vdevs);
     wait_attached(&mut c, &["nA", "nB"], true, ATTACH, || tp.said());
     until_path_works(&a, &b, probe, "a → testpmd → b");
 
@@ -791,7 +702,7 @@ fn app_killed_mid_traffic_and_restarted() {
         std::thread::sleep(QUIET);
         assert_eq!(count(), stalled, "frames reached b with testpmd dead");
 
-        let mut tp2 = Testpmd::start(&vdevs);
+        let mut tp2 = memif_testpmd(&vdevs);
         let t_restart = Instant::now();
         wait_attached(&mut c, &["nA", "nB"], true, ATTACH, || tp2.said());
         for n in ["nA", "nB"] {

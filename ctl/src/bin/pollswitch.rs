@@ -86,6 +86,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let (tx, rx) = mpsc::channel();
+    daemon.set_events(tx.clone());
+    for c in &args.chardevs {
+        if let Err(e) = daemon.chardev_add(c.clone()) {
+            eprintln!("pollswitch: -chardev {}: {e}", c.id);
+            let _ = daemon.shutdown();
+            return ExitCode::from(1);
+        }
+    }
     // The ports first: a -netdev that cannot open is the first and only line.
     for nd in &args.netdevs {
         if let Err(e) = daemon.netdev_add(nd, &mut InheritedFds) {
@@ -134,7 +143,6 @@ fn main() -> ExitCode {
         cfg.default_poll_us,
         cfg.max_frame
     );
-    let (tx, rx) = mpsc::channel();
     let sig = tx.clone();
     if let Err(e) = ctrlc::set_handler(move || {
         let _ = sig.send(Msg::Signal);

@@ -42,10 +42,7 @@ pub fn announce_once(d: &Daemon, p: &AnnounceParameters) -> usize {
                 continue;
             }
         }
-        if nic
-            .handle
-            .inject(rarp_announce(&nic.filter.main_mac).to_vec())
-        {
+        if nic.handle.inject(rarp_announce(&nic.mac()).to_vec()) {
             n += 1;
         }
     }

@@ -304,7 +304,7 @@ fn query_rx_filter(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) ->
             return Err(QmpError::generic(format!("net client({name}) isn't a NIC")));
         };
         nic.notify = true;
-        return Ok(json!([filter_info(name, &nic.filter)]));
+        return Ok(json!([filter_info(name, nic.filter_now())]));
     }
     let names: Vec<String> = ctl
         .daemon
@@ -317,7 +317,7 @@ fn query_rx_filter(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) ->
     for n in names {
         if let Some(nic) = ctl.daemon.netdev_mut(&n).and_then(|e| e.nic.as_mut()) {
             nic.notify = true;
-            out.push(filter_info(&n, &nic.filter));
+            out.push(filter_info(&n, nic.filter_now()));
         }
     }
     Ok(Value::Array(out))
@@ -608,6 +608,17 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
                 "frames-out": k.to_switch.load(Relaxed),
                 "frames-out-dropped": k.to_switch_full.load(Relaxed),
                 "guest-errors": k.guest_errors.load(Relaxed),
+            });
+        }
+        if let Some(h) = &e.vhost {
+            let i = h.info();
+            port["vhost-user"] = json!({
+                "connected": i.connected, "connects": i.connects,
+                "queues-running": i.running, "memory-regions": i.regions,
+                "features": backends::vhost_user::device::feature_names(i.features),
+                "protocol-features": i.protocol,
+                "guest-mac": h.nic().learned_mac().map(|m| mac_to_string(&m)),
+                "last-error": i.last_error,
             });
         }
         if let Some(v) = &e.vxlan {

@@ -159,6 +159,13 @@ impl Drain {
 
 /// What reaches the control loop.
 pub enum Msg {
+    /// An event a backend raised (FAILOVER_NEGOTIATED), for every client.
+    Event {
+        /// The QMP event name.
+        name: &'static str,
+        /// Its data.
+        data: Value,
+    },
     /// A client connected; `out` carries lines to its writer.
     Connected {
         /// The client.
@@ -640,6 +647,7 @@ impl Control {
                     }
                 }
             }
+            Msg::Event { name, data } => self.broadcast(name, Some(data)),
             Msg::Metrics(reply) => {
                 let _ = reply.send(crate::metrics::render(self));
             }
