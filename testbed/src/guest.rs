@@ -253,17 +253,20 @@ impl Guest {
     /// error carries the console.
     pub fn finish(mut self, timeout: Duration) -> Result<GuestRun> {
         let deadline = Instant::now() + timeout;
-        let waited = self.wait_ready(timeout).and_then(|_| {
+        let waited = self.wait_ready(timeout).and_then(|boot| {
             let left = deadline.saturating_duration_since(Instant::now());
-            self.wait_marker(EXIT_MARKER, left)
+            self.wait_marker(EXIT_MARKER, left).map(|()| boot)
         });
-        if let Err(e) = waited {
-            self.proc.kill();
-            return Err(match e {
-                Error::Guest { what, .. } => self.failed(&format!("{what}; QEMU killed")),
-                e => e,
-            });
-        }
+        let boot = match waited {
+            Ok(boot) => boot,
+            Err(e) => {
+                self.proc.kill();
+                return Err(match e {
+                    Error::Guest { what, .. } => self.failed(&format!("{what}; QEMU killed")),
+                    e => e,
+                });
+            }
+        };
         // The exit status follows the marker on its line; the power-off ends QEMU, and
         // once its pipes close every byte of the console is in.
         if !wait_until(POWEROFF_TIMEOUT, || !self.proc.running()) {
@@ -285,7 +288,7 @@ impl Guest {
         Ok(GuestRun {
             console,
             exit_code,
-            boot: self.boot.unwrap_or(elapsed),
+            boot,
             elapsed,
         })
     }
@@ -470,6 +473,37 @@ mod tests {
             "guest booted in {:.1?}, ran in {:.1?}",
             run.boot, run.elapsed
         );
+    }
+
+    #[test]
+    fn a_guest_in_a_namespace_pings_its_tap_there() {
+        let ns = Netns::new();
+        let tap = crate::unique("pgq");
+        let spec = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
+        let args = virtio_net_args(&spec, "02:50:53:00:00:44").unwrap();
+        // The tap gets its address once QEMU made it: ping until the path works.
+        let script = "ip addr add 10.81.0.2/24 dev eth0\nip link set eth0 up\n\
+                      i=0; until ping -c 1 -W 1 10.81.0.1 >/dev/null; do\n\
+                      i=$((i + 1)); [ $i -lt 30 ] || exit 9; done\n\
+                      ping -c 3 -W 2 10.81.0.1\n";
+        let g = Guest::spawn(Some(&ns), &args, script).unwrap_or_else(|e| panic!("{e}"));
+        assert!(g.command().contains(&ns.name), "{}", g.command());
+        assert!(
+            ns.wait_links(std::slice::from_ref(&tap), BOOT),
+            "QEMU made no tap {tap} in netns {}",
+            ns.name
+        );
+        ns.ip(&["addr", "add", "10.81.0.1/24", "dev", &tap])
+            .unwrap();
+        ns.ip(&["link", "set", "dev", &tap, "up"]).unwrap();
+        let run = g.finish(BOOT).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            run.output()
+                .contains("3 packets transmitted, 3 packets received"),
+            "{}",
+            run.console
+        );
+        assert_eq!(run.exit_code, 0, "{}", run.console);
     }
 
     #[test]

@@ -63,10 +63,10 @@ fn guest_args(sock: &Path) -> Vec<String> {
 }
 
 /// Asserts that the guest's script saw its virtio-net eth0 (the `ip -o link` line).
-fn assert_eth0(run_or_console: &str) {
+fn assert_eth0(text: &str) {
     assert!(
-        run_or_console.contains("eth0:") && run_or_console.contains(GUEST_MAC),
-        "the guest has no virtio-net eth0 with MAC {GUEST_MAC}:\n{run_or_console}"
+        text.contains("eth0:") && text.contains(GUEST_MAC),
+        "the guest has no virtio-net eth0 with MAC {GUEST_MAC}:\n{text}"
     );
 }
 
