@@ -79,6 +79,28 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The test guest's kernel or initramfs is not where [`crate::guest::GuestImage`]
+    /// looks.
+    #[error("guest image {} missing: run scripts/guest-image as root (scripts/setup-host runs it), or point POLLSWITCH_GUEST_DIR at a directory it built", path.display())]
+    MissingGuestImage {
+        /// The file looked for.
+        path: PathBuf,
+    },
+    /// A test guest did not finish as it must (no marker in time, QEMU exited before it,
+    /// no power-off after the script); the text has the whole console so far.
+    #[error(
+        "guest: {what}\n  command: {command}\n  qemu stderr:\n{stderr}\n  console:\n{console}"
+    )]
+    Guest {
+        /// What went wrong.
+        what: String,
+        /// QEMU's command line.
+        command: String,
+        /// What QEMU wrote to stderr.
+        stderr: String,
+        /// The guest's serial console, carriage returns and terminal escapes removed.
+        console: String,
+    },
     /// A value a caller passed that cannot work (a name too long, an empty command).
     #[error("{0}")]
     Invalid(String),

@@ -9,6 +9,7 @@
 //!  raw ───── RawSock: AF_PACKET on one link, exact frames in and out
 //!  process ─ Process: a child under taskset / ip netns exec, output captured (bounded)
 //!  qemu ──── QemuPeer: qemu-system-x86_64 -M none, netdevs only, QMP negotiated
+//!  guest ─── Guest: a Debian kernel + busybox under QEMU TCG runs a script (virtio-net)
 //!  vde ───── VdeSwitch (vde_switch -d) and VdePort (a request_v3 client)
 //!  testpmd ─ Testpmd: dpdk-testpmd with memif / virtio_user / vhost vdevs, its totals
 //!  qmp ───── QmpClient: greeting, replies and events kept apart
@@ -42,6 +43,7 @@ pub mod cleanup;
 pub mod cmd;
 pub mod cpu;
 mod error;
+pub mod guest;
 pub mod iperf;
 pub mod netns;
 pub mod process;
@@ -54,6 +56,7 @@ pub mod vde;
 
 pub use cmd::{require, require_tool, run, run_ok, TempDir};
 pub use error::{chain, Error, Result};
+pub use guest::{Guest, GuestImage, GuestRun};
 pub use netns::{move_link_into, Netns, VethPair};
 pub use process::{Launch, Process};
 pub use qemu::QemuPeer;
