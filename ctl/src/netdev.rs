@@ -201,6 +201,7 @@ fn vhost_user(
             reconnect: (c.reconnect > 0).then(|| std::time::Duration::from_secs(c.reconnect)),
             queues: queues as u16,
             name: id.to_string(),
+            max_frame: env.max_frame,
         },
         env.events.clone(),
     )

@@ -11,6 +11,11 @@
 //!  netns: 10.79.0.1 ─────────────────────────────────────────┘
 //! ```
 //!
+//! The same with the guest's NIC on a pollswitch **vhost-user** port (the way VM hosts
+//! wire it): QEMU maps its memory to pollswitch, which reads and fills the guest's
+//! virtqueues itself; once with pollswitch listening, once with QEMU listening and
+//! pollswitch reconnecting to it after a restart (the mode OVS-DPDK recommends).
+//!
 //! Each guest boots in about 5 to 7 s. A missing guest image fails the test (run
 //! scripts/setup-host); nothing here skips.
 
@@ -20,7 +25,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{ping, port_stats, Args};
-use tests::testbed::guest::{virtio_net_args, Guest, GuestRun};
+use tests::testbed::guest::{shared_memory_args, virtio_net_args, Guest, GuestRun};
 use tests::{move_link_into, unique, wait_until, Daemon, Netns, QmpClient, TempDir};
 
 /// Longest a guest may take to boot and run its script (a loaded 2-core machine).
@@ -38,18 +43,59 @@ ip addr add 10.79.0.2/24 dev eth0
 ip link set eth0 up
 ";
 
-/// pollswitch with tap `tap` (port `t`) and a unix stream server at `sock` (port `g`)
-/// on hub 0, QMP on a socket in `dir`.
+/// How the guest's NIC reaches pollswitch.
+#[derive(Clone, Copy)]
+enum Attach {
+    /// A QEMU stream client of a pollswitch stream server.
+    Stream,
+    /// A pollswitch vhost-user port listening, QEMU's chardev connecting.
+    VhostServer,
+    /// QEMU's chardev listening, the pollswitch port connecting (and reconnecting).
+    VhostClient,
+}
+
+/// pollswitch with tap `tap` (port `t`) and the guest's port `g` at `sock` on hub 0,
+/// QMP on a socket in `dir`.
 fn pollswitch(tap: &str, sock: &Path, dir: &TempDir) -> (Daemon, QmpClient) {
-    Args::new()
+    pollswitch_for(Attach::Stream, tap, sock, dir)
+}
+
+fn pollswitch_for(how: Attach, tap: &str, sock: &Path, dir: &TempDir) -> (Daemon, QmpClient) {
+    let args = Args::new()
         .netdev(&format!("tap,id=t,ifname={tap},script=no,downscript=no"))
-        .on_hub("t", 0)
-        .netdev(&format!(
+        .on_hub("t", 0);
+    let args = match how {
+        Attach::Stream => args.netdev(&format!(
             "stream,id=g,server=on,addr.type=unix,addr.path={}",
             sock.display()
-        ))
-        .on_hub("g", 0)
-        .start_with_qmp(dir)
+        )),
+        Attach::VhostServer | Attach::VhostClient => {
+            let mode = match how {
+                Attach::VhostServer => "server=on",
+                _ => "server=off,reconnect=1",
+            };
+            args.opt(
+                "-chardev",
+                &format!("socket,id=cg,path={},{mode}", sock.display()),
+            )
+            .netdev("vhost-user,id=g,chardev=cg")
+        }
+    };
+    args.on_hub("g", 0).start_with_qmp(dir)
+}
+
+/// The guest's arguments for `how`: its memory shared (vhost-user needs it) and eth0
+/// on a vhost-user netdev whose chardev connects to `sock`, or listens there.
+fn vhost_guest_args(how: Attach, sock: &Path) -> Vec<String> {
+    let mut a = shared_memory_args();
+    let listen = match how {
+        Attach::VhostClient => ",server=on,wait=off",
+        _ => "",
+    };
+    a.push("-chardev".into());
+    a.push(format!("socket,id=vu0,path={}{listen}", sock.display()));
+    a.extend(virtio_net_args("vhost-user,id=n0,chardev=vu0", GUEST_MAC).expect("id= given"));
+    a
 }
 
 /// The guest's arguments: eth0 on a QEMU stream client of `sock`, reconnecting every
@@ -179,6 +225,114 @@ fn a_running_guest_answers_pings_across_a_switch_restart() {
             .exec(&arping)
             .status
             .success()),
+        "the guest did not answer ARP within 20 s of the switch's restart:\n{}",
+        guest.console()
+    );
+    ping(&ns, GUEST_ADDR, 3, 56);
+    let run = finished(guest.finish(GUEST_TIMEOUT));
+    let answered = run
+        .output()
+        .split_once("GUEST-ANSWERED ")
+        .and_then(|(_, n)| n.lines().next()?.trim().parse::<u32>().ok());
+    assert_eq!(
+        answered,
+        Some(6),
+        "the guest's count of echoes answered:\n{}",
+        run.console
+    );
+    assert_eq!(run.exit_code, 0, "{}", run.console);
+    assert_port_traffic(&mut c, "g", 4);
+    assert_tap_traffic(&ns, &tap2, 4);
+    d.stop_clean();
+}
+
+#[test]
+fn a_guest_on_vhost_user_pings_a_namespace() {
+    let dir = TempDir::new();
+    let sock = dir.join("vhost.sock");
+    let tap = unique("pgt");
+    let (d, mut c) = pollswitch_for(Attach::VhostServer, &tap, &sock, &dir);
+    let ns = Netns::new();
+    move_link_into(&tap, &ns, &format!("{NS_ADDR}/24"));
+
+    let script = format!("{CONFIGURE}ping -c 3 -w 20 {NS_ADDR}\n");
+    let args = vhost_guest_args(Attach::VhostServer, &sock);
+    let run = finished(Guest::run(None, &args, &script, GUEST_TIMEOUT));
+    let out = run.output();
+    assert_eth0(out);
+    assert!(
+        out.contains("3 packets transmitted, 3 packets received"),
+        "the guest's pings did not all come back:\n{}",
+        run.console
+    );
+    assert_eq!(run.exit_code, 0, "{}", run.console);
+    assert_port_traffic(&mut c, "g", 4);
+    assert_port_traffic(&mut c, "t", 4);
+    assert_tap_traffic(&ns, &tap, 4);
+    // What the guest's QEMU negotiated, and the guest's address as the port saw it.
+    let st = port_stats(&mut c, "g");
+    let v = &st["vhost-user"];
+    assert_eq!(v["connects"], 1, "{st}");
+    let feats = v["features"].to_string();
+    for f in ["version-1", "mrg-rxbuf", "event-idx"] {
+        assert!(feats.contains(f), "{f} not negotiated: {st}");
+    }
+    assert_eq!(v["guest-mac"], GUEST_MAC, "{st}");
+    // QEMU quit with the guest: the port is down again and holds no guest memory.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let st = port_stats(&mut c, "g");
+            st["carrier"] == false && st["vhost-user"]["memory-regions"] == 0
+        }),
+        "{}",
+        port_stats(&mut c, "g")
+    );
+    d.stop_clean();
+}
+
+#[test]
+fn a_running_guest_on_vhost_user_answers_across_a_switch_restart() {
+    let dir = TempDir::new();
+    let sock = dir.join("vhost.sock");
+    let tap = unique("pgt");
+    // QEMU listens (server=on,wait=off): the guest boots before any switch is there.
+    let args = vhost_guest_args(Attach::VhostClient, &sock);
+    let mut guest = Guest::spawn(None, &args, &answer_script(6)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        wait_until(Duration::from_secs(20), || sock.exists()),
+        "QEMU did not listen on {}:\n{}",
+        sock.display(),
+        guest.console()
+    );
+    let (d, mut c) = pollswitch_for(Attach::VhostClient, &tap, &sock, &dir);
+    let ns = Netns::new();
+    move_link_into(&tap, &ns, &format!("{NS_ADDR}/24"));
+    guest
+        .wait_for("GUEST-UP", GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eth0(&guest.console());
+    let arping = |t: &str| {
+        let a = [
+            "busybox", "arping", "-f", "-q", "-c", "1", "-w", "1", "-I", t, GUEST_ADDR,
+        ];
+        wait_until(Duration::from_secs(20), || ns.exec(&a).status.success())
+    };
+    assert!(
+        arping(&tap),
+        "no ARP answer from the guest:\n{}",
+        guest.console()
+    );
+    ping(&ns, GUEST_ADDR, 3, 56);
+    assert_port_traffic(&mut c, "g", 4);
+    drop(c);
+    d.stop_clean();
+
+    // A new switch connects to the same QEMU; the guest, still running, answers again.
+    let tap2 = unique("pgt");
+    let (d, mut c) = pollswitch_for(Attach::VhostClient, &tap2, &sock, &dir);
+    move_link_into(&tap2, &ns, &format!("{NS_ADDR}/24"));
+    assert!(
+        arping(&tap2),
         "the guest did not answer ARP within 20 s of the switch's restart:\n{}",
         guest.console()
     );

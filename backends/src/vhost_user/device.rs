@@ -54,6 +54,15 @@ const MSG_TIMEOUT: Duration = Duration::from_secs(5);
 /// The thread's longest sleep in poll (the stop eventfd wakes it sooner).
 const TICK_MS: i32 = 1000;
 
+// The vhost-user message header (request, flags, size) and what we serve ourselves.
+const HDR_LEN: usize = 12;
+const FLAG_VERSION: u32 = 0x1;
+const FLAG_REPLY: u32 = 0x4;
+const FLAG_NEED_REPLY: u32 = 0x8;
+const REQ_SET_VRING_ENABLE: u32 = 18;
+const REQ_SEND_RARP: u32 = 19;
+const REQ_NET_SET_MTU: u32 = 20;
+
 // Virtio feature bits (virtio 1.2, 5.1.3 and 6).
 const F_MTU: u64 = 1 << 3;
 const F_MRG_RXBUF: u64 = 1 << 15;
@@ -104,9 +113,9 @@ pub struct VhostInfo {
     pub connected: bool,
     /// Connections made so far.
     pub connects: u64,
-    /// Virtio features the frontend acked.
+    /// Virtio features the frontend acked (the last one, once it has gone).
     pub features: u64,
-    /// vhost-user protocol features acked.
+    /// vhost-user protocol features acked (likewise).
     pub protocol: u64,
     /// Queue pairs running on workers now.
     pub running: u16,
@@ -205,7 +214,7 @@ pub fn open(
     let mailboxes: Vec<Arc<Mailbox>> = (0..cfg.queues)
         .map(|_| Arc::new(Mailbox::default()))
         .collect();
-    let dev = Device::new(&cfg, mailboxes.clone(), info.clone(), events);
+    let dev = Device::new(&cfg, mailboxes.clone(), info.clone(), events, nic.clone());
     let guard = Arc::new(Guard {
         stop,
         thread: Mutex::new(None),
@@ -386,6 +395,13 @@ impl Runner {
             i.connected = true;
             i.connects += 1;
         }
+        let own = match s.try_clone() {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!("vhost-user {name}: a copy of the connection: {e}");
+                return false;
+            }
+        };
         let mut h = BackendReqHandler::from_stream(s, self.dev.clone());
         let stopped = loop {
             let kicks = self.dev.lock().map(|d| d.kicks()).unwrap_or_default();
@@ -414,6 +430,15 @@ impl Runner {
             if fds[1].revents == 0 {
                 continue;
             }
+            match self.take_own(&own) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("vhost-user {name}: dropping the frontend: {e}");
+                    self.note(Some(e.to_string()));
+                    break false;
+                }
+            }
             match h.handle_request() {
                 Ok(()) => {}
                 Err(VuError::Disconnected) | Err(VuError::PartialMessage) => {
@@ -438,6 +463,68 @@ impl Runner {
             i.regions = 0;
         }
         stopped
+    }
+
+    /// Takes the next message off the socket when it is one that the `vhost` crate's
+    /// dispatcher cannot serve, and serves it: `SET_VRING_ENABLE` before
+    /// `SET_FEATURES` (QEMU sends it while it sets the device up, and the crate refuses
+    /// it until protocol features are acked in `SET_FEATURES`), `SEND_RARP` and
+    /// `NET_SET_MTU` (vhost-user-net messages the crate does not know). True when it
+    /// took one.
+    fn take_own(&mut self, conn: &UnixStream) -> std::io::Result<bool> {
+        use std::io::{Read, Write};
+        let mut b = [0u8; HDR_LEN];
+        match sys::peek(conn.as_fd(), &mut b) {
+            Ok(HDR_LEN) => {}
+            // Part of a header, nothing, or an error: the crate's dispatcher reads on.
+            _ => return Ok(false),
+        }
+        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let (code, flags, size) = (word(0), word(4), word(8));
+        let early_enable = code == REQ_SET_VRING_ENABLE
+            && self
+                .dev
+                .lock()
+                .is_ok_and(|d| d.acked & F_PROTOCOL_FEATURES == 0);
+        if !(early_enable || code == REQ_SEND_RARP || code == REQ_NET_SET_MTU) {
+            return Ok(false);
+        }
+        if size != 8 {
+            return Err(std::io::Error::other(format!(
+                "message {code} with a {size}-byte body (8 expected)"
+            )));
+        }
+        let mut msg = [0u8; HDR_LEN + 8];
+        (&*conn).read_exact(&mut msg)?;
+        let body = &msg[HDR_LEN..];
+        let status: u64 = match self.dev.lock() {
+            Ok(mut d) => match code {
+                REQ_SET_VRING_ENABLE => {
+                    let index = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
+                    let on = u32::from_le_bytes([body[4], body[5], body[6], body[7]]) != 0;
+                    u64::from(d.set_vring_enable(index, on).is_err())
+                }
+                REQ_SEND_RARP => {
+                    let mac = [body[0], body[1], body[2], body[3], body[4], body[5]];
+                    d.send_rarp(mac);
+                    0
+                }
+                _ => {
+                    let mtu = u64::from_le_bytes(body.try_into().unwrap_or([0; 8]));
+                    u64::from(!d.set_mtu(mtu))
+                }
+            },
+            Err(_) => 1,
+        };
+        if flags & FLAG_NEED_REPLY != 0 {
+            let mut reply = [0u8; HDR_LEN + 8];
+            reply[..4].copy_from_slice(&code.to_le_bytes());
+            reply[4..8].copy_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
+            reply[8..12].copy_from_slice(&8u32.to_le_bytes());
+            reply[12..].copy_from_slice(&status.to_le_bytes());
+            (&*conn).write_all(&reply)?;
+        }
+        Ok(true)
     }
 
     fn note(&self, why: Option<String>) {
@@ -498,6 +585,11 @@ struct Device {
     rings: Vec<RingCfg>,
     info: Arc<Mutex<VhostInfo>>,
     events: Option<Events>,
+    /// Where the frontend's RARP announcements go (out of the port, as the guest's).
+    nic: NicHandle,
+    /// The largest MTU the frontend may set (the switch's maximum frame less a
+    /// VLAN-tagged Ethernet header).
+    max_mtu: u64,
 }
 
 fn invalid(what: &'static str) -> VuError {
@@ -510,6 +602,7 @@ impl Device {
         pairs: Vec<Arc<Mailbox>>,
         info: Arc<Mutex<VhostInfo>>,
         events: Option<Events>,
+        nic: NicHandle,
     ) -> Device {
         let mut offered = F_VERSION_1
             | F_MRG_RXBUF
@@ -535,7 +628,38 @@ impl Device {
             rings: (0..2 * n).map(|_| RingCfg::default()).collect(),
             info,
             events,
+            nic,
+            max_mtu: cfg.max_frame.saturating_sub(18) as u64,
         }
+    }
+
+    /// VHOST_USER_SEND_RARP: the guest moved here (migration) and cannot announce
+    /// itself; we do it for it, as QEMU's own backends would.
+    fn send_rarp(&mut self, mac: [u8; 6]) {
+        tracing::info!(
+            "vhost-user {}: RARP for {} (the frontend asked)",
+            self.name,
+            switch::wire::mac_to_string(&mac)
+        );
+        self.nic.learn(mac);
+        let _ = self
+            .nic
+            .inject(switch::wire::arp::rarp_announce(&mac).to_vec());
+    }
+
+    /// VHOST_USER_NET_SET_MTU: false when the switch cannot carry frames that large.
+    fn set_mtu(&mut self, mtu: u64) -> bool {
+        let ok = (68..=self.max_mtu).contains(&mtu);
+        if ok {
+            tracing::info!("vhost-user {}: the guest's MTU is {mtu}", self.name);
+        } else {
+            tracing::warn!(
+                "vhost-user {}: MTU {mtu} refused (at most {} here: raise -max-frame)",
+                self.name,
+                self.max_mtu
+            );
+        }
+        ok
     }
 
     /// The kick eventfds of running transmit rings (copies), with the mailbox to wake.
@@ -708,8 +832,13 @@ impl Device {
 
     fn report(&self) {
         if let Ok(mut i) = self.info.lock() {
-            i.features = self.acked;
-            i.protocol = self.protocol;
+            // Kept after a disconnect: what the last frontend negotiated.
+            if self.acked != 0 {
+                i.features = self.acked;
+            }
+            if self.protocol != 0 {
+                i.protocol = self.protocol;
+            }
             i.running = self
                 .running
                 .iter()
@@ -895,7 +1024,9 @@ impl VhostUserBackendReqHandlerMut for Device {
     fn get_protocol_features(&mut self) -> VuResult<VhostUserProtocolFeatures> {
         Ok(VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::RESET_DEVICE)
+            | VhostUserProtocolFeatures::RESET_DEVICE
+            | VhostUserProtocolFeatures::RARP
+            | VhostUserProtocolFeatures::MTU)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {

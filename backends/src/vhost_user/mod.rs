@@ -51,6 +51,8 @@ pub struct VhostUserConfig {
     pub queues: u16,
     /// The netdev id (thread name, logs).
     pub name: String,
+    /// The switch's largest frame (bounds the MTU a frontend may set).
+    pub max_frame: usize,
 }
 
 /// The most queue pairs a port offers.
