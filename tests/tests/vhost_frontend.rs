@@ -155,7 +155,7 @@ fn attach(sock: &Path, mem_path: &Path, features: u64) -> Guest {
         call: [efd(), efd()],
         avail: [0, 0],
     };
-    for q in 0..2 {
+    for (q, ring) in RING.iter().enumerate() {
         g.fe.set_vring_num(q, QSIZE).expect("SET_VRING_NUM");
         g.fe.set_vring_addr(
             q,
@@ -163,9 +163,9 @@ fn attach(sock: &Path, mem_path: &Path, features: u64) -> Guest {
                 queue_max_size: QSIZE,
                 queue_size: QSIZE,
                 flags: 0,
-                desc_table_addr: VA + RING[q],
-                used_ring_addr: VA + RING[q] + USED_AT,
-                avail_ring_addr: VA + RING[q] + AVAIL_AT,
+                desc_table_addr: VA + ring,
+                used_ring_addr: VA + ring + USED_AT,
+                avail_ring_addr: VA + ring + AVAIL_AT,
                 log_addr: None,
             },
         )
