@@ -207,7 +207,7 @@ fn arg_type(
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("qapi");
     let mut exprs = Vec::new();
-    for f in ["net.json", "control.json"] {
+    for f in ["net.json", "control.json", "char.json"] {
         let p = dir.join(f);
         println!("cargo:rerun-if-changed={}", p.display());
         let text = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));

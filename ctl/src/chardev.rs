@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!  -chardev socket,id=ID,(path=P | host=H,port=N | fd=N)[,server=on|off][,wait=on|off]
-//!                 [,reconnect=SECONDS]
+//!                 [,reconnect=SECONDS | ,reconnect-ms=MS]
 //!  -mon chardev=ID[,mode=control][,pretty=on|off][,id=NAME]
 //!  -qmp SPEC / -qmp-pretty SPEC     the same as a chardev plus a control monitor
 //! ```
@@ -41,8 +41,9 @@ pub struct Chardev {
     pub server: bool,
     /// `wait=on`: with server=on, wait for a client before starting.
     pub wait: bool,
-    /// `reconnect=N`: a client chardev reconnects after N seconds (0: never).
-    pub reconnect: u64,
+    /// `reconnect=N` (seconds) or `reconnect-ms=N`: a client chardev reconnects after
+    /// this many milliseconds (0: never).
+    pub reconnect_ms: u64,
 }
 
 /// A parsed `-mon`.
@@ -81,7 +82,7 @@ pub fn parse_chardev(spec: &str) -> Result<Chardev, CtlError> {
         };
         match k.as_str() {
             "id" | "path" | "host" | "port" | "fd" | "server" | "wait" | "reconnect"
-            | "nodelay" | "to" | "ipv4" | "ipv6" | "logfile" | "logappend" => {}
+            | "reconnect-ms" | "nodelay" | "to" | "ipv4" | "ipv6" | "logfile" | "logappend" => {}
             other => {
                 return Err(CtlError::Invalid(format!(
                     "{option}: Invalid parameter '{other}'"
@@ -136,15 +137,24 @@ pub fn parse_chardev(spec: &str) -> Result<Chardev, CtlError> {
         .map(|v| flag(&option, "wait", v))
         .transpose()?
         .unwrap_or(true);
-    let reconnect = match kv.get("reconnect") {
-        None => 0,
-        Some(v) => v.parse().map_err(|_| {
-            CtlError::Invalid(format!(
-                "{option}: Parameter 'reconnect' expects a number of seconds"
-            ))
-        })?,
+    let number = |key: &str, unit: &str| -> Result<u64, CtlError> {
+        match kv.get(key) {
+            None => Ok(0),
+            Some(v) => v.parse().map_err(|_| {
+                CtlError::Invalid(format!(
+                    "{option}: Parameter '{key}' expects a number of {unit}"
+                ))
+            }),
+        }
     };
-    if server && reconnect > 0 {
+    if kv.contains_key("reconnect") && kv.contains_key("reconnect-ms") {
+        return Err(CtlError::Invalid(format!(
+            "{option}: 'reconnect' and 'reconnect-ms' are mutually exclusive"
+        )));
+    }
+    let reconnect_ms = number("reconnect", "seconds")?.saturating_mul(1000)
+        + number("reconnect-ms", "milliseconds")?;
+    if server && reconnect_ms > 0 {
         return Err(CtlError::Invalid(format!(
             "{option}: 'reconnect' option is incompatible with socket in server listen mode"
         )));
@@ -154,7 +164,7 @@ pub fn parse_chardev(spec: &str) -> Result<Chardev, CtlError> {
         addr,
         server,
         wait,
-        reconnect,
+        reconnect_ms,
     })
 }
 
@@ -207,7 +217,7 @@ mod tests {
                 addr: ChardevAddr::Fd("23".into()),
                 server: true,
                 wait: false,
-                reconnect: 0
+                reconnect_ms: 0
             }
         );
         let m = parse_mon("chardev=charmonitor,id=monitor,mode=control").unwrap();
@@ -222,7 +232,7 @@ mod tests {
         assert_eq!(c.addr, ChardevAddr::Tcp("0.0.0.0:4444".into()));
         assert!(c.server && !c.wait);
         let c = parse_chardev("socket,id=v,path=/run/v.sock,reconnect=1").unwrap();
-        assert_eq!((c.server, c.reconnect), (false, 1));
+        assert_eq!((c.server, c.reconnect_ms), (false, 1000));
         assert!(parse_mon("chardev=x,pretty=on").unwrap().pretty);
     }
 

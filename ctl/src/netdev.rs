@@ -198,7 +198,8 @@ fn vhost_user(
         VhostUserConfig {
             socket: path.into(),
             server: c.server,
-            reconnect: (c.reconnect > 0).then(|| std::time::Duration::from_secs(c.reconnect)),
+            reconnect: (c.reconnect_ms > 0)
+                .then(|| std::time::Duration::from_millis(c.reconnect_ms)),
             queues: queues as u16,
             name: id.to_string(),
             max_frame: env.max_frame,

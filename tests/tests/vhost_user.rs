@@ -357,3 +357,77 @@ fn wrong_options_are_refused() {
     drop(c);
     d.stop_clean();
 }
+
+#[test]
+fn chardevs_and_vhost_user_ports_over_qmp() {
+    let _one = testpmd::lock();
+    let dir = TempDir::new();
+    let s = dir.join("q.sock");
+    let mut a = UdpEnd::new();
+    let (d, mut c) = Args::new().udp("a", 0, &mut a).start_with_qmp(&dir);
+    let add = json!({"id": "cq", "backend": {"type": "socket", "data": {
+        "addr": {"type": "unix", "data": {"path": s.display().to_string()}},
+        "server": true, "wait": false}}});
+    assert_eq!(c.execute_ok("chardev-add", add.clone()), json!({}));
+    let r = c.execute("chardev-add", add);
+    assert!(
+        r["error"]["desc"]
+            .as_str()
+            .is_some_and(|e| e.contains("duplicate")),
+        "{r}"
+    );
+    let q = c.execute_ok("query-chardev", Value::Null);
+    assert_eq!(
+        q,
+        json!([{"label": "cq", "filename": format!("unix:{},server=on", s.display()), "frontend-open": false}])
+    );
+    c.execute_ok(
+        "netdev_add",
+        json!({"type": "vhost-user", "id": "vq", "chardev": "cq"}),
+    );
+    c.execute_ok(
+        "netdev_add",
+        json!({"type": "hubport", "id": "hq", "hubid": 0, "netdev": "vq"}),
+    );
+    assert!(s.exists(), "the port listens on {}", s.display());
+    let q = c.execute_ok("query-chardev", Value::Null);
+    assert_eq!(q[0]["frontend-open"], true, "{q}");
+    let r = c.execute("chardev-remove", json!({"id": "cq"}));
+    assert_eq!(r["error"]["desc"], "Chardev 'cq' is busy", "{r}");
+    let r = c.execute(
+        "netdev_add",
+        json!({"type": "vhost-user", "id": "v2", "chardev": "cq"}),
+    );
+    assert!(
+        r["error"]["desc"]
+            .as_str()
+            .is_some_and(|e| e.contains("already in use")),
+        "{r}"
+    );
+    let nd = c.execute_ok("query-netdev", Value::Null);
+    assert!(nd.to_string().contains("\"chardev\":\"cq\""), "{nd}");
+
+    // A frontend on the port made over QMP: frames both ways through testpmd's macswap.
+    let mut tp = Testpmd::start(&[virtio_vdev(0, &s, false)], "macswap", &[]);
+    wait_carrier(&mut c, &["vq"], true, ATTACH, || tp.said());
+    let f = frame(mac(9), mac(1), ETH_EXP, 200, 1);
+    let got = wait_for_frame(&a, &f, 200);
+    assert_eq!(&got[..6], &f[6..12], "{got:?}");
+    drop(tp);
+
+    c.execute_ok("netdev_del", json!({"id": "hq"}));
+    c.execute_ok("netdev_del", json!({"id": "vq"}));
+    assert!(
+        wait_until(WAIT, || !s.exists()),
+        "the socket goes with the port"
+    );
+    assert_eq!(
+        c.execute_ok("chardev-remove", json!({"id": "cq"})),
+        json!({})
+    );
+    assert_eq!(c.execute_ok("query-chardev", Value::Null), json!([]));
+    let r = c.execute("chardev-remove", json!({"id": "cq"}));
+    assert_eq!(r["error"]["desc"], "Chardev 'cq' not found", "{r}");
+    drop(c);
+    d.stop_clean();
+}

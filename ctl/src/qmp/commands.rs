@@ -85,6 +85,9 @@ pub const COMMANDS: &[(&str, Handler)] = &[
     ("x-netdev-capture", x_netdev_capture),
     ("x-fdb-flush", x_fdb_flush),
     ("x-set-vlan", x_set_vlan),
+    ("chardev-add", chardev_add),
+    ("chardev-remove", chardev_remove),
+    ("query-chardev", query_chardev),
 ];
 
 /// Checks and runs one request; returns the reply (always one, for QMP requests).
@@ -873,4 +876,161 @@ fn x_set_rx_filter(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) ->
         );
     }
     Ok(json!({}))
+}
+
+/// Member `key` of `m`, which must be a string (`where` names its container).
+fn str_member<'a>(m: &'a Map<String, Value>, at: &str, key: &str) -> Result<&'a str> {
+    match m.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(QmpError::generic(format!(
+            "Invalid parameter type for '{at}{key}', expected: string"
+        ))),
+        None => Err(QmpError::generic(format!(
+            "Parameter '{at}{key}' is missing"
+        ))),
+    }
+}
+
+/// Member `key` of `m`, which must be an object.
+fn obj_member<'a>(
+    m: &'a Map<String, Value>,
+    at: &str,
+    key: &str,
+) -> Result<&'a Map<String, Value>> {
+    match m.get(key) {
+        Some(Value::Object(o)) => Ok(o),
+        Some(_) => Err(QmpError::generic(format!(
+            "Invalid parameter type for '{at}{key}', expected: object"
+        ))),
+        None => Err(QmpError::generic(format!(
+            "Parameter '{at}{key}' is missing"
+        ))),
+    }
+}
+
+/// Refuses members of `m` outside `known`.
+fn only(m: &Map<String, Value>, at: &str, known: &[&str]) -> Result<()> {
+    match m.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(QmpError::generic(format!(
+            "Parameter '{at}{k}' is unexpected"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `chardev-add` of a socket chardev (QEMU's ChardevBackend, socket branch).
+fn chardev_add(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    use crate::chardev::{Chardev, ChardevAddr};
+    only(args, "", &["id", "backend"])?;
+    let id = str_member(args, "", "id")?.to_string();
+    let backend = obj_member(args, "", "backend")?;
+    only(backend, "backend.", &["type", "data"])?;
+    let ty = str_member(backend, "backend.", "type")?;
+    if ty != "socket" {
+        return Err(QmpError::generic(format!(
+            "chardev backend '{ty}' is not supported by pollswitch (only socket)"
+        )));
+    }
+    let data = obj_member(backend, "backend.", "data")?;
+    only(
+        data,
+        "backend.data.",
+        &["addr", "server", "wait", "reconnect", "reconnect-ms"],
+    )?;
+    let flag = |k: &str, default: bool| -> Result<bool> {
+        match data.get(k) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(QmpError::generic(format!(
+                "Invalid parameter type for 'backend.data.{k}', expected: boolean"
+            ))),
+        }
+    };
+    let number = |k: &str| -> Result<u64> {
+        match data.get(k) {
+            None => Ok(0),
+            Some(v) => v.as_u64().ok_or_else(|| {
+                QmpError::generic(format!(
+                    "Invalid parameter type for 'backend.data.{k}', expected: integer"
+                ))
+            }),
+        }
+    };
+    // QEMU's defaults for QMP: a server, not waiting.
+    let server = flag("server", true)?;
+    let wait = flag("wait", false)?;
+    let reconnect_ms = number("reconnect")?.saturating_mul(1000) + number("reconnect-ms")?;
+    if server && reconnect_ms > 0 {
+        return Err(QmpError::generic(
+            "'reconnect' option is incompatible with socket in server listen mode",
+        ));
+    }
+    let addr = obj_member(data, "backend.data.", "addr")?;
+    only(addr, "backend.data.addr.", &["type", "data"])?;
+    let at = obj_member(addr, "backend.data.addr.", "data")?;
+    let addr = match str_member(addr, "backend.data.addr.", "type")? {
+        "unix" => {
+            only(at, "backend.data.addr.data.", &["path"])?;
+            ChardevAddr::Unix(str_member(at, "backend.data.addr.data.", "path")?.to_string())
+        }
+        "inet" => {
+            only(at, "backend.data.addr.data.", &["host", "port"])?;
+            let host = str_member(at, "backend.data.addr.data.", "host")?;
+            let port = str_member(at, "backend.data.addr.data.", "port")?;
+            ChardevAddr::Tcp(if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            })
+        }
+        other => {
+            return Err(QmpError::generic(format!(
+                "Parameter 'backend.data.addr.type' does not accept value '{other}'"
+            )))
+        }
+    };
+    ctl.daemon.chardev_add(Chardev {
+        id: id.clone(),
+        addr,
+        server,
+        wait,
+        reconnect_ms,
+    })?;
+    tracing::info!("chardev {id} added");
+    Ok(json!({}))
+}
+
+fn chardev_remove(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    only(args, "", &["id"])?;
+    let id = str_member(args, "", "id")?;
+    ctl.daemon.chardev_remove(id)?;
+    tracing::info!("chardev {id} removed");
+    Ok(json!({}))
+}
+
+/// `query-chardev`: every socket chardev, its address as QEMU writes it, and whether a
+/// netdev uses it.
+fn query_chardev(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> Result<Value> {
+    use crate::chardev::ChardevAddr;
+    only(args, "", &[])?;
+    let d = &ctl.daemon;
+    let mut list: Vec<&crate::chardev::Chardev> = d.chardevs().values().collect();
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Value::Array(
+        list.into_iter()
+            .map(|c| {
+                let at = match &c.addr {
+                    ChardevAddr::Unix(p) => format!("unix:{p}"),
+                    ChardevAddr::Tcp(a) => format!("tcp:{a}"),
+                    ChardevAddr::Fd(f) => format!("fd:{f}"),
+                };
+                let server = if c.server { ",server=on" } else { "" };
+                json!({
+                    "label": c.id,
+                    "filename": format!("{at}{server}"),
+                    "frontend-open": d.chardev_user(&c.id).is_some(),
+                })
+            })
+            .collect(),
+    ))
 }
