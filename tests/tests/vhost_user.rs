@@ -408,7 +408,7 @@ fn chardevs_and_vhost_user_ports_over_qmp() {
     assert!(nd.to_string().contains("\"chardev\":\"cq\""), "{nd}");
 
     // A frontend on the port made over QMP: frames both ways through testpmd's macswap.
-    let mut tp = Testpmd::start(&[virtio_vdev(0, &s, false)], "macswap", &[]);
+    let tp = Testpmd::start(&[virtio_vdev(0, &s, false)], "macswap", &[]);
     wait_carrier(&mut c, &["vq"], true, ATTACH, || tp.said());
     let f = frame(mac(9), mac(1), ETH_EXP, 200, 1);
     let got = wait_for_frame(&a, &f, 200);
