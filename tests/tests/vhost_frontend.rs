@@ -340,3 +340,46 @@ fn frames_in_guest_memory_byte_for_byte_and_hostile_descriptors_are_contained() 
     drop(c);
     d.stop_clean();
 }
+
+#[test]
+fn a_guest_that_breaks_the_ring_protocol_is_disconnected() {
+    let dir = TempDir::new();
+    let sock = dir.join("v.sock");
+    let mut a = UdpEnd::new();
+    let args = Args::new()
+        .opt(
+            "-chardev",
+            &format!("socket,id=c0,path={},server=on", sock.display()),
+        )
+        .netdev("vhost-user,id=vA,chardev=c0")
+        .on_hub("vA", 0)
+        .udp("a", 0, &mut a);
+    let (d, mut c) = args.start_with_qmp(&dir);
+    let mem_path = Path::new("/dev/shm").join(format!("pollswitch-vhost-b{}", std::process::id()));
+    let _ = std::fs::remove_file(&mem_path);
+    let g = attach(&sock, &mem_path, F_VERSION_1 | F_MRG_RXBUF);
+    let _ = std::fs::remove_file(&mem_path);
+    started(&mut c);
+    // An available index 600 ahead of a 256-entry ring: no guest can have offered that.
+    g.write(RING[1] + AVAIL_AT + 2, &600u16.to_le_bytes());
+    g.kick[1].write(1).expect("kick");
+    assert!(
+        wait_until(WAIT, || port_stats(&mut c, "vA")["vhost-user"]["connected"]
+            == false),
+        "still connected: {}",
+        port_stats(&mut c, "vA")
+    );
+    let p = port_stats(&mut c, "vA");
+    assert_eq!(p["carrier"], false, "{p}");
+    assert!(
+        p["vhost-user"]["last-error"]
+            .as_str()
+            .is_some_and(|e| e.contains("available index")),
+        "{p}"
+    );
+    // The daemon goes on: another port on it still answers.
+    assert!(c.execute_ok("query-netdev", Value::Null).is_array());
+    drop(g);
+    drop(c);
+    d.stop_clean();
+}

@@ -39,6 +39,7 @@ use vhost::VhostUserMemoryRegionBase;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
+use super::guest::{GuestMem, RingAddrs};
 use super::vring::{Mailbox, Memory, Order, QueuePair, Ring, Session, Stopped};
 use super::VhostUserConfig;
 use crate::error::Error;
@@ -420,6 +421,16 @@ impl Runner {
             if fds[0].revents != 0 {
                 break true;
             }
+            let fault = self
+                .dev
+                .lock()
+                .ok()
+                .and_then(|d| d.pairs.iter().find_map(|m| m.take_fault()));
+            if let Some(why) = fault {
+                tracing::warn!("vhost-user {name}: dropping the frontend: {why}");
+                self.note(Some(why));
+                break false;
+            }
             for (pfd, (f, mb)) in fds[2..].iter().zip(&kicks) {
                 if pfd.revents != 0 {
                     tracing::debug!("vhost-user {name}: kick");
@@ -705,8 +716,8 @@ impl Device {
                         // orders back ourselves.
                         while let Some(o) = mb.take_back() {
                             if let Order::Start(s) = o {
-                                st.rx = s.rx.as_ref().map(|r| r.q.next_avail());
-                                st.tx = s.tx.as_ref().map(|r| r.q.next_avail());
+                                st.rx = s.rx.as_ref().map(|r| r.next_avail);
+                                st.tx = s.tx.as_ref().map(|r| r.next_avail);
                             }
                         }
                         break;
@@ -749,26 +760,30 @@ impl Device {
                 format!("vring {index}: its {what} address {va:#x} is outside guest memory")
             })
         };
+        let addrs = RingAddrs {
+            size: r.num,
+            desc: gpa(r.desc, "descriptor table")?,
+            avail: gpa(r.avail, "available ring")?,
+            used: gpa(r.used, "used ring")?,
+        };
+        // virtio-queue's own checks (sizes, alignment, each part inside memory).
         let mut q = Queue::new(MAX_RING).map_err(|e| e.to_string())?;
         q.try_set_size(r.num)
             .map_err(|e| format!("vring {index}: size {}: {e}", r.num))?;
-        q.try_set_desc_table_address(GuestAddress(gpa(r.desc, "descriptor table")?))
+        q.try_set_desc_table_address(GuestAddress(addrs.desc))
             .map_err(|e| format!("vring {index}: {e}"))?;
-        q.try_set_avail_ring_address(GuestAddress(gpa(r.avail, "available ring")?))
+        q.try_set_avail_ring_address(GuestAddress(addrs.avail))
             .map_err(|e| format!("vring {index}: {e}"))?;
-        q.try_set_used_ring_address(GuestAddress(gpa(r.used, "used ring")?))
+        q.try_set_used_ring_address(GuestAddress(addrs.used))
             .map_err(|e| format!("vring {index}: {e}"))?;
-        q.set_event_idx(self.acked & F_EVENT_IDX != 0);
         q.set_ready(true);
         if !q.is_valid(mem) {
             return Err(format!("vring {index} does not fit in guest memory"));
         }
-        q.set_next_avail(r.base);
         // Where the used index really is (after a reconnect, what we last wrote).
         let used = q
             .used_idx(mem, std::sync::atomic::Ordering::Acquire)
             .map_err(|e| format!("vring {index}: used index: {e}"))?;
-        q.set_next_used(used.0);
         let call = match &r.call {
             Some(c) => Some(
                 c.try_clone()
@@ -776,7 +791,13 @@ impl Device {
             ),
             None => None,
         };
-        Ok(Ring { q, call })
+        Ok(Ring {
+            addrs,
+            next_avail: r.base,
+            next_used: used.0,
+            event_idx: self.acked & F_EVENT_IDX != 0,
+            call,
+        })
     }
 
     /// Starts every pair whose ready rings differ from what runs.
@@ -817,7 +838,7 @@ impl Device {
                 10
             };
             let s = Session {
-                mem,
+                mem: GuestMem::new(mem),
                 rx,
                 tx,
                 hdr_len,

@@ -21,92 +21,171 @@
 use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc};
 
 use crossbeam_queue::ArrayQueue;
 use switch::backend::Waker;
 use switch::pool::{HEADROOM, MIN_FRAME};
 use switch::{Backend, DropReason, Io, Pkt};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
+use super::guest::{
+    Desc, GuestMem, RingAddrs, RingView, Span, DESC_INDIRECT, DESC_NEXT, DESC_WRITE,
+};
 use crate::nic::NicHandle;
+use std::sync::OnceLock;
 
 /// The guest's memory as the frontend shared it.
 pub type Memory = GuestMemoryMmap<()>;
 
 /// `VRING_AVAIL_F_NO_INTERRUPT`: the guest polls and wants no call.
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// `VRING_USED_F_NO_NOTIFY`: we poll and want no kick.
+const USED_F_NO_NOTIFY: u16 = 1;
 /// Offset of `num_buffers` in `virtio_net_hdr_mrg_rxbuf`.
 const NUM_BUFFERS_AT: usize = 10;
-/// Offset of the used ring's entries (after `flags` and `idx`), and one entry's size.
-const USED_RING_AT: u64 = 4;
-const USED_ELEM: u64 = 8;
 /// Orders waiting for a pair at once (the device thread waits for each Stop).
 const ORDERS: usize = 8;
 
-/// A started vring.
+/// A started split ring: where it is, where we are in it, how to interrupt.
 pub struct Ring {
-    pub(crate) q: Queue,
+    pub(crate) addrs: RingAddrs,
+    pub(crate) next_avail: u16,
+    pub(crate) next_used: u16,
+    pub(crate) event_idx: bool,
     /// The eventfd that interrupts the guest (none: it polls).
     pub(crate) call: Option<File>,
 }
 
+/// Why a chain could not be used.
+enum Bad {
+    /// Its descriptors are malformed (index past the table, a loop, an indirect table
+    /// outside memory or inside another).
+    Chain,
+}
+
 impl Ring {
-    /// Writes a used element for chain `head` (`len` bytes written into it) without
-    /// publishing it: [`Ring::publish`] makes a whole burst visible at once, so a
-    /// frame spread over several chains (mergeable buffers) never shows half-used.
-    fn put_used(&mut self, mem: &Memory, head: u16, len: u32) {
-        let at = self.q.next_used();
-        let slot = u64::from(at % self.q.size());
-        let addr = GuestAddress(self.q.used_ring() + USED_RING_AT + USED_ELEM * slot);
-        let mut elem = [0u8; 8];
-        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-        elem[4..].copy_from_slice(&len.to_le_bytes());
-        // Checked by `Queue::is_valid` when the ring started: the used ring lies in
-        // guest memory; a failure here only means the guest tore its memory down.
-        let _ = mem.write_slice(&elem, addr);
-        self.q.set_next_used(at.wrapping_add(1));
+    fn size(&self) -> u16 {
+        self.addrs.size
+    }
+
+    /// Chains offered and not yet taken (None: the guest's index is impossible).
+    #[inline]
+    fn pending(&self, v: &RingView<'_>) -> Option<u16> {
+        // Acquire: pairs with the guest's publication of the ring entries.
+        let idx = v.avail.load_u16(2, Ordering::Acquire);
+        let n = idx.wrapping_sub(self.next_avail);
+        (n <= self.size()).then_some(n)
+    }
+
+    /// The next offered chain's head.
+    #[inline]
+    fn take_head(&mut self, v: &RingView<'_>) -> u16 {
+        let slot = usize::from(self.next_avail % self.size());
+        self.next_avail = self.next_avail.wrapping_add(1);
+        v.avail.load_u16(4 + 2 * slot, Ordering::Relaxed)
+    }
+
+    /// Writes a used element without publishing it: [`Ring::publish`] makes a whole
+    /// burst visible at once, so a frame spread over several chains (mergeable
+    /// buffers) is never seen half-used.
+    #[inline]
+    fn put_used(&mut self, v: &RingView<'_>, head: u16, len: u32) {
+        let slot = usize::from(self.next_used % self.size());
+        v.used.put_used(4 + 8 * slot, u32::from(head), len);
+        self.next_used = self.next_used.wrapping_add(1);
     }
 
     /// Publishes the used elements written since the used index was `old`, and
     /// interrupts the guest unless it asked not to be.
-    fn publish(&mut self, mem: &Memory, old: u16) {
-        let new = self.q.next_used();
+    fn publish(&mut self, v: &RingView<'_>, old: u16) {
+        let new = self.next_used;
         if new == old {
             return;
         }
         // Release: the elements (and the frames in the buffers) before the index.
-        let _ = mem.store(
-            new.to_le(),
-            GuestAddress(self.q.used_ring() + 2),
-            Ordering::Release,
-        );
+        v.used.store_u16(2, new, Ordering::Release);
         let Some(call) = &mut self.call else { return };
-        // SeqCst: the used index store must be visible before we read what the guest
-        // asked for, as the guest publishes that before it reads the used index.
+        // SeqCst: the used index must be visible before we read what the guest asked
+        // for, as the guest publishes that before it reads the used index.
         fence(Ordering::SeqCst);
-        let wanted = if self.q.event_idx_enabled() {
-            // `used_event` sits after the available ring's entries.
-            let at = self.q.avail_ring() + 4 + 2 * u64::from(self.q.size());
-            let ev = u16::from_le(mem.load(GuestAddress(at), Ordering::Relaxed).unwrap_or(0));
-            // virtio's vring_need_event: did the index pass `used_event`?
+        let n = usize::from(self.addrs.size);
+        let wanted = if self.event_idx {
+            // `used_event` follows the available ring's entries; virtio's
+            // vring_need_event: did the index pass it?
+            let ev = v.avail.load_u16(4 + 2 * n, Ordering::Relaxed);
             new.wrapping_sub(ev).wrapping_sub(1) < new.wrapping_sub(old)
         } else {
-            let flags: u16 = mem
-                .load(GuestAddress(self.q.avail_ring()), Ordering::Relaxed)
-                .unwrap_or(0);
-            u16::from_le(flags) & AVAIL_F_NO_INTERRUPT == 0
+            v.avail.load_u16(0, Ordering::Relaxed) & AVAIL_F_NO_INTERRUPT == 0
         };
         if wanted {
             let _ = call.write(&1u64.to_ne_bytes());
         }
     }
+
+    /// Asks the guest to kick (`on`) or not; with `on`, whether chains came meanwhile.
+    fn notifications(&mut self, v: &RingView<'_>, on: bool) -> bool {
+        let n = usize::from(self.addrs.size);
+        if self.event_idx {
+            if !on {
+                // With event indexes the guest kicks once per `avail_event` passed:
+                // leaving it behind is how kicks stop.
+                return false;
+            }
+            v.used
+                .store_u16(4 + 8 * n, self.next_avail, Ordering::Relaxed);
+        } else {
+            v.used
+                .store_u16(0, if on { 0 } else { USED_F_NO_NOTIFY }, Ordering::Relaxed);
+        }
+        if !on {
+            return false;
+        }
+        // SeqCst: our flag before the guest's index, as the guest writes its index
+        // before it reads our flag.
+        fence(Ordering::SeqCst);
+        self.pending(v).is_some_and(|p| p > 0)
+    }
+}
+
+/// Walks the chain at `head` in `table` (`size` entries), following an indirect
+/// table, calling `f` for each buffer until it returns false.
+#[inline]
+fn walk(
+    mem: &GuestMem,
+    table: Span<'_>,
+    size: u16,
+    head: u16,
+    mut f: impl FnMut(&Desc) -> bool,
+) -> Result<(), Bad> {
+    let (mut table, mut size) = (table, size);
+    let (mut i, mut hops, mut indirect) = (head, 0u32, false);
+    loop {
+        if i >= size || hops >= u32::from(size) {
+            return Err(Bad::Chain);
+        }
+        let d = table.desc(i).ok_or(Bad::Chain)?;
+        hops += 1;
+        if d.flags & DESC_INDIRECT != 0 {
+            // One level, never chained on (virtio 1.2, 2.7.5.3.1).
+            if indirect || d.flags & DESC_NEXT != 0 || d.len == 0 || !d.len.is_multiple_of(16) {
+                return Err(Bad::Chain);
+            }
+            table = mem.span(d.addr, d.len as usize).ok_or(Bad::Chain)?;
+            size = (d.len / 16).min(u32::from(u16::MAX)) as u16;
+            (i, hops, indirect) = (0, 0, true);
+            continue;
+        }
+        if !f(&d) || d.flags & DESC_NEXT == 0 {
+            return Ok(());
+        }
+        i = d.next;
+    }
 }
 
 /// What a started pair works with.
 pub struct Session {
-    pub(crate) mem: Arc<Memory>,
+    pub(crate) mem: GuestMem,
     /// The guest's receive ring (we write frames into it).
     pub(crate) rx: Option<Ring>,
     /// The guest's transmit ring (we read frames from it).
@@ -132,16 +211,28 @@ pub(crate) enum Order {
 }
 
 /// The device thread's line to one pair's worker.
-#[derive(Default)]
 pub struct Mailbox {
-    orders: OnceLock<ArrayQueue<Order>>,
+    orders: ArrayQueue<Order>,
     waker: OnceLock<Waker>,
     live: AtomicBool,
+    /// Set by the worker when the guest broke the ring protocol.
+    fault: std::sync::Mutex<Option<String>>,
+}
+
+impl Default for Mailbox {
+    fn default() -> Mailbox {
+        Mailbox {
+            orders: ArrayQueue::new(ORDERS),
+            waker: OnceLock::new(),
+            live: AtomicBool::new(false),
+            fault: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 impl Mailbox {
     fn orders(&self) -> &ArrayQueue<Order> {
-        self.orders.get_or_init(|| ArrayQueue::new(ORDERS))
+        &self.orders
     }
 
     /// Whether a worker runs the pair now.
@@ -160,6 +251,11 @@ impl Mailbox {
     /// Takes back what no worker picked up (the pair is not running).
     pub(crate) fn take_back(&self) -> Option<Order> {
         self.orders().pop()
+    }
+
+    /// What the worker found broken, once.
+    pub(crate) fn take_fault(&self) -> Option<String> {
+        self.fault.lock().ok().and_then(|mut f| f.take())
     }
 
     /// Wakes the pair's worker (a guest kick).
@@ -181,6 +277,8 @@ pub struct QueuePair {
     learned: bool,
     /// The guest kicks its transmit ring (we are about to sleep).
     kicks_on: bool,
+    /// The guest broke the ring protocol: the device thread ends the connection.
+    broken: Option<String>,
     heads: Vec<u16>,
     used: Vec<(u16, u32)>,
     /// Delivered frames on their way back to the pool (kept for its allocation).
@@ -203,6 +301,7 @@ impl QueuePair {
             injects,
             learned: false,
             kicks_on: false,
+            broken: None,
             heads: Vec::with_capacity(switch::backend::BURST),
             used: Vec::with_capacity(switch::backend::BURST),
             done: Vec::with_capacity(switch::backend::BURST),
@@ -213,12 +312,10 @@ impl QueuePair {
     /// Carries out the device thread's orders.
     fn orders(&mut self, io: &mut Io<'_>) {
         // `is_empty` first: it only loads, and the queue is empty on almost every call.
-        let mb = self.mb.clone();
-        let q = mb.orders();
-        if q.is_empty() {
+        if self.mb.orders.is_empty() {
             return;
         }
-        while let Some(o) = q.pop() {
+        while let Some(o) = self.mb.orders.pop() {
             match o {
                 Order::Start(s) => {
                     self.s = Some(s);
@@ -235,11 +332,24 @@ impl QueuePair {
         }
     }
 
+    /// A guest that broke the ring protocol loses its session; the device thread ends
+    /// the connection.
+    fn check_broken(&mut self, io: &mut Io<'_>) {
+        if let Some(why) = self.broken.take() {
+            tracing::warn!("vhost-user guest broke the ring protocol: {why}");
+            self.s = None;
+            io.counters.set_carrier(false);
+            if let Ok(mut f) = self.mb.fault.lock() {
+                f.get_or_insert(why);
+            }
+        }
+    }
+
     fn hand_back(&mut self) -> Stopped {
         match self.s.take() {
             Some(s) => Stopped {
-                rx: s.rx.as_ref().map(|r| r.q.next_avail()),
-                tx: s.tx.as_ref().map(|r| r.q.next_avail()),
+                rx: s.rx.as_ref().map(|r| r.next_avail),
+                tx: s.tx.as_ref().map(|r| r.next_avail),
             },
             None => Stopped::default(),
         }
@@ -251,11 +361,9 @@ impl QueuePair {
         let Some(s) = &mut self.s else { return false };
         let Some(tx) = &mut s.tx else { return false };
         self.kicks_on = on;
-        if on {
-            tx.q.enable_notification(&*s.mem).unwrap_or(false)
-        } else {
-            let _ = tx.q.disable_notification(&*s.mem);
-            false
+        match s.mem.ring(&tx.addrs) {
+            Some(v) => tx.notifications(&v, on),
+            None => false,
         }
     }
 
@@ -263,75 +371,83 @@ impl QueuePair {
     fn receive(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
         let Some(s) = &mut self.s else { return 0 };
         let Some(tx) = &mut s.tx else { return 0 };
-        let mem: &Memory = &s.mem;
+        let Some(v) = s.mem.ring(&tx.addrs) else {
+            return 0;
+        };
+        let Some(mut pending) = tx.pending(&v) else {
+            self.broken = Some("its transmit ring's available index ran past the ring".into());
+            return 0;
+        };
         let pool = io.pool();
         let room = pool.max_frame();
         let (mut n, mut bytes) = (0usize, 0u64);
         self.heads.clear();
-        if let Ok(mut chains) = tx.q.iter(mem) {
-            while n < max {
-                let Some(chain) = chains.next() else { break };
-                self.heads.push(chain.head_index());
-                let Some(mut p) = io.alloc() else {
-                    io.counters.count_drop(DropReason::NoBuffer, 1);
-                    continue;
-                };
-                let Some(buf) = pool
-                    .buf_mut(&mut p)
-                    .and_then(|b| b.get_mut(HEADROOM..HEADROOM + room))
-                else {
-                    io.free(p);
-                    continue;
-                };
-                let mut skip = s.hdr_len;
-                let mut len = 0usize;
-                let mut why = None;
-                for d in chain {
-                    if d.is_write_only() {
-                        why = Some(DropReason::BadLength);
-                        break;
-                    }
-                    let mut addr = d.addr();
-                    let mut dl = d.len() as usize;
-                    if skip > 0 {
-                        let k = skip.min(dl);
-                        skip -= k;
-                        dl -= k;
-                        addr = addr.unchecked_add(k as u64);
-                    }
-                    if dl == 0 {
-                        continue;
-                    }
-                    let Some(dst) = buf.get_mut(len..len + dl) else {
-                        why = Some(DropReason::Oversize);
-                        break;
-                    };
-                    if mem.read_slice(dst, addr).is_err() {
-                        why = Some(DropReason::BadLength);
-                        break;
-                    }
-                    len += dl;
+        while n < max && pending > 0 {
+            pending -= 1;
+            let head = tx.take_head(&v);
+            self.heads.push(head);
+            let Some(mut p) = io.alloc() else {
+                io.counters.count_drop(DropReason::NoBuffer, 1);
+                continue;
+            };
+            let Some(buf) = pool
+                .buf_mut(&mut p)
+                .and_then(|b| b.get_mut(HEADROOM..HEADROOM + room))
+            else {
+                io.free(p);
+                continue;
+            };
+            let mut skip = s.hdr_len;
+            let mut len = 0usize;
+            let mut why = None;
+            let walked = walk(&s.mem, v.desc, tx.size(), head, |d| {
+                if d.flags & DESC_WRITE != 0 {
+                    why = Some(DropReason::BadLength);
+                    return false;
                 }
-                match why {
-                    None if len >= MIN_FRAME => {
-                        p.set_span(HEADROOM, len);
-                        bytes += len as u64;
-                        out.push(p);
-                        n += 1;
-                    }
-                    None => io.drop_one(p, DropReason::Undersize),
-                    Some(w) => io.drop_one(p, w),
+                let (mut addr, mut dl) = (d.addr, d.len as usize);
+                if skip > 0 {
+                    let k = skip.min(dl);
+                    skip -= k;
+                    dl -= k;
+                    addr = addr.wrapping_add(k as u64);
                 }
+                if dl == 0 {
+                    return true;
+                }
+                let Some(dst) = buf.get_mut(len..len + dl) else {
+                    why = Some(DropReason::Oversize);
+                    return false;
+                };
+                if !s.mem.read(addr, dst) {
+                    why = Some(DropReason::BadLength);
+                    return false;
+                }
+                len += dl;
+                true
+            });
+            if walked.is_err() {
+                why = Some(DropReason::BadLength);
+            }
+            match why {
+                None if len >= MIN_FRAME => {
+                    p.set_span(HEADROOM, len);
+                    bytes += len as u64;
+                    out.push(p);
+                    n += 1;
+                }
+                None => io.drop_one(p, DropReason::Undersize),
+                Some(w) => io.drop_one(p, w),
             }
         }
         if self.heads.is_empty() {
             return 0;
         }
-        let old = tx.q.next_used();
+        let old = tx.next_used;
         for &h in &self.heads {
-            tx.put_used(mem, h, 0);
+            tx.put_used(&v, h, 0);
         }
-        tx.publish(mem, old);
+        tx.publish(&v, old);
         io.counters.rx_many(n as u64, bytes);
         if !self.learned {
             if let Some(p) = out.last() {
@@ -349,76 +465,84 @@ impl QueuePair {
     /// Writes frames from the front of `pkts` into the guest's receive ring; returns
     /// how many it took (sent or dropped).
     fn deliver(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
+        let all = pkts.len();
         let Some(s) = &mut self.s else {
-            let n = pkts.len();
             io.drop_all(pkts, DropReason::NotConnected);
-            return n;
+            return all;
         };
         let Some(rx) = &mut s.rx else {
-            let n = pkts.len();
             io.drop_all(pkts, DropReason::NotConnected);
-            return n;
+            return all;
         };
-        let mem: &Memory = &s.mem;
+        let Some(v) = s.mem.ring(&rx.addrs) else {
+            io.drop_all(pkts, DropReason::NotConnected);
+            return all;
+        };
+        let Some(mut pending) = rx.pending(&v) else {
+            self.broken = Some("its receive ring's available index ran past the ring".into());
+            io.drop_all(pkts, DropReason::NotConnected);
+            return all;
+        };
         let pool = io.pool();
         let (mut taken, mut ok, mut bytes) = (0usize, 0u64, 0u64);
-        let mut hdr = [0u8; 12];
-        let hdr = &mut hdr[..s.hdr_len];
-        let old = rx.q.next_used();
+        let hdr = [0u8; 12];
+        let hdr = &hdr[..s.hdr_len];
+        let old = rx.next_used;
         'frames: for p in pkts.iter() {
             let data = pool.bytes(p);
-            let start = rx.q.next_avail();
+            let start = rx.next_avail;
             self.used.clear();
             // The header, then the frame, as one stream over the chains.
             let total = hdr.len() + data.len();
             let mut at = 0usize;
-            let mut nb_addr: [Option<GuestAddress>; 2] = [None, None];
+            let mut nb_addr: [Option<u64>; 2] = [None, None];
             let mut bad = false;
             while at < total {
-                let Some(chain) = rx.q.pop_descriptor_chain(mem) else {
-                    // No room: the frame and the rest stay with the caller.
-                    rx.q.set_next_avail(start);
-                    break 'frames;
-                };
-                let head = chain.head_index();
-                let mut wrote = 0u32;
-                for d in chain {
-                    if !d.is_write_only() {
-                        bad = true;
-                        break;
+                if pending == 0 {
+                    // Maybe the guest posted more since the burst began.
+                    pending = rx.pending(&v).unwrap_or(0);
+                    if pending == 0 {
+                        // No room: the frame and the rest stay with the caller.
+                        rx.next_avail = start;
+                        break 'frames;
                     }
-                    let (addr, dl) = (d.addr(), d.len() as usize);
+                }
+                pending -= 1;
+                let head = rx.take_head(&v);
+                let mut wrote = 0u32;
+                let walked = walk(&s.mem, v.desc, rx.size(), head, |d| {
+                    if d.flags & DESC_WRITE == 0 {
+                        bad = true;
+                        return false;
+                    }
+                    let Some(span) = s.mem.span(d.addr, d.len as usize) else {
+                        bad = true;
+                        return false;
+                    };
                     let mut off = 0usize;
-                    while off < dl && at < total {
-                        let (src, k) = if at < hdr.len() {
-                            let k = (hdr.len() - at).min(dl - off);
+                    while off < span.len() && at < total {
+                        let k;
+                        if at < hdr.len() {
+                            k = (hdr.len() - at).min(span.len() - off);
                             for (i, slot) in nb_addr.iter_mut().enumerate() {
                                 let b = NUM_BUFFERS_AT + i;
                                 if s.mrg && (at..at + k).contains(&b) {
-                                    *slot = Some(addr.unchecked_add((off + b - at) as u64));
+                                    *slot = Some(d.addr + (off + b - at) as u64);
                                 }
                             }
-                            (&hdr[at..at + k], k)
+                            span.write(off, &hdr[at..at + k]);
                         } else {
                             let from = at - hdr.len();
-                            let k = (total - at).min(dl - off);
-                            (&data[from..from + k], k)
-                        };
-                        if mem
-                            .write_slice(src, addr.unchecked_add(off as u64))
-                            .is_err()
-                        {
-                            bad = true;
-                            break;
+                            k = (total - at).min(span.len() - off);
+                            span.write(off, &data[from..from + k]);
                         }
                         off += k;
                         at += k;
                         wrote += k as u32;
                     }
-                    if bad || at >= total {
-                        break;
-                    }
-                }
+                    at < total
+                });
+                bad |= walked.is_err();
                 self.used.push((head, wrote));
                 if bad || (!s.mrg && at < total) {
                     break;
@@ -430,7 +554,7 @@ impl QueuePair {
                 // mergeable buffers) one too small: the frame is dropped, the chains
                 // go back to the guest unwritten.
                 for &(h, _) in &self.used {
-                    rx.put_used(mem, h, 0);
+                    rx.put_used(&v, h, 0);
                 }
                 io.counters.count_drop(
                     if bad {
@@ -446,17 +570,17 @@ impl QueuePair {
                 let nb = (self.used.len() as u16).to_le_bytes();
                 for (slot, b) in nb_addr.iter().zip(nb) {
                     if let Some(a) = slot {
-                        let _ = mem.write_slice(&[b], *a);
+                        s.mem.write(*a, &[b]);
                     }
                 }
             }
             for &(h, len) in &self.used {
-                rx.put_used(mem, h, len);
+                rx.put_used(&v, h, len);
             }
             ok += 1;
             bytes += data.len() as u64;
         }
-        rx.publish(mem, old);
+        rx.publish(&v, old);
         io.counters.tx(ok, bytes);
         self.done.extend(pkts.drain(..taken));
         io.free_all(&mut self.done);
@@ -489,12 +613,16 @@ impl Backend for QueuePair {
         if self.kicks_on {
             self.kicks(false);
         }
-        n + self.receive(io, out, max - n)
+        n += self.receive(io, out, max - n);
+        self.check_broken(io);
+        n
     }
 
     fn tx_burst(&mut self, io: &mut Io<'_>, pkts: &mut Vec<Pkt>) -> usize {
         self.orders(io);
-        self.deliver(io, pkts)
+        let n = self.deliver(io, pkts);
+        self.check_broken(io);
+        n
     }
 
     fn stop(&mut self, io: &mut Io<'_>) -> bool {
