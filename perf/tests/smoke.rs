@@ -426,6 +426,33 @@ fn memif() {
 }
 
 #[test]
+fn vhost() {
+    let _serial = serial();
+    let r = bench("vhost", &[]);
+    let labels = labels(&r);
+    assert_eq!(
+        labels,
+        [
+            "pollswitch 64B",
+            "testpmd 64B",
+            "pollswitch 9000B",
+            "testpmd 9000B"
+        ]
+    );
+    for s in r["series"].as_array().unwrap() {
+        let o = &s["samples"][0]["outcome"];
+        assert!(num(&o["rx_pps"], "rx_pps") > 0.0, "{}: {o}", s["label"]);
+    }
+    assert_eq!(r["ratios"].as_array().unwrap().len(), 2, "{}", r["ratios"]);
+    assert_eq!(
+        r["targets"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r["targets"]
+    );
+}
+
+#[test]
 fn missing_peer_fails_loudly() {
     let _serial = serial();
     let o = Command::new(TOOL)

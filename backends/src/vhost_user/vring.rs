@@ -374,18 +374,30 @@ impl QueuePair {
         let Some(v) = s.mem.ring(&tx.addrs) else {
             return 0;
         };
-        let Some(mut pending) = tx.pending(&v) else {
+        let Some(pending) = tx.pending(&v) else {
             self.broken = Some("its transmit ring's available index ran past the ring".into());
             return 0;
         };
         let pool = io.pool();
         let room = pool.max_frame();
         let (mut n, mut bytes) = (0usize, 0u64);
+        // First the burst's heads, prefetching their descriptors (another core wrote
+        // them), then the frames.
         self.heads.clear();
-        while n < max && pending > 0 {
-            pending -= 1;
+        for _ in 0..usize::from(pending).min(max) {
             let head = tx.take_head(&v);
+            v.desc.prefetch(16 * usize::from(head));
             self.heads.push(head);
+        }
+        // Then the buffers the heads point at (the header and the frame's start).
+        for &head in &self.heads {
+            if let Some(d) = v.desc.desc(head) {
+                if let Some(b) = s.mem.span(d.addr, 1) {
+                    b.prefetch(0);
+                }
+            }
+        }
+        for &head in &self.heads {
             let Some(mut p) = io.alloc() else {
                 io.counters.count_drop(DropReason::NoBuffer, 1);
                 continue;
@@ -485,9 +497,22 @@ impl QueuePair {
         };
         let pool = io.pool();
         let (mut taken, mut ok, mut bytes) = (0usize, 0u64, 0u64);
-        let hdr = [0u8; 12];
+        // num_buffers starts at 1 (mergeable buffers): patched only for a frame that
+        // takes more than one chain.
+        let mut hdr = [0u8; 12];
+        if s.mrg {
+            hdr[NUM_BUFFERS_AT] = 1;
+        }
         let hdr = &hdr[..s.hdr_len];
         let old = rx.next_used;
+        // The chains this burst will likely fill: their descriptors and buffers.
+        for i in 0..usize::from(pending).min(pkts.len()) {
+            let slot = usize::from(rx.next_avail.wrapping_add(i as u16) % rx.size());
+            let head = v.avail.load_u16(4 + 2 * slot, Ordering::Relaxed);
+            if let Some(b) = v.desc.desc(head).and_then(|d| s.mem.span(d.addr, 1)) {
+                b.prefetch(0);
+            }
+        }
         'frames: for p in pkts.iter() {
             let data = pool.bytes(p);
             let start = rx.next_avail;
@@ -566,7 +591,7 @@ impl QueuePair {
                 );
                 continue;
             }
-            if s.mrg {
+            if s.mrg && self.used.len() > 1 {
                 let nb = (self.used.len() as u16).to_le_bytes();
                 for (slot, b) in nb_addr.iter().zip(nb) {
                     if let Some(a) = slot {

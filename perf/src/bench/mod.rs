@@ -27,6 +27,7 @@ use crate::peer::{self, Running, SutOptions, Topology, UdpLink};
 use crate::report::{Cores, Machine, Report, Sample, Series};
 use crate::traffic::{self, Rate, Roles};
 
+pub mod dpdk_loop;
 pub mod idle;
 pub mod io_baseline;
 pub mod latency;
@@ -36,6 +37,7 @@ pub mod scale;
 pub mod soak;
 pub mod tap_hub;
 pub mod udp_hub;
+pub mod vhost;
 pub mod vxlan;
 pub mod workers;
 pub mod xnull;
@@ -65,6 +67,7 @@ pub const SCENARIOS: &[Scenario] = &[
     workers::SCENARIO,
     learning::SCENARIO,
     memif::SCENARIO,
+    vhost::SCENARIO,
     vxlan::SCENARIO,
     soak::SCENARIO,
 ];
