@@ -38,21 +38,31 @@ const JUMBO: &[&str] = &["--max-pkt-len=9600", "--mbuf-size=2176", "--enable-sca
 
 /// `net_virtio_userI,path=SOCK,...`; `server`: testpmd listens (pollswitch connects).
 fn virtio_vdev(i: usize, sock: &Path, server: bool) -> String {
+    virtio_vdev_queues(i, sock, server, 1)
+}
+
+fn virtio_vdev_queues(i: usize, sock: &Path, server: bool, queues: u16) -> String {
     format!(
-        "net_virtio_user{i},path={},queues=1,queue_size=256{}",
+        "net_virtio_user{i},path={},queues={queues},queue_size=256{}",
         sock.display(),
         if server { ",server=1" } else { "" }
     )
 }
 
 /// `-chardev socket,id=ID,path=SOCK,...` and `-netdev vhost-user,id=NAME,chardev=ID`.
-fn vhost_port(args: Args, name: &str, sock: &Path, chardev_extra: &str) -> Args {
+fn vhost_port(
+    args: Args,
+    name: &str,
+    sock: &Path,
+    chardev_extra: &str,
+    netdev_extra: &str,
+) -> Args {
     let cid = format!("c-{name}");
     args.opt(
         "-chardev",
         &format!("socket,id={cid},path={}{chardev_extra}", sock.display()),
     )
-    .netdev(&format!("vhost-user,id={name},chardev={cid}"))
+    .netdev(&format!("vhost-user,id={name},chardev={cid}{netdev_extra}"))
 }
 
 fn carrier(c: &mut QmpClient, name: &str) -> bool {
@@ -113,6 +123,7 @@ fn sizes_both_ways(a: &UdpEnd, b: &UdpEnd, what: &str) {
 fn two_ports(
     dir: &TempDir,
     chardev_extra: &str,
+    netdev_extra: &str,
 ) -> (
     tests::Daemon,
     QmpClient,
@@ -122,8 +133,8 @@ fn two_ports(
     let (sa, sb) = (dir.join("a.sock"), dir.join("b.sock"));
     let (mut a, mut b) = (UdpEnd::new(), UdpEnd::new());
     let args = Args::new().opt("-pool-size", "4096");
-    let args = vhost_port(args, "vA", &sa, chardev_extra).on_hub("vA", 0);
-    let args = vhost_port(args, "vB", &sb, chardev_extra).on_hub("vB", 1);
+    let args = vhost_port(args, "vA", &sa, chardev_extra, netdev_extra).on_hub("vA", 0);
+    let args = vhost_port(args, "vB", &sb, chardev_extra, netdev_extra).on_hub("vB", 1);
     let args = args.udp("a", 0, &mut a).udp("b", 1, &mut b);
     let (d, c) = args.start_with_qmp(dir);
     (d, c, [sa, sb], [a, b])
@@ -133,13 +144,19 @@ fn two_ports(
 fn testpmd_frontend_forwards_frames_both_ways() {
     let _one = testpmd::lock();
     let dir = TempDir::new();
-    let (d, mut c, [sa, sb], [a, b]) = two_ports(&dir, ",server=on");
+    // Two queue pairs each (MQ): the frontend enables both; frames cross either.
+    let (d, mut c, [sa, sb], [a, b]) = two_ports(&dir, ",server=on", ",queues=2");
     assert!(sa.exists() && sb.exists(), "both sockets listen");
     let free0 = pool_free(&mut c);
+    let mut extra = JUMBO.to_vec();
+    extra.extend(["--rxq=2", "--txq=2"]);
     let mut tp = Testpmd::start(
-        &[virtio_vdev(0, &sa, false), virtio_vdev(1, &sb, false)],
+        &[
+            virtio_vdev_queues(0, &sa, false, 2),
+            virtio_vdev_queues(1, &sb, false, 2),
+        ],
         "io",
-        JUMBO,
+        &extra,
     );
     wait_carrier(&mut c, &["vA", "vB"], true, ATTACH, || tp.said());
     until_path_works(&a, &b, probe, "a → testpmd → b");
@@ -153,14 +170,14 @@ fn testpmd_frontend_forwards_frames_both_ways() {
     let v = &p["vhost-user"];
     assert_eq!(v["connected"], true, "{p}");
     assert_eq!(v["connects"], 1, "{p}");
-    assert_eq!(v["queues-running"], 1, "{p}");
+    assert_eq!(v["queues-running"], 2, "{p}");
     let feats: Vec<&str> = v["features"]
         .as_array()
         .unwrap_or_else(|| panic!("features: {p}"))
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    for f in ["version-1", "mrg-rxbuf"] {
+    for f in ["version-1", "mrg-rxbuf", "mq"] {
         assert!(feats.contains(&f), "{f} negotiated: {p}");
     }
     assert_eq!(total_drops(&p), drops0, "{p}");
@@ -192,7 +209,7 @@ fn pollswitch_as_client_reconnects_to_a_restarted_testpmd() {
     let dir = TempDir::new();
     let s = dir.join("s.sock");
     let mut a = UdpEnd::new();
-    let args = vhost_port(Args::new(), "vA", &s, ",server=off,reconnect=1").on_hub("vA", 0);
+    let args = vhost_port(Args::new(), "vA", &s, ",server=off,reconnect=1", "").on_hub("vA", 0);
     let (d, mut c) = args.udp("a", 0, &mut a).start_with_qmp(&dir);
     // No frontend yet: the port keeps trying, frames for it are dropped and counted.
     std::thread::sleep(Duration::from_millis(1200));
@@ -267,7 +284,7 @@ fn a_tap_in_a_namespace_through_testpmd() {
     let dir = TempDir::new();
     let s = dir.join("t.sock");
     let ifname = unique("vut");
-    let args = vhost_port(Args::new(), "vA", &s, ",server=on")
+    let args = vhost_port(Args::new(), "vA", &s, ",server=on", "")
         .on_hub("vA", 0)
         .netdev(&format!(
             "tap,id=t0,ifname={ifname},script=no,downscript=no"
