@@ -215,6 +215,13 @@ impl Guest {
         Guest::spawn(netns, args, script)?.finish(timeout)
     }
 
+    /// Says that this QEMU takes over a guest that booted in another (it was started
+    /// with `-incoming`, for a live migration): its console begins in the middle of the
+    /// script, so the waits below do not look for the ready line.
+    pub fn migrated_in(&mut self) {
+        self.boot.get_or_insert(Duration::ZERO);
+    }
+
     /// Waits until the console shows `marker` (a line the script prints); an error with
     /// the console when QEMU exits first or `timeout` passes (QEMU keeps running then:
     /// drop the guest or call [`Guest::finish`]). Notes the boot time on the way.

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use common::{ping, port_stats, Args};
 use tests::testbed::guest::{shared_memory_args, virtio_net_args, Guest, GuestRun};
-use tests::{move_link_into, unique, wait_until, Daemon, Netns, QmpClient, TempDir};
+use tests::{free_tcp_port, move_link_into, unique, wait_until, Daemon, Netns, QmpClient, TempDir};
 
 /// Longest a guest may take to boot and run its script (a loaded 2-core machine).
 const GUEST_TIMEOUT: Duration = Duration::from_secs(90);
@@ -351,5 +351,157 @@ fn a_running_guest_on_vhost_user_answers_across_a_switch_restart() {
     assert_eq!(run.exit_code, 0, "{}", run.console);
     assert_port_traffic(&mut c, "g", 4);
     assert_tap_traffic(&ns, &tap2, 4);
+    d.stop_clean();
+}
+
+#[test]
+fn a_guest_on_vhost_user_migrates_live_between_two_qemus() {
+    // Two vhost-user ports on the hub, one per QEMU; the guest moves from the first
+    // QEMU to the second (live migration over TCP on this host) while the namespace
+    // pings it. The dirty-page log tells the source QEMU which pages pollswitch wrote
+    // (frames into the guest, used rings) so they are sent again.
+    let dir = TempDir::new();
+    let (sa, sb) = (dir.join("a.sock"), dir.join("b.sock"));
+    let tap = unique("pgt");
+    let (d, mut c) = Args::new()
+        .netdev(&format!("tap,id=t,ifname={tap},script=no,downscript=no"))
+        .on_hub("t", 0)
+        .opt(
+            "-chardev",
+            &format!("socket,id=ca,path={},server=on", sa.display()),
+        )
+        .netdev("vhost-user,id=ga,chardev=ca")
+        .on_hub("ga", 0)
+        .opt(
+            "-chardev",
+            &format!("socket,id=cb,path={},server=on", sb.display()),
+        )
+        .netdev("vhost-user,id=gb,chardev=cb")
+        .on_hub("gb", 0)
+        .start_with_qmp(&dir);
+    let ns = Netns::new();
+    move_link_into(&tap, &ns, &format!("{NS_ADDR}/24"));
+
+    // The guest answers for as long as the test runs (it is killed at the end).
+    let script = answer_script(1_000_000);
+    let qmp = |name: &str| dir.join(name);
+    let mut a_args = vhost_guest_args(Attach::VhostServer, &sa);
+    a_args.extend([
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp("qa").display()),
+    ]);
+    let mut guest_a = Guest::spawn(None, &a_args, &script).unwrap_or_else(|e| panic!("{e}"));
+    guest_a
+        .wait_for("GUEST-UP", GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    ping(&ns, GUEST_ADDR, 3, 56);
+
+    let port = free_tcp_port();
+    let mut b_args = vhost_guest_args(Attach::VhostServer, &sb);
+    b_args.extend([
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp("qb").display()),
+    ]);
+    b_args.extend(["-incoming".into(), format!("tcp:127.0.0.1:{port}")]);
+    let mut guest_b = Guest::spawn(None, &b_args, &script).unwrap_or_else(|e| panic!("{e}"));
+    guest_b.migrated_in();
+    let mut qa = QmpClient::connect_unix_waiting(&qmp("qa"), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("QMP of the source QEMU: {e}"));
+    assert!(
+        wait_until(Duration::from_secs(20), || port_stats(&mut c, "gb")
+            ["vhost-user"]["connects"]
+            == 1),
+        "the destination QEMU did not connect: {}",
+        port_stats(&mut c, "gb")
+    );
+
+    // Pings all through the migration, from the namespace (0.1 s apart).
+    let pinger_started = std::time::Instant::now();
+    let pinger = ns.spawn(&[
+        "busybox", "ping", "-c", "60", "-i", "0.1", "-w", "20", GUEST_ADDR,
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    qa.execute_ok(
+        "migrate",
+        serde_json::json!({"uri": format!("tcp:127.0.0.1:{port}")}),
+    );
+    let t = std::time::Instant::now();
+    let t_migrate = pinger_started.elapsed();
+    let status = loop {
+        let st = qa.execute_ok("query-migrate", serde_json::Value::Null);
+        let s = st["status"].as_str().unwrap_or("").to_string();
+        if matches!(s.as_str(), "completed" | "failed" | "cancelled")
+            || t.elapsed() > Duration::from_secs(60)
+        {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        status["status"],
+        "completed",
+        "migration: {status}\nsource console:\n{}",
+        guest_a.console()
+    );
+    eprintln!(
+        "migration: from {t_migrate:.1?} into the pings, {} ms in all, downtime {} ms, {} MiB \
+         sent",
+        status["total-time"],
+        status["downtime"],
+        status["ram"]["transferred"].as_u64().unwrap_or(0) >> 20
+    );
+    // The premise: the source QEMU logged with us, and pollswitch marked pages.
+    let pa = port_stats(&mut c, "ga");
+    let logged = pa["vhost-user"]["dirty-pages-logged"].as_u64();
+    assert!(
+        logged.is_some_and(|n| n > 0),
+        "no dirty pages logged by ga: {pa}"
+    );
+    assert!(
+        pa["vhost-user"]["features"].to_string().contains("log-all"),
+        "{pa}"
+    );
+
+    let out = pinger.wait_with_output().expect("ping");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seqs: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once("seq=")?.1.split_whitespace().next())
+        .collect();
+    eprintln!(
+        "echoes answered (seq): {} | {}",
+        seqs.join(","),
+        text.lines().rev().take(2).collect::<Vec<_>>().join(" | ")
+    );
+    let received: u32 = text
+        .split_once(" packets received")
+        .and_then(|(a, _)| a.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    // The switch-over takes milliseconds (QEMU's downtime); an echo or two may fall
+    // into it.
+    assert!(
+        received >= 54,
+        "only {received} of 60 echoes came back across the migration:\n{text}"
+    );
+    // After the move the guest answers through the second port only.
+    let gb0 = port_stats(&mut c, "gb")["tx-packets"].as_u64().unwrap_or(0);
+    ping(&ns, GUEST_ADDR, 3, 56);
+    let gb1 = port_stats(&mut c, "gb")["tx-packets"].as_u64().unwrap_or(0);
+    assert!(
+        gb1 >= gb0 + 3,
+        "the echoes did not go through gb: {gb0} → {gb1}"
+    );
+    drop(qa);
+    guest_a.kill();
+    assert!(
+        guest_b.running(),
+        "the destination QEMU died:\n{}",
+        guest_b.console()
+    );
+    guest_b.kill();
     d.stop_clean();
 }

@@ -39,7 +39,7 @@ use vhost::VhostUserMemoryRegionBase;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
-use super::guest::{GuestMem, RingAddrs};
+use super::guest::{DirtyLog, GuestMem, RingAddrs};
 use super::vring::{Mailbox, Memory, Order, QueuePair, Ring, Session, Stopped};
 use super::VhostUserConfig;
 use crate::error::Error;
@@ -66,6 +66,7 @@ const REQ_NET_SET_MTU: u32 = 20;
 
 // Virtio feature bits (virtio 1.2, 5.1.3 and 6).
 const F_MTU: u64 = 1 << 3;
+const F_LOG_ALL: u64 = 1 << 26;
 const F_MRG_RXBUF: u64 = 1 << 15;
 const F_GUEST_ANNOUNCE: u64 = 1 << 21;
 const F_MQ: u64 = 1 << 22;
@@ -78,6 +79,7 @@ const F_STANDBY: u64 = 1 << 62;
 /// Feature names for reports, by bit.
 const FEATURE_NAMES: &[(u64, &str)] = &[
     (F_MTU, "mtu"),
+    (F_LOG_ALL, "log-all"),
     (F_MRG_RXBUF, "mrg-rxbuf"),
     (F_GUEST_ANNOUNCE, "guest-announce"),
     (F_MQ, "mq"),
@@ -147,6 +149,7 @@ impl Drop for Guard {
 pub struct VhostHandle {
     nic: NicHandle,
     info: Arc<Mutex<VhostInfo>>,
+    log: Arc<Mutex<Option<Arc<DirtyLog>>>>,
     _keep: Arc<Guard>,
 }
 
@@ -154,6 +157,14 @@ impl VhostHandle {
     /// The NIC side (announce-self injects through it; the guest's MAC shows there).
     pub fn nic(&self) -> NicHandle {
         self.nic.clone()
+    }
+
+    /// Pages marked in the frontend's dirty-page log so far (`None`: it gave none).
+    pub fn dirty_pages(&self) -> Option<u64> {
+        self.log
+            .lock()
+            .ok()
+            .and_then(|l| l.as_ref().map(|l| l.marked()))
     }
 
     /// The port's state now.
@@ -215,7 +226,15 @@ pub fn open(
     let mailboxes: Vec<Arc<Mailbox>> = (0..cfg.queues)
         .map(|_| Arc::new(Mailbox::default()))
         .collect();
-    let dev = Device::new(&cfg, mailboxes.clone(), info.clone(), events, nic.clone());
+    let log = Arc::new(Mutex::new(None));
+    let dev = Device::new(
+        &cfg,
+        mailboxes.clone(),
+        info.clone(),
+        events,
+        nic.clone(),
+        log.clone(),
+    );
     let guard = Arc::new(Guard {
         stop,
         thread: Mutex::new(None),
@@ -244,6 +263,7 @@ pub fn open(
         VhostHandle {
             nic,
             info,
+            log,
             _keep: guard,
         },
     ))
@@ -567,6 +587,8 @@ struct RingCfg {
     /// Kicked (SET_VRING_KICK) and not stopped by GET_VRING_BASE since.
     started: bool,
     enabled: bool,
+    /// The used ring's guest address for the dirty log (VHOST_VRING_F_LOG).
+    log_used: Option<u64>,
 }
 
 impl RingCfg {
@@ -601,6 +623,9 @@ struct Device {
     /// The largest MTU the frontend may set (the switch's maximum frame less a
     /// VLAN-tagged Ethernet header).
     max_mtu: u64,
+    /// The frontend's dirty-page log (live migration), and the handle's view of it.
+    log: Option<Arc<DirtyLog>>,
+    log_shared: Arc<Mutex<Option<Arc<DirtyLog>>>>,
 }
 
 fn invalid(what: &'static str) -> VuError {
@@ -614,6 +639,7 @@ impl Device {
         info: Arc<Mutex<VhostInfo>>,
         events: Option<Events>,
         nic: NicHandle,
+        log_shared: Arc<Mutex<Option<Arc<DirtyLog>>>>,
     ) -> Device {
         let mut offered = F_VERSION_1
             | F_MRG_RXBUF
@@ -622,6 +648,7 @@ impl Device {
             | F_GUEST_ANNOUNCE
             | F_MTU
             | F_STANDBY
+            | F_LOG_ALL
             | F_PROTOCOL_FEATURES;
         if cfg.queues > 1 {
             offered |= F_MQ;
@@ -641,6 +668,8 @@ impl Device {
             events,
             nic,
             max_mtu: cfg.max_frame.saturating_sub(18) as u64,
+            log: None,
+            log_shared,
         }
     }
 
@@ -797,6 +826,7 @@ impl Device {
             next_used: used.0,
             event_idx: self.acked & F_EVENT_IDX != 0,
             call,
+            log_used: r.log_used,
         })
     }
 
@@ -837,7 +867,12 @@ impl Device {
             } else {
                 10
             };
+            let log = match (&self.log, self.acked & F_LOG_ALL != 0) {
+                (Some(l), true) => Some(l.clone()),
+                _ => None,
+            };
             let s = Session {
+                log,
                 mem: GuestMem::new(mem),
                 rx,
                 tx,
@@ -878,6 +913,10 @@ impl Device {
     fn reset_state(&mut self) {
         for r in &mut self.rings {
             r.clear();
+        }
+        self.log = None;
+        if let Ok(mut l) = self.log_shared.lock() {
+            *l = None;
         }
         self.mem = None;
         self.maps.clear();
@@ -996,16 +1035,20 @@ impl VhostUserBackendReqHandlerMut for Device {
     fn set_vring_addr(
         &mut self,
         index: u32,
-        _flags: VhostUserVringAddrFlags,
+        flags: VhostUserVringAddrFlags,
         descriptor: u64,
         used: u64,
         available: u64,
-        _log: u64,
+        log: u64,
     ) -> VuResult<()> {
+        let log_used = flags
+            .contains(VhostUserVringAddrFlags::VHOST_VRING_F_LOG)
+            .then_some(log);
         self.change_ring(index, |r| {
             r.desc = descriptor;
             r.used = used;
             r.avail = available;
+            r.log_used = log_used;
             r.addr_set = true;
         })
     }
@@ -1047,7 +1090,8 @@ impl VhostUserBackendReqHandlerMut for Device {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::RESET_DEVICE
             | VhostUserProtocolFeatures::RARP
-            | VhostUserProtocolFeatures::MTU)
+            | VhostUserProtocolFeatures::MTU
+            | VhostUserProtocolFeatures::LOG_SHMFD)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> VuResult<()> {
@@ -1137,7 +1181,21 @@ impl VhostUserBackendReqHandlerMut for Device {
         Err(invalid("no shared memory regions"))
     }
 
-    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VuResult<()> {
-        Err(invalid("dirty page logging is not offered"))
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VuResult<()> {
+        self.quiesce_all();
+        let l = DirtyLog::map(file, log.mmap_offset, log.mmap_size)
+            .map_err(VuError::ReqHandlerError)?;
+        tracing::info!(
+            "vhost-user {}: dirty-page log of {} KiB (live migration)",
+            self.name,
+            log.mmap_size >> 10
+        );
+        let l = Arc::new(l);
+        if let Ok(mut slot) = self.log_shared.lock() {
+            *slot = Some(l.clone());
+        }
+        self.log = Some(l);
+        self.reconcile();
+        Ok(())
     }
 }

@@ -245,6 +245,67 @@ impl Span<'_> {
     }
 }
 
+/// The dirty-page log a frontend shares for live migration (VHOST_USER_SET_LOG_BASE):
+/// one bit per 4 KiB page of guest physical memory, set by us for every page we write
+/// while the frontend has `VHOST_F_LOG_ALL` on; the frontend reads and clears them
+/// (atomically) to know which pages to send again.
+pub struct DirtyLog {
+    map: vm_memory::MmapRegion<()>,
+    /// Pages marked so far (for stats; one count per page per write).
+    marked: std::sync::atomic::AtomicU64,
+}
+
+// SAFETY: the mapping is owned by `map` (Send + Sync in vm-memory); the log is only
+// touched with atomic byte operations.
+unsafe impl Send for DirtyLog {}
+// SAFETY: as above.
+unsafe impl Sync for DirtyLog {}
+
+/// Bytes of guest memory one log bit stands for.
+pub const LOG_PAGE: u64 = 4096;
+
+impl DirtyLog {
+    /// Maps `size` bytes of `file` from `offset` (the message's mmap_size and
+    /// mmap_offset).
+    pub fn map(file: std::fs::File, offset: u64, size: u64) -> std::io::Result<DirtyLog> {
+        let size = usize::try_from(size).map_err(std::io::Error::other)?;
+        let map =
+            vm_memory::MmapRegion::<()>::from_file(vm_memory::FileOffset::new(file, offset), size)
+                .map_err(std::io::Error::other)?;
+        Ok(DirtyLog {
+            map,
+            marked: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Marks every page of `[gpa, gpa + len)` dirty (pages past the log: ignored).
+    #[inline]
+    pub fn mark(&self, gpa: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let (first, last) = (gpa / LOG_PAGE, gpa.saturating_add(len - 1) / LOG_PAGE);
+        let base = self.map.as_ptr();
+        let size = self.map.size() as u64;
+        for page in first..=last {
+            let byte = page / 8;
+            if byte >= size {
+                break;
+            }
+            // SAFETY: `byte < size`: inside the mapping `self.map` owns; AtomicU8 has
+            // u8's layout and alignment, and the frontend clears bits atomically too.
+            let a = unsafe { &*(base.add(byte as usize) as *const std::sync::atomic::AtomicU8) };
+            a.fetch_or(1 << (page % 8), Ordering::Relaxed);
+        }
+        self.marked.fetch_add(last - first + 1, Ordering::Relaxed);
+    }
+
+    /// Pages marked so far.
+    pub fn marked(&self) -> u64 {
+        self.marked.load(Ordering::Relaxed)
+    }
+}
+
 /// A split-ring descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Desc {
@@ -361,6 +422,36 @@ mod tests {
         let mut u = [0u8; 8];
         assert!(s.read(8, &mut u));
         assert_eq!(u, [3, 0, 0, 0, 99, 0, 0, 0]);
+    }
+
+    #[test]
+    fn the_dirty_log_marks_each_page_touched() {
+        let f = tempfile_of(64);
+        let log = DirtyLog::map(f.try_clone().expect("clone"), 0, 64).expect("map");
+        log.mark(0, 1);
+        log.mark(LOG_PAGE * 9 + 100, LOG_PAGE); // pages 9 and 10
+        log.mark(LOG_PAGE * 10_000, 1); // past the log: ignored
+        let mut b = [0u8; 64];
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(&mut b, 0).expect("read the log back");
+        assert_eq!(b[0], 0b1);
+        assert_eq!(b[1], 0b110);
+        assert!(b[2..].iter().all(|&x| x == 0));
+        assert_eq!(log.marked(), 1 + 2 + 1);
+    }
+
+    fn tempfile_of(len: u64) -> std::fs::File {
+        let p = std::env::temp_dir().join(format!("pollswitch-log-{}", std::process::id()));
+        let f = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .expect("temp file");
+        let _ = std::fs::remove_file(&p);
+        f.set_len(len).expect("size");
+        f
     }
 
     #[test]

@@ -30,7 +30,7 @@ use switch::{Backend, DropReason, Io, Pkt};
 use vm_memory::GuestMemoryMmap;
 
 use super::guest::{
-    Desc, GuestMem, RingAddrs, RingView, Span, DESC_INDIRECT, DESC_NEXT, DESC_WRITE,
+    Desc, DirtyLog, GuestMem, RingAddrs, RingView, Span, DESC_INDIRECT, DESC_NEXT, DESC_WRITE,
 };
 use crate::nic::NicHandle;
 use std::sync::OnceLock;
@@ -55,6 +55,8 @@ pub struct Ring {
     pub(crate) event_idx: bool,
     /// The eventfd that interrupts the guest (none: it polls).
     pub(crate) call: Option<File>,
+    /// The used ring's guest address to mark in the dirty log.
+    pub(crate) log_used: Option<u64>,
 }
 
 /// Why a chain could not be used.
@@ -98,13 +100,17 @@ impl Ring {
 
     /// Publishes the used elements written since the used index was `old`, and
     /// interrupts the guest unless it asked not to be.
-    fn publish(&mut self, v: &RingView<'_>, old: u16) {
+    fn publish(&mut self, v: &RingView<'_>, old: u16, log: Option<&DirtyLog>) {
         let new = self.next_used;
         if new == old {
             return;
         }
         // Release: the elements (and the frames in the buffers) before the index.
         v.used.store_u16(2, new, Ordering::Release);
+        if let (Some(l), Some(at)) = (log, self.log_used) {
+            // The whole used ring: a page or two, marked once per burst.
+            l.mark(at, v.used.len() as u64);
+        }
         let Some(call) = &mut self.call else { return };
         // SeqCst: the used index must be visible before we read what the guest asked
         // for, as the guest publishes that before it reads the used index.
@@ -194,6 +200,8 @@ pub struct Session {
     pub(crate) hdr_len: usize,
     /// Mergeable receive buffers: a frame may span several receive chains.
     pub(crate) mrg: bool,
+    /// The dirty-page log, while the frontend migrates the guest.
+    pub(crate) log: Option<Arc<DirtyLog>>,
 }
 
 /// Where a stopped pair's rings were: the next available index of each started ring.
@@ -459,7 +467,7 @@ impl QueuePair {
         for &h in &self.heads {
             tx.put_used(&v, h, 0);
         }
-        tx.publish(&v, old);
+        tx.publish(&v, old, s.log.as_deref());
         io.counters.rx_many(n as u64, bytes);
         if !self.learned {
             if let Some(p) = out.last() {
@@ -565,6 +573,9 @@ impl QueuePair {
                         at += k;
                         wrote += k as u32;
                     }
+                    if let Some(l) = &s.log {
+                        l.mark(d.addr, off as u64);
+                    }
                     at < total
                 });
                 bad |= walked.is_err();
@@ -605,7 +616,7 @@ impl QueuePair {
             ok += 1;
             bytes += data.len() as u64;
         }
-        rx.publish(&v, old);
+        rx.publish(&v, old, s.log.as_deref());
         io.counters.tx(ok, bytes);
         self.done.extend(pkts.drain(..taken));
         io.free_all(&mut self.done);

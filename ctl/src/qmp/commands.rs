@@ -621,6 +621,7 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
                 "features": backends::vhost_user::device::feature_names(i.features),
                 "protocol-features": i.protocol,
                 "guest-mac": h.nic().learned_mac().map(|m| mac_to_string(&m)),
+                "dirty-pages-logged": h.dirty_pages(),
                 "last-error": i.last_error,
             });
         }
