@@ -25,6 +25,7 @@ pub mod tunnel;
 pub mod user;
 pub mod vde;
 pub mod vhost_user;
+pub mod vhost_vdpa;
 pub mod vxlan;
 
 pub use error::Error;

@@ -41,12 +41,13 @@ after '=' (-netdev=tap,id=t0).
   -netdev TYPE,id=ID[,KEY=VALUE]...
                    Add a port, as QEMU's -netdev does (repeatable). TYPE is one of
                    tap, socket, stream, dgram, hubport, nic, l2tpv3, vde, bridge,
-                   user (libslirp NAT), netmap (where the host has it), x-vxlan
+                   user (libslirp NAT), vhost-user, netmap (where the host has it), x-vxlan
                    (VXLAN to other hosts), or x-null (an in-memory source/sink for
                    benchmarks); the keys are that
                    type's members in qapi/net.json (tap: ifname, queues, poll-us,
                    sndbuf, ...; nested ones dotted: addr.type=inet,addr.port=5000).
-                   vhost-user and vhost-vdpa are refused, saying why.
+                   vhost-user serves a VM's virtio-net (chardev=ID of a -chardev
+                   socket); vhost-vdpa is refused, saying what the host lacks.
                    Write ',,' for a comma inside a value; repeat a key for a list
                    (hostfwd=A,hostfwd=B). Booleans: on/off, yes/no, true/false, y/n.
                    Sizes take k, M, G, T suffixes. A JSON object
@@ -64,8 +65,11 @@ after '=' (-netdev=tap,id=t0).
                    tcp::PORT,server,nowait; no HOST: every address) (repeatable).
   -qmp-pretty SPEC The same, with pretty-printed replies.
   -chardev socket,id=ID,path=P|host=H,port=N|fd=N[,server=on|off][,wait=on|off]
+           [,reconnect=S|,reconnect-ms=MS]
                    A socket chardev, as QEMU's (repeatable); fd=N is a descriptor
-                   the daemon inherited (libvirt passes its monitor that way).
+                   the daemon inherited (libvirt passes its monitor that way). A
+                   vhost-user port listens on a server=on one (never waiting for its
+                   frontend) or connects to a server=off one, again every reconnect.
   -mon chardev=ID[,mode=control][,pretty=on|off]
                    Serve QMP on chardev ID (which must listen: server=on,wait=off).
   -name NAME       A name for this switch (also guest=NAME); query-name returns it.

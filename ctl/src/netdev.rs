@@ -112,6 +112,17 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
             (kind, None)
         }
         NetdevOpts::Vde(o) => (vde(&nd.id, o)?, None),
+        NetdevOpts::VhostVdpa(o) => {
+            let dev = o
+                .vhostdev
+                .as_deref()
+                .unwrap_or(backends::vhost_vdpa::DEFAULT_DEVICE);
+            let e = backends::vhost_vdpa::open(
+                std::path::Path::new(dev),
+                &backends::vhost_vdpa::Host::default(),
+            );
+            return Err(CtlError::Unsupported(e.to_string()));
+        }
         NetdevOpts::VhostUser(o) => {
             let (kind, handle) = vhost_user(&nd.id, o, env)?;
             nic_out = Some((handle.nic(), mac));
@@ -150,7 +161,6 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
                 o.netdev.clone(),
             )
         }
-        other => return Err(unsupported(other.type_name())),
     };
     Ok(Built {
         config,
@@ -524,16 +534,6 @@ fn null(o: &NetdevXNullOptions, env: &BuildEnv<'_>) -> Result<SpecKind, CtlError
         queues: vec![Box::new(port)],
         poll_us: o.poll_us,
     })
-}
-
-fn unsupported(ty: &str) -> CtlError {
-    let why = match ty {
-        "vhost-vdpa" => "vhost-vdpa needs a vDPA device (/dev/vhost-vdpa-N), which pollswitch does not drive yet",
-        _ => "its backend is not built yet",
-    };
-    CtlError::Unsupported(format!(
-        "netdev type '{ty}' is not supported by pollswitch: {why}"
-    ))
 }
 
 fn hubport(o: &NetdevHubPortOptions) -> Result<(SpecKind, Option<String>), CtlError> {
