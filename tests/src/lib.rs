@@ -133,6 +133,14 @@ fn assert_fresh(bin: &std::path::Path) {
     }
 }
 
+/// Whether the binaries under test were built with a sanitizer: `scripts/asan` sets
+/// `POLLSWITCH_SANITIZER`. Their allocator keeps freed memory in quarantine and adds
+/// redzones and shadow memory, so bounds on a daemon's resident memory say nothing
+/// there; the leak check at the daemon's exit says more.
+pub fn under_sanitizer() -> bool {
+    env::var_os("POLLSWITCH_SANITIZER").is_some()
+}
+
 /// An Ethernet frame of exactly `len` bytes: `dst`, `src`, `ethertype`, then a payload
 /// whose byte `i` is `seed + i` (wrapping), so two frames with different seeds differ and a
 /// receiver can check every byte. `len` may be 14 (header only).
