@@ -524,6 +524,8 @@ pub fn memif_ring(data: &[u8]) {
                 );
                 let Ok(n) = begun else { return };
                 assert_eq!(n, avail);
+                // As client, what it had posted: `size` slots from `last` on.
+                let posted = last.wrapping_add(size);
                 rx.prefetch(&regions, u16::from(b[0]));
                 let mut left = avail;
                 for _ in 0..b[0] % 40 {
@@ -582,8 +584,20 @@ pub fn memif_ring(data: &[u8]) {
                         (w, g) => panic!("receive: model {w:?}, queue {g:?}"),
                     }
                 }
+                // Slots posted and not yet taken are the peer's: left as they are.
+                let waiting: Vec<(u16, Desc)> = if client {
+                    (0..posted.wrapping_sub(last))
+                        .map(|i| last.wrapping_add(i))
+                        .map(|s| (s, rxr.desc(s)))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 rx.finish();
                 if client {
+                    for (s, d) in waiting {
+                        assert_eq!(rxr.desc(s), d, "slot {s}, posted and waiting, rewritten");
+                    }
                     assert_eq!(rxr.index(true), last.wrapping_add(size), "reposted");
                 } else {
                     assert_eq!(rxr.index(false), last, "given back");
