@@ -164,9 +164,44 @@ pub fn drain<T>(
     got
 }
 
+/// Drops the kernel counted on the UDP socket bound to `port` (`/proc/net/udp`), and
+/// bytes queued to it.
+pub fn udp_socket_drops(port: u16) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/net/udp").ok()?;
+    udp_drops_from(&text, port)
+}
+
+fn udp_drops_from(text: &str, port: u16) -> Option<(u64, u64)> {
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 13 {
+            continue;
+        }
+        let local_port = f[1]
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        if local_port == Some(port) {
+            let rxq = f[4]
+                .split_once(':')
+                .and_then(|(_, r)| u64::from_str_radix(r, 16).ok())
+                .unwrap_or(0);
+            return Some((f[f.len() - 1].parse().ok()?, rxq));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_net_udp_drops_parse() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+  12: 0100007F:A0F5 00000000:0000 07 00000000:00000200 00:00000000 00000000     0        0 1234 2 0000000000000000 77\n";
+        assert_eq!(udp_drops_from(text, 0xa0f5), Some((77, 0x200)));
+        assert_eq!(udp_drops_from(text, 1), None);
+    }
     use std::collections::HashSet;
 
     #[test]

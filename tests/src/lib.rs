@@ -34,7 +34,7 @@
 use std::env;
 use std::ffi::OsStr;
 use std::net::{TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod daemon;
@@ -51,20 +51,30 @@ pub use udp::{UdpEnd, MAX_DATAGRAM};
 /// Path of the workspace binary `name` (e.g. `"pollswitch"`), in the same target profile
 /// directory as the running test executable.
 ///
-/// A test executable lives in `target/<profile>/deps/<test>-<hash>`; the workspace's
-/// binaries live in `target/<profile>/`.
+/// A test executable lives in `target/<profile>/deps/<test>-<hash>` (or, with newer
+/// nightly cargo's build-directory layout, `target/<profile>/build/tests/<hash>/out/`);
+/// the workspace's binaries live in `target/<profile>/`: the nearest directory above the
+/// executable that holds the binary.
 ///
 /// # Panics
 /// When the binary is absent, telling to run `cargo build --workspace` first (cargo test
 /// builds only the binaries of the package under test, not the workspace's).
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = env::current_exe().expect("current_exe() of the test binary");
-    let mut dir = exe
+    let parent = exe
         .parent()
-        .expect("test executable has a parent directory")
-        .to_path_buf();
+        .expect("test executable has a parent directory");
+    let mut dir = parent.to_path_buf();
     if dir.file_name() == Some(OsStr::new("deps")) {
         dir.pop();
+    }
+    // The new layout: target/<profile>/build/<package>/<hash>/out/<test>.
+    let up: Vec<&Path> = parent.ancestors().take(5).collect();
+    if up.len() == 5
+        && up[0].file_name() == Some(OsStr::new("out"))
+        && up[3].file_name() == Some(OsStr::new("build"))
+    {
+        dir = up[4].to_path_buf();
     }
     let path = dir.join(name);
     if !path.is_file() {
@@ -121,6 +131,14 @@ fn assert_fresh(bin: &std::path::Path) {
             src.display()
         );
     }
+}
+
+/// Whether the binaries under test were built with a sanitizer: `scripts/asan` sets
+/// `POLLSWITCH_SANITIZER`. Their allocator keeps freed memory in quarantine and adds
+/// redzones and shadow memory, so bounds on a daemon's resident memory say nothing
+/// there; the leak check at the daemon's exit says more.
+pub fn under_sanitizer() -> bool {
+    env::var_os("POLLSWITCH_SANITIZER").is_some()
 }
 
 /// An Ethernet frame of exactly `len` bytes: `dst`, `src`, `ethertype`, then a payload

@@ -18,6 +18,8 @@ const TARGETS: &[(&str, Target)] = &[
     ("l2tpv3", backends::fuzzing::l2tpv3),
     ("vxlan", backends::fuzzing::vxlan),
     ("vde", backends::fuzzing::vde),
+    ("stream", backends::fuzzing::stream),
+    ("memif_ring", backends::fuzzing::memif_ring),
     ("vlan", switch::fuzzing::vlan),
     ("fdb", switch::fuzzing::fdb),
 ];

@@ -932,9 +932,9 @@ fn ten_thousand_add_del_cycles_of_every_type_under_traffic() {
          other ports, none lost; RSS {rss0} → {rss1} KiB",
         kinds.len()
     );
-    assert!(
+    assert_rss(
         rss1 < rss0 + 4096,
-        "RSS grew from {rss0} to {rss1} KiB over {CHURN_CYCLES} cycles"
+        format_args!("RSS grew from {rss0} to {rss1} KiB over {CHURN_CYCLES} cycles"),
     );
     assert!(
         took < Duration::from_secs(300),
@@ -1059,6 +1059,16 @@ fn legacy_tcp_spelling_and_the_unix_socket_goes_at_exit() {
 }
 
 /// Resident memory of a process, in KiB.
+/// Asserts a bound on the daemon's resident memory, except under a sanitizer (see
+/// [`tests::under_sanitizer`]), where it only says what it saw.
+fn assert_rss(ok: bool, what: std::fmt::Arguments<'_>) {
+    if tests::under_sanitizer() {
+        eprintln!("not checked under a sanitizer: {what}");
+    } else {
+        assert!(ok, "{what}");
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
@@ -1096,7 +1106,10 @@ fn a_client_that_never_reads_is_not_read_either() {
     // The premise: it did read and answer a good many before it stopped.
     assert!(written > 100_000, "only {written} bytes taken");
     let grown = rss_kib(pid).saturating_sub(rss0);
-    assert!(grown < 64 * 1024, "memory grew by {grown} KiB");
+    assert_rss(
+        grown < 64 * 1024,
+        format_args!("memory grew by {grown} KiB"),
+    );
     // Everybody else is served meanwhile.
     let mut other = sut.client();
     let t1 = Instant::now();
@@ -1486,7 +1499,10 @@ fn two_hundred_clients_at_once_and_ten_mib_lines() {
         fd_count(pid)
     );
     let rss1 = rss_kib(pid);
-    assert!(rss1 < rss0 + 32 * 1024, "RSS {rss0} → {rss1} KiB");
+    assert_rss(
+        rss1 < rss0 + 32 * 1024,
+        format_args!("RSS {rss0} → {rss1} KiB"),
+    );
     let f = frame(BCAST, MAC_A, 0x0800, 60, 3);
     a.send(&f);
     assert_eq!(b.recv_timeout(Duration::from_secs(5)), Some(f));

@@ -65,6 +65,9 @@ pub struct RxQueue {
     last: u16,
     /// Client: the buffer each slot is given back with (fixed in our own region).
     bufs: Vec<Desc>,
+    /// Client: where we posted up to (our `head`, kept here: the peer can write the
+    /// ring's copy, and a value it made up would have `refill` post up to 65 535 slots).
+    posted: u16,
     /// Whether we asked the peer to signal (interrupt mode).
     irq_on: bool,
     /// Filled slots left in the current batch.
@@ -87,11 +90,13 @@ impl RxQueue {
     /// A receive queue on `ring`. As client, `bufs` holds each slot's buffer (ring size
     /// entries) and the ring is filled with them at once.
     pub fn new(ring: RingView, role: Role, bufs: Vec<Desc>) -> RxQueue {
+        let posted = ring.head().load(Ordering::Relaxed);
         let mut q = RxQueue {
             ring,
             role,
             last: 0,
             bufs,
+            posted,
             irq_on: false,
             avail: 0,
         };
@@ -203,10 +208,11 @@ impl RxQueue {
         }
     }
 
-    /// Client: posts every free slot again with its own buffer at full size.
+    /// Client: posts every free slot again with its own buffer at full size (the slots
+    /// consumed since the last refill: `last` never passes what was posted).
     fn refill(&mut self) {
         let size = self.ring.size();
-        let mut head = self.ring.head().load(Ordering::Relaxed);
+        let mut head = self.posted;
         let free = size.wrapping_sub(head.wrapping_sub(self.last));
         for _ in 0..free {
             if let Some(d) = self.bufs.get(usize::from(head & (size - 1))) {
@@ -214,6 +220,7 @@ impl RxQueue {
             }
             head = head.wrapping_add(1);
         }
+        self.posted = head;
         // Release: the descriptors are written before the peer sees them posted.
         self.ring.head().store(head, Ordering::Release);
     }
@@ -585,6 +592,28 @@ mod tests {
             Ordering::Release,
         );
         assert!(p.stx.begin().is_err());
+    }
+
+    #[test]
+    fn a_server_that_moves_the_clients_head_cannot_make_it_repost_what_waits() {
+        let mut p = pair();
+        // The server fills two of the eight posted slots; the client takes them.
+        assert_eq!(
+            send(&mut p.stx, &p.regions, &[frame(20, 1), frame(20, 2)]),
+            2
+        );
+        let s2c = p.crx.ring.clone();
+        // Slot 3 is posted and waiting; the server has written into it already.
+        let mut d = s2c.desc(3);
+        d.length = 33;
+        s2c.set_desc(3, d);
+        // And makes up the client's own index.
+        s2c.head().store(1000, Ordering::Relaxed);
+        assert_eq!(recv(&mut p.crx, &p.regions, 32).len(), 2);
+        // Only the two slots taken were posted again: slot 3 is as the server left it.
+        assert_eq!(s2c.head().load(Ordering::Relaxed), 10);
+        assert_eq!(s2c.desc(3).length, 33);
+        assert_eq!(s2c.desc(8 + 1), p.crx.bufs[1]);
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct Region {
     ptr: NonNull<u8>,
     len: usize,
     fd: OwnedFd,
+    /// Inaccessible address space reserved right after the mapping (only
+    /// [`Region::create_fenced`]'s), unmapped with it.
+    fence: usize,
 }
 
 // SAFETY: the mapping is plain shared memory, reached only through the checked copies
@@ -44,9 +47,72 @@ fn last_err<T>(what: &str) -> io::Result<T> {
     Err(io::Error::new(e.kind(), format!("{what}: {e}")))
 }
 
+/// Address space beyond a fenced region: further than any offset plus length a
+/// descriptor can name (two `u32`s) reaches.
+const FENCE: usize = 2 << 32;
+
 impl Region {
     /// Makes a new region of `len` bytes in a sealed memfd (the client side).
     pub fn create(name: &str, len: usize) -> io::Result<Region> {
+        let fd = Region::sealed_memfd(name, len)?;
+        Region::map_fd(fd, len)
+    }
+
+    /// Like [`Region::create`], with `len` a multiple of the page size and the region
+    /// followed by inaccessible address space as far as a descriptor can reach: an
+    /// access that strayed outside the region faults instead of touching other memory.
+    /// For fuzzing the rings (a hostile peer's descriptors).
+    pub fn create_fenced(name: &str, len: usize) -> io::Result<Region> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        if len == 0 || !len.is_multiple_of(page) {
+            return Err(io::Error::other("a fenced region is whole pages"));
+        }
+        let fd = Region::sealed_memfd(name, len)?;
+        // SAFETY: a new anonymous reservation at an address the kernel picks; no existing
+        // memory changes.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len + FENCE,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return last_err("mmap reservation");
+        }
+        // SAFETY: replaces the first `len` bytes of the reservation just made (ours, and
+        // nothing refers to it) with the memfd; the rest stays inaccessible.
+        let p = unsafe {
+            libc::mmap(
+                base,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = last_err("mmap");
+            // SAFETY: the reservation made above, unmapped once.
+            unsafe { libc::munmap(base, len + FENCE) };
+            return e;
+        }
+        let ptr = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Region {
+            ptr,
+            len,
+            fd,
+            fence: FENCE,
+        })
+    }
+
+    /// A memfd of `len` bytes that cannot shrink.
+    fn sealed_memfd(name: &str, len: usize) -> io::Result<OwnedFd> {
         let cname = std::ffi::CString::new(name).unwrap_or_default();
         // SAFETY: memfd_create with a valid C string; the result is a new descriptor.
         let raw = unsafe {
@@ -65,7 +131,7 @@ impl Region {
         if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } < 0 {
             return last_err("seal");
         }
-        Region::map_fd(fd, len)
+        Ok(fd)
     }
 
     /// Maps a region the peer gave: `fd` must be a file of at least `len` bytes that
@@ -101,7 +167,12 @@ impl Region {
     fn map_fd(fd: OwnedFd, len: usize) -> io::Result<Region> {
         let ptr = crate::sys::map_shared(fd.as_fd(), len)
             .map_err(|e| io::Error::new(e.kind(), format!("mmap: {e}")))?;
-        Ok(Region { ptr, len, fd })
+        Ok(Region {
+            ptr,
+            len,
+            fd,
+            fence: 0,
+        })
     }
 
     /// The region's size.
@@ -238,9 +309,14 @@ unsafe fn copy_forward(src: *const u8, dst: *mut u8, n: usize) {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in map_fd, unmapped once; no reference into it
-        // outlives `self` (the atomics borrow `self`).
-        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
+        // SAFETY: the mapping made in map_fd or create_fenced (with its fence), unmapped
+        // once; no reference into it outlives `self` (the atomics borrow `self`).
+        unsafe {
+            libc::munmap(
+                self.ptr.as_ptr() as *mut libc::c_void,
+                self.len + self.fence,
+            )
+        };
     }
 }
 
@@ -435,6 +511,22 @@ mod tests {
         assert!(Region::map(fd, 8193)
             .unwrap_err()
             .contains("in a file of 8192"));
+    }
+
+    #[test]
+    fn a_fenced_region_is_whole_pages_and_checks_bounds_like_any() {
+        assert!(Region::create_fenced("t", 4095).is_err());
+        let r = Region::create_fenced("t", 8192).unwrap();
+        assert!(r.write(8190, b"ab"));
+        let mut got = [0u8; 2];
+        assert!(r.read(8190, &mut got));
+        assert_eq!(&got, b"ab");
+        assert!(!r.read(8191, &mut got), "one past the end");
+        assert!(!r.write(u32::MAX as usize, b"x"));
+        // The fence goes with it: a new one maps where it was, whole.
+        drop(r);
+        let again = Region::create_fenced("t", 4096).unwrap();
+        assert!(again.write(0, &[1u8; 4096]));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! TCP stream with a 4-byte big-endian length prefix (`listen=`, `connect=`), or over a
 //! socket passed in (`fd=`), as QEMU's `-netdev socket` speaks them.
 
+pub mod framing;
 pub mod stream;
 pub mod udp;
 

@@ -1,9 +1,10 @@
 //! Stream socket ports: `listen=`, `connect=` and stream `fd=`, and `-netdev stream`
 //! (`server=on` or a client, TCP or unix, with `reconnect-ms`). Each frame travels as a
-//! 4-byte big-endian length followed by the frame (QEMU's framing).
+//! 4-byte big-endian length followed by the frame (QEMU's framing, [`super::framing`]).
 //!
 //! ```text
-//!  rx: one recv at a time into a byte buffer → cut frames → copy each into a pool buffer
+//!  rx: one recv at a time into the reassembler's room → cut frames → copy each into a
+//!      pool buffer
 //!      (a stream has no frame boundaries, so one copy is the price of reassembly)
 //!  tx: frames are appended, with their prefixes, to a fill buffer; one send of a whole
 //!      buffer is in flight at a time while the other fills (many frames per syscall)
@@ -23,6 +24,7 @@ use io_uring::{opcode, types};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use switch::{Backend, DropReason, Io, Pkt};
 
+use super::framing::{push_frame, Cut, OutOfStep, Reassembler};
 use crate::error::Error;
 use crate::sys::set_blocking;
 
@@ -37,9 +39,6 @@ const OP_CONNECT: u8 = 6;
 const RX_CHUNK: usize = 256 * 1024;
 /// Frames waiting for rx_burst before we stop reading (TCP then pushes back).
 const READY_MAX: usize = 512;
-/// Longest length prefix that can still be a frame (64 KiB and a header, as QEMU's
-/// frames go up to 65535 bytes plus a virtio-net header): beyond it the stream is lost.
-const MAX_STREAM_FRAME: usize = 65536 + 64;
 /// Bytes queued for sending before frames are refused (tx-full).
 const TX_BUF_MAX: usize = 1 << 20;
 
@@ -62,10 +61,8 @@ pub struct StreamPort {
     listen_inflight: usize,
     conn_inflight: usize,
     recv_posted: bool,
-    rxbuf: Box<[u8]>,
-    rx_len: usize,
-    /// Bytes of an over-long frame still to be skipped as they arrive.
-    skip: usize,
+    /// The bytes received; a recv in flight writes into its room (`recv_posted`).
+    rx: Reassembler,
     ready: VecDeque<Pkt>,
     sending: Vec<u8>,
     sent: usize,
@@ -169,9 +166,7 @@ impl StreamPort {
             listen_inflight: 0,
             conn_inflight: 0,
             recv_posted: false,
-            rxbuf: vec![0u8; RX_CHUNK + 4 + max_frame].into_boxed_slice(),
-            rx_len: 0,
-            skip: 0,
+            rx: Reassembler::new(max_frame, RX_CHUNK),
             ready: VecDeque::new(),
             sending: Vec::with_capacity(TX_BUF_MAX),
             sent: 0,
@@ -348,11 +343,17 @@ impl StreamPort {
             return;
         }
         let Some(c) = &self.conn else { return };
-        let room = self.rxbuf.len() - self.rx_len;
-        let ptr = self.rxbuf[self.rx_len..].as_mut_ptr();
-        let sqe = opcode::Recv::new(types::Fd(c.as_raw_fd()), ptr, room as u32).build();
-        // SAFETY: `rxbuf` is a boxed slice owned by this port and not touched until the
-        // recv completes (recv_posted guards it).
+        let room = self.rx.room();
+        if room.is_empty() {
+            // Only while whole frames wait for `ready` to drain (a recv of 0 bytes
+            // would read as the peer closing).
+            return;
+        }
+        let (ptr, len) = (room.as_mut_ptr(), room.len());
+        let sqe = opcode::Recv::new(types::Fd(c.as_raw_fd()), ptr, len as u32).build();
+        // SAFETY: the room is part of the reassembler's boxed buffer, owned by this port;
+        // neither it nor the buffer's layout is touched until the recv completes
+        // (recv_posted guards `room` and `parse`).
         if unsafe { io.submit(sqe, OP_RECV, 0) } {
             self.recv_posted = true;
             self.conn_inflight += 1;
@@ -409,8 +410,7 @@ impl StreamPort {
         }
         self.conn = None;
         self.state = Conn::None;
-        self.rx_len = 0;
-        self.skip = 0;
+        self.rx.clear();
         self.sending.clear();
         self.sent = 0;
         self.fill.clear();
@@ -422,59 +422,28 @@ impl StreamPort {
 
     /// Cuts whole frames out of the receive buffer.
     fn parse(&mut self, io: &mut Io<'_>) {
-        let max = io.pool().max_frame();
-        let mut at = 0;
-        // The rest of an over-long frame, skipped as it arrives.
-        if self.skip > 0 {
-            let n = self.skip.min(self.rx_len);
-            self.skip -= n;
-            at = n;
-        }
         // At most READY_MAX frames wait (the port's share of the pool); the rest of the
         // bytes stay in the buffer until rx_burst makes room.
-        while self.skip == 0 && self.rx_len - at >= 4 && self.ready.len() < READY_MAX {
-            let len = u32::from_be_bytes([
-                self.rxbuf[at],
-                self.rxbuf[at + 1],
-                self.rxbuf[at + 2],
-                self.rxbuf[at + 3],
-            ]) as usize;
-            if len > MAX_STREAM_FRAME {
-                // Not a frame at all: the stream is out of step, and only a new
-                // connection can bring it back.
-                io.counters.count_drop(DropReason::BadLength, 1);
-                self.rx_len = 0;
-                self.close_conn(io);
-                return;
-            }
-            if len == 0 || len > max {
-                // A frame the switch does not carry: its length is known, so skip just
-                // it and keep the stream (QEMU forwards such frames; we count them).
-                let why = if len == 0 {
-                    DropReason::Undersize
-                } else {
-                    DropReason::Oversize
-                };
-                io.counters.count_drop(why, 1);
-                let have = self.rx_len - at - 4;
-                if have >= len {
-                    at += 4 + len;
-                } else {
-                    self.skip = len - have;
-                    at = self.rx_len;
+        while self.ready.len() < READY_MAX {
+            match self.rx.next() {
+                None => break,
+                Some(Ok(Cut::Frame(f))) => {
+                    if let Some(p) = io.receive_copy(f) {
+                        self.ready.push_back(p);
+                    }
                 }
-                continue;
+                // A frame the switch does not carry: its length is known, so just it is
+                // skipped and the stream kept (QEMU forwards such frames; we count them).
+                Some(Ok(Cut::Skipped(why))) => io.counters.count_drop(why, 1),
+                Some(Err(OutOfStep)) => {
+                    // Not a frame at all: the stream is out of step, and only a new
+                    // connection can bring it back.
+                    io.counters.count_drop(DropReason::BadLength, 1);
+                    self.close_conn(io);
+                    return;
+                }
             }
-            if self.rx_len - at < 4 + len {
-                break;
-            }
-            if let Some(p) = io.receive_copy(&self.rxbuf[at + 4..at + 4 + len]) {
-                self.ready.push_back(p);
-            }
-            at += 4 + len;
         }
-        self.rxbuf.copy_within(at..self.rx_len, 0);
-        self.rx_len -= at;
     }
 }
 
@@ -495,7 +464,7 @@ impl Backend for StreamPort {
         if n > 0 {
             // Frames left in the buffer when `ready` was full; not while a receive
             // writes behind them.
-            if self.rx_len > 0 && !self.recv_posted {
+            if self.rx.buffered() > 0 && !self.recv_posted {
                 self.parse(io);
             }
             self.post_recv(io);
@@ -517,8 +486,7 @@ impl Backend for StreamPort {
             if self.fill.len() + 4 + f.len() > TX_BUF_MAX {
                 break;
             }
-            self.fill.extend_from_slice(&(f.len() as u32).to_be_bytes());
-            self.fill.extend_from_slice(f);
+            push_frame(&mut self.fill, f);
             bytes += f.len() as u64;
             n += 1;
         }
@@ -562,7 +530,7 @@ impl Backend for StreamPort {
                 self.recv_posted = false;
                 if self.state == Conn::Open {
                     if res > 0 {
-                        self.rx_len += res as usize;
+                        self.rx.received(res as usize);
                         self.parse(io);
                         self.post_recv(io);
                     } else {

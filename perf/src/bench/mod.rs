@@ -13,7 +13,6 @@
 //! Before each measurement a line `run k of N, ETA mm:ss` goes to stderr ([`Progress`]),
 //! the time left estimated from the measurements done so far.
 
-use std::fs;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -355,32 +354,7 @@ pub fn udp_links(n: usize) -> Result<Vec<UdpLink>> {
     Ok(links)
 }
 
-/// Drops the kernel counted on the UDP socket bound to `port` (`/proc/net/udp`), and
-/// bytes queued to it.
-pub fn udp_socket_drops(port: u16) -> Option<(u64, u64)> {
-    let text = fs::read_to_string("/proc/net/udp").ok()?;
-    udp_drops_from(&text, port)
-}
-
-fn udp_drops_from(text: &str, port: u16) -> Option<(u64, u64)> {
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 13 {
-            continue;
-        }
-        let local_port = f[1]
-            .rsplit_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-        if local_port == Some(port) {
-            let rxq = f[4]
-                .split_once(':')
-                .and_then(|(_, r)| u64::from_str_radix(r, 16).ok())
-                .unwrap_or(0);
-            return Some((f[f.len() - 1].parse().ok()?, rxq));
-        }
-    }
-    None
-}
+use testbed::udp_socket_drops;
 
 /// Where the kernel dropped frames around a system: the sockets or interfaces at both
 /// ends of every port. Read while the system still runs.
@@ -771,14 +745,6 @@ pub fn plot_throughput(report: &Report, title: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_net_udp_drops_parse() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
-  12: 0100007F:A0F5 00000000:0000 07 00000000:00000200 00:00000000 00000000     0        0 1234 2 0000000000000000 77\n";
-        assert_eq!(udp_drops_from(text, 0xa0f5), Some((77, 0x200)));
-        assert_eq!(udp_drops_from(text, 1), None);
-    }
 
     #[test]
     fn links_get_distinct_ports() {
