@@ -86,11 +86,7 @@ impl Libvirt {
             if !wait_until(DAEMON_TIMEOUT, || {
                 UnixStream::connect(VIRTLOGD_SOCK).is_ok()
             }) {
-                return Err(daemon_failed(
-                    "virtlogd",
-                    &format!("{VIRTLOGD_SOCK} accepts no connection"),
-                    &started,
-                ));
+                return Err(started.failed(&format!("{VIRTLOGD_SOCK} accepts no connection")));
             }
         }
         let version = |virsh: &Path| {
@@ -108,8 +104,8 @@ impl Libvirt {
         });
         match last {
             Some(Ok(v)) if up => Ok(Libvirt { virsh, version: v }),
-            Some(Err(e)) => Err(daemon_failed("libvirtd", &e.to_string(), &started)),
-            _ => Err(daemon_failed("libvirtd", "no answer", &started)),
+            Some(Err(e)) => Err(started.failed(&e.to_string())),
+            _ => Err(started.failed("no answer")),
         }
     }
 
@@ -130,16 +126,27 @@ impl Libvirt {
     }
 }
 
-/// Starts `daemon -d` with its log in [`LOG_DIR`]; what the start command said. Its
-/// status is not an error by itself: one that lost a race with another starter exits 1
-/// ("Unable to obtain pidfile") while the other one comes up.
-fn start_daemon(daemon: &str) -> Result<String> {
+/// A daemon this module started: what its start command said, and where its log was
+/// when it started (what it logged since is what an error shows).
+#[derive(Debug)]
+struct Started {
+    daemon: &'static str,
+    report: String,
+    log: PathBuf,
+    log_from: u64,
+}
+
+/// Starts `daemon -d` with its log in [`LOG_DIR`]. The start command's status is not an
+/// error by itself: one that lost a race with another starter exits 1 ("Unable to
+/// obtain pidfile") while the other one comes up; the wait that follows decides.
+fn start_daemon(daemon: &'static str) -> Result<Started> {
     let program = require(daemon)?;
     let log = Path::new(LOG_DIR).join(format!("{daemon}.log"));
     fs::create_dir_all(LOG_DIR).map_err(|source| Error::File {
         path: LOG_DIR.into(),
         source,
     })?;
+    let log_from = fs::metadata(&log).map_or(0, |m| m.len());
     // `-d` forks into the background with its stdio on /dev/null: the pipes close when
     // the starting parent exits, once the daemon reported its start-up.
     let out = output_of(
@@ -147,35 +154,47 @@ fn start_daemon(daemon: &str) -> Result<String> {
             .arg("-d")
             .env("LIBVIRT_LOG_OUTPUTS", format!("3:file:{}", log.display())),
     )?;
-    Ok(format!(
+    let report = format!(
         "`{} -d` exited with {}: {}{}",
         program.display(),
         out.status,
         String::from_utf8_lossy(&out.stdout).trim(),
         String::from_utf8_lossy(&out.stderr).trim()
-    ))
+    );
+    Ok(Started {
+        daemon,
+        report,
+        log,
+        log_from,
+    })
 }
 
-fn daemon_failed(daemon: &str, what: &str, started: &str) -> Error {
-    let log = Path::new(LOG_DIR).join(format!("{daemon}.log"));
-    Error::Libvirt {
-        what: format!(
-            "{daemon} did not come up within {DAEMON_TIMEOUT:?} ({what}); {started}; \
-             log {}",
-            log.display()
-        ),
-        log: tail(&log),
-    }
-}
-
-/// The last [`LOG_LINES`] lines of `path`, or why it could not be read.
-fn tail(path: &Path) -> String {
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(LOG_LINES)..].join("\n")
+impl Started {
+    /// The error for a daemon that did not answer within [`DAEMON_TIMEOUT`] (`what`
+    /// says how it was asked), with what it logged since it was started.
+    fn failed(&self, what: &str) -> Error {
+        let logged = fs::read(&self.log).map_or_else(
+            |e| format!("({}: {e})", self.log.display()),
+            |all| {
+                let from = usize::try_from(self.log_from).map_or(0, |f| f.min(all.len()));
+                let text = String::from_utf8_lossy(&all[from..]).into_owned();
+                let lines: Vec<&str> = text.lines().collect();
+                match lines.len() {
+                    0 => "(nothing)".to_string(),
+                    n => lines[n.saturating_sub(LOG_LINES)..].join("\n"),
+                }
+            },
+        );
+        Error::Libvirt {
+            what: format!(
+                "{} did not come up within {DAEMON_TIMEOUT:?} ({what}); {}; what it \
+                 logged to {}",
+                self.daemon,
+                self.report,
+                self.log.display()
+            ),
+            log: logged,
         }
-        Err(e) => format!("({}: {e})", path.display()),
     }
 }
 
