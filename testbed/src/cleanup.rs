@@ -6,8 +6,9 @@
 //!  VethPair ───────┤                                     │ (ctrlc's thread)
 //!  Process, cmd ───┼── track() ──► REGISTRY ◄──── lock it, and hold it until exit:
 //!  VdeSwitch ──────┤   (a Guard: untracked          1. processes: SIGTERM, then SIGKILL
-//!  TempDir ────────┘    again on drop)              2. namespaces: processes inside, del
-//!                                                   3. links   4. directories   5. exit 130
+//!  libvirt Domain ─┤    again on drop)              2. libvirt domains: destroy, undefine
+//!  TempDir ────────┘                                3. namespaces: processes inside, del
+//!                                                   4. links  5. directories  6. exit 130
 //! ```
 //!
 //! Everything is tracked *before* it exists (a namespace's name before `ip netns add`,
@@ -29,6 +30,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::libvirt::URI;
 use crate::process::{alive, signal, start_time, Signal};
 use crate::wait_until;
 
@@ -51,6 +53,9 @@ pub enum Item {
     },
     /// A daemon that forks away from us and writes its pid here.
     PidFile(PathBuf),
+    /// A libvirt domain on [`crate::libvirt::URI`] (its name): its QEMU is libvirtd's
+    /// child, not ours, so only libvirtd can stop it.
+    Domain(String),
     /// A network namespace (`ip netns` name).
     Netns(String),
     /// A link in this process's own namespace (one end of a veth pair).
@@ -64,6 +69,8 @@ pub enum Item {
 pub struct Cleaned {
     /// Processes that were still running.
     pub processes: usize,
+    /// libvirt domains that were still defined.
+    pub domains: usize,
     /// Namespaces that still existed.
     pub namespaces: usize,
     /// Links that still existed.
@@ -76,8 +83,8 @@ impl fmt::Display for Cleaned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} process(es), {} namespace(s), {} link(s), {} dir(s)",
-            self.processes, self.namespaces, self.links, self.dirs
+            "{} process(es), {} domain(s), {} namespace(s), {} link(s), {} dir(s)",
+            self.processes, self.domains, self.namespaces, self.links, self.dirs
         )
     }
 }
@@ -116,8 +123,9 @@ impl Registry {
     }
 
     /// Removes everything: processes first (a namespace with live processes outlives
-    /// `ip netns del`, and a setup command must not make anything after its name was
-    /// deleted), then namespaces, links and directories. Forgets every item. Uses no
+    /// `ip netns del`, and a setup command such as `virsh define` must not make anything
+    /// after its name was deleted), then libvirt domains, namespaces, links and
+    /// directories. Forgets every item. Uses no
     /// tracked command, so it may run with the global registry locked.
     pub fn clean(&mut self) -> Cleaned {
         let items: Vec<Item> = self.items.drain(..).map(|(_, i)| i).collect();
@@ -135,6 +143,16 @@ impl Registry {
             }
         }
         done.processes = stop_all(&pids);
+        for item in &items {
+            if let Item::Domain(name) = item {
+                // Destroy fails for a domain that is shut off already; undefine says
+                // whether there was one.
+                quiet("virsh", &["-c", URI, "destroy", name]);
+                if succeeds("virsh", &["-c", URI, "undefine", name]) {
+                    done.domains += 1;
+                }
+            }
+        }
         for item in &items {
             match item {
                 Item::Netns(name) if Path::new("/run/netns").join(name).exists() => {
@@ -188,6 +206,17 @@ fn delete_netns(name: &str) {
         pids.is_empty()
     });
     quiet("ip", &["netns", "del", name]);
+}
+
+/// Runs a command untracked; whether it exited 0.
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Runs a command untracked and returns its stdout (empty when it failed).
@@ -308,6 +337,7 @@ mod tests {
             done,
             Cleaned {
                 processes: 1,
+                domains: 0,
                 namespaces: 1,
                 links: 1,
                 dirs: 1

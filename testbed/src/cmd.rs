@@ -22,6 +22,9 @@ fn hint(program: &str) -> &'static str {
         "ip" | "bridge" => "apt-get install iproute2",
         "taskset" => "apt-get install util-linux",
         "tshark" => "apt-get install tshark (scripts/setup-host)",
+        "virsh" | "libvirtd" | "virtlogd" => {
+            "apt-get install libvirt-daemon-system (scripts/setup-host)"
+        }
         _ => {
             "run scripts/setup-host as root, which installs every peer the tests and \
               benchmarks use"

@@ -101,6 +101,16 @@ pub enum Error {
         /// The guest's serial console, carriage returns and terminal escapes removed.
         console: String,
     },
+    /// libvirt did not do what it must: a daemon did not come up, a domain did not
+    /// start; the text has the log that says why (the daemon's, or the domain's QEMU
+    /// log).
+    #[error("libvirt: {what}\n  log:\n{log}")]
+    Libvirt {
+        /// What went wrong.
+        what: String,
+        /// The end of the log.
+        log: String,
+    },
     /// A value a caller passed that cannot work (a name too long, an empty command).
     #[error("{0}")]
     Invalid(String),

@@ -10,6 +10,7 @@
 //!  process ─ Process: a child under taskset / ip netns exec, output captured (bounded)
 //!  qemu ──── QemuPeer: qemu-system-x86_64 -M none, netdevs only, QMP negotiated
 //!  guest ─── Guest: a Debian kernel + busybox under QEMU TCG runs a script (virtio-net)
+//!  libvirt ─ Libvirt (virtlogd + libvirtd up), Domain, GuestDomain: the guest via libvirt
 //!  vde ───── VdeSwitch (vde_switch -d) and VdePort (a request_v3 client)
 //!  testpmd ─ Testpmd: dpdk-testpmd with memif / virtio_user / vhost vdevs, its totals
 //!  qmp ───── QmpClient: greeting, replies and events kept apart
@@ -45,6 +46,7 @@ pub mod cpu;
 mod error;
 pub mod guest;
 pub mod iperf;
+pub mod libvirt;
 pub mod netns;
 pub mod process;
 pub mod qemu;
@@ -57,6 +59,7 @@ pub mod vde;
 pub use cmd::{require, require_tool, run, run_ok, TempDir};
 pub use error::{chain, Error, Result};
 pub use guest::{Guest, GuestImage, GuestRun};
+pub use libvirt::{Domain, GuestDomain, Libvirt};
 pub use netns::{move_link_into, Netns, VethPair};
 pub use process::{Launch, Process};
 pub use qemu::QemuPeer;
