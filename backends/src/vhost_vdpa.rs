@@ -36,7 +36,11 @@ impl Default for Host {
 pub fn open(device: &Path, host: &Host) -> Error {
     let bus = host.sys.join("bus/vdpa");
     let devices = std::fs::read_dir(bus.join("devices"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect::<Vec<_>>())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     let driver = bus.join("drivers/vhost_vdpa").exists();
     let why = if device.exists() {
@@ -107,11 +111,7 @@ mod tests {
         assert!(said(&h).contains("has no devices"), "{}", said(&h));
         let (r2, h) = tree(&["bus/vdpa/devices/vdpa0", "bus/vdpa/drivers"]);
         assert!(said(&h).contains("vdpa0 are not bound"), "{}", said(&h));
-        let (r3, h) = tree(&[
-            "bus/vdpa/devices/vdpa0",
-            "bus/vdpa/drivers/vhost_vdpa",
-            "x",
-        ]);
+        let (r3, h) = tree(&["bus/vdpa/devices/vdpa0", "bus/vdpa/drivers/vhost_vdpa", "x"]);
         assert!(said(&h).contains("another number"), "{}", said(&h));
         let e = open(&r3, &h).to_string();
         assert!(e.contains("does not drive vDPA devices"), "{e}");

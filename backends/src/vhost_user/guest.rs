@@ -171,6 +171,18 @@ impl Span<'_> {
         true
     }
 
+    /// Copies the `N` bytes of `src` to `off` with a copy of fixed size (a few moves,
+    /// no call: the virtio-net header before each frame).
+    #[inline]
+    pub fn write_fixed<const N: usize>(&self, off: usize, src: &[u8; N]) -> bool {
+        let Some(p) = self.at(off, N) else {
+            return false;
+        };
+        // SAFETY: as in `write`; `N` bytes inside the mapping (checked by `at`).
+        unsafe { std::ptr::write_unaligned(p as *mut [u8; N], *src) };
+        true
+    }
+
     /// The little-endian u16 at `off` (0 when outside), read with `order` (`off`
     /// must be even: ring fields are).
     #[inline]
