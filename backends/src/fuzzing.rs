@@ -720,3 +720,15 @@ pub fn memif_ring(data: &[u8]) {
         }
     }
 }
+
+/// vhost-user frontend messages, as a frontend may send them (see
+/// `vhost_user::device::fuzz_messages`).
+pub fn vhost_msg(data: &[u8]) {
+    crate::vhost_user::device::fuzz_messages(data);
+}
+
+/// virtio descriptor chains, as a guest may write them (see
+/// `vhost_user::vring::fuzz_chains`).
+pub fn virtio_chain(data: &[u8]) {
+    crate::vhost_user::vring::fuzz_chains(data);
+}

@@ -20,6 +20,8 @@ const TARGETS: &[(&str, Target)] = &[
     ("vde", backends::fuzzing::vde),
     ("stream", backends::fuzzing::stream),
     ("memif_ring", backends::fuzzing::memif_ring),
+    ("vhost_msg", backends::fuzzing::vhost_msg),
+    ("virtio_chain", backends::fuzzing::virtio_chain),
     ("vlan", switch::fuzzing::vlan),
     ("fdb", switch::fuzzing::fdb),
 ];

@@ -461,7 +461,7 @@ impl Runner {
             if fds[1].revents == 0 {
                 continue;
             }
-            match self.take_own(&own) {
+            match take_own(&self.dev, &own) {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {
@@ -496,73 +496,70 @@ impl Runner {
         stopped
     }
 
-    /// Takes the next message off the socket when it is one that the `vhost` crate's
-    /// dispatcher cannot serve, and serves it: `SET_VRING_ENABLE` before
-    /// `SET_FEATURES` (QEMU sends it while it sets the device up, and the crate refuses
-    /// it until protocol features are acked in `SET_FEATURES`), `SEND_RARP` and
-    /// `NET_SET_MTU` (vhost-user-net messages the crate does not know). True when it
-    /// took one.
-    fn take_own(&mut self, conn: &UnixStream) -> std::io::Result<bool> {
-        use std::io::{Read, Write};
-        let mut b = [0u8; HDR_LEN];
-        match sys::peek(conn.as_fd(), &mut b) {
-            Ok(HDR_LEN) => {}
-            // Part of a header, nothing, or an error: the crate's dispatcher reads on.
-            _ => return Ok(false),
-        }
-        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let (code, flags, size) = (word(0), word(4), word(8));
-        let early_enable = code == REQ_SET_VRING_ENABLE
-            && self
-                .dev
-                .lock()
-                .is_ok_and(|d| d.acked & F_PROTOCOL_FEATURES == 0);
-        if !(early_enable || code == REQ_SEND_RARP || code == REQ_NET_SET_MTU) {
-            return Ok(false);
-        }
-        if size != 8 {
-            return Err(std::io::Error::other(format!(
-                "message {code} with a {size}-byte body (8 expected)"
-            )));
-        }
-        let mut msg = [0u8; HDR_LEN + 8];
-        (&*conn).read_exact(&mut msg)?;
-        let body = &msg[HDR_LEN..];
-        let status: u64 = match self.dev.lock() {
-            Ok(mut d) => match code {
-                REQ_SET_VRING_ENABLE => {
-                    let index = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
-                    let on = u32::from_le_bytes([body[4], body[5], body[6], body[7]]) != 0;
-                    u64::from(d.set_vring_enable(index, on).is_err())
-                }
-                REQ_SEND_RARP => {
-                    let mac = [body[0], body[1], body[2], body[3], body[4], body[5]];
-                    d.send_rarp(mac);
-                    0
-                }
-                _ => {
-                    let mtu = u64::from_le_bytes(body.try_into().unwrap_or([0; 8]));
-                    u64::from(!d.set_mtu(mtu))
-                }
-            },
-            Err(_) => 1,
-        };
-        if flags & FLAG_NEED_REPLY != 0 {
-            let mut reply = [0u8; HDR_LEN + 8];
-            reply[..4].copy_from_slice(&code.to_le_bytes());
-            reply[4..8].copy_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
-            reply[8..12].copy_from_slice(&8u32.to_le_bytes());
-            reply[12..].copy_from_slice(&status.to_le_bytes());
-            (&*conn).write_all(&reply)?;
-        }
-        Ok(true)
-    }
-
     fn note(&self, why: Option<String>) {
         if let Ok(mut i) = self.info.lock() {
             i.last_error = why.or_else(|| Some("the frontend closed the connection".into()));
         }
     }
+}
+
+/// Takes the next message off the socket when it is one that the `vhost` crate's
+/// dispatcher cannot serve, and serves it: `SET_VRING_ENABLE` before
+/// `SET_FEATURES` (QEMU sends it while it sets the device up, and the crate refuses
+/// it until protocol features are acked in `SET_FEATURES`), `SEND_RARP` and
+/// `NET_SET_MTU` (vhost-user-net messages the crate does not know). True when it
+/// took one.
+fn take_own(dev: &Mutex<Device>, conn: &UnixStream) -> std::io::Result<bool> {
+    use std::io::{Read, Write};
+    let mut b = [0u8; HDR_LEN];
+    match sys::peek(conn.as_fd(), &mut b) {
+        Ok(HDR_LEN) => {}
+        // Part of a header, nothing, or an error: the crate's dispatcher reads on.
+        _ => return Ok(false),
+    }
+    let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let (code, flags, size) = (word(0), word(4), word(8));
+    let early_enable = code == REQ_SET_VRING_ENABLE
+        && dev.lock().is_ok_and(|d| d.acked & F_PROTOCOL_FEATURES == 0);
+    if !(early_enable || code == REQ_SEND_RARP || code == REQ_NET_SET_MTU) {
+        return Ok(false);
+    }
+    if size != 8 {
+        return Err(std::io::Error::other(format!(
+            "message {code} with a {size}-byte body (8 expected)"
+        )));
+    }
+    let mut msg = [0u8; HDR_LEN + 8];
+    (&*conn).read_exact(&mut msg)?;
+    let body = &msg[HDR_LEN..];
+    let status: u64 = match dev.lock() {
+        Ok(mut d) => match code {
+            REQ_SET_VRING_ENABLE => {
+                let index = u32::from_le_bytes([body[0], body[1], body[2], body[3]]);
+                let on = u32::from_le_bytes([body[4], body[5], body[6], body[7]]) != 0;
+                u64::from(d.set_vring_enable(index, on).is_err())
+            }
+            REQ_SEND_RARP => {
+                let mac = [body[0], body[1], body[2], body[3], body[4], body[5]];
+                d.send_rarp(mac);
+                0
+            }
+            _ => {
+                let mtu = u64::from_le_bytes(body.try_into().unwrap_or([0; 8]));
+                u64::from(!d.set_mtu(mtu))
+            }
+        },
+        Err(_) => 1,
+    };
+    if flags & FLAG_NEED_REPLY != 0 {
+        let mut reply = [0u8; HDR_LEN + 8];
+        reply[..4].copy_from_slice(&code.to_le_bytes());
+        reply[4..8].copy_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
+        reply[8..12].copy_from_slice(&8u32.to_le_bytes());
+        reply[12..].copy_from_slice(&status.to_le_bytes());
+        (&*conn).write_all(&reply)?;
+    }
+    Ok(true)
 }
 
 /// Empties an eventfd (a guest kick; non-blocking since SET_VRING_KICK).
@@ -1198,4 +1195,60 @@ impl VhostUserBackendReqHandlerMut for Device {
         self.reconcile();
         Ok(())
     }
+}
+
+/// A frontend's byte stream, whatever it holds, through the dispatcher (ours first,
+/// then the `vhost` crate's) into a device with two queue pairs and no worker: nothing
+/// panics, the stream is consumed until it ends or a message is refused, and the
+/// device's rings stay within their pairs. (No descriptors come with the bytes, so
+/// memory is never mapped and no pair starts.)
+pub(crate) fn fuzz_messages(data: &[u8]) {
+    use std::io::Write;
+    let Ok((mut ours, theirs)) = UnixStream::pair() else {
+        return;
+    };
+    // Bounded by the socket buffer: the whole input is written before any is read.
+    let data = &data[..data.len().min(64 * 1024)];
+    if ours.write_all(data).is_err() {
+        return;
+    }
+    let _ = ours.shutdown(std::net::Shutdown::Write);
+    let cfg = VhostUserConfig {
+        socket: std::path::PathBuf::from("/nonexistent"),
+        server: true,
+        reconnect: None,
+        queues: 2,
+        name: "fuzz".into(),
+        max_frame: 9216,
+    };
+    let pairs: Vec<Arc<Mailbox>> = (0..2).map(|_| Arc::new(Mailbox::default())).collect();
+    let info = Arc::new(Mutex::new(VhostInfo::default()));
+    let dev = Arc::new(Mutex::new(Device::new(
+        &cfg,
+        pairs,
+        info,
+        None,
+        NicHandle::detached(),
+        Arc::new(Mutex::new(None)),
+    )));
+    let Ok(own) = theirs.try_clone() else { return };
+    let mut h = BackendReqHandler::from_stream(theirs, dev.clone());
+    // Each message takes at least a header: no more rounds than that.
+    for _ in 0..=data.len() / HDR_LEN {
+        match take_own(&dev, &own) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(_) => break,
+        }
+        if h.handle_request().is_err() {
+            break;
+        }
+    }
+    let d = dev.lock().expect("device lock");
+    assert_eq!(d.rings.len(), 4);
+    assert!(
+        d.running.iter().all(|r| *r == (false, false)),
+        "a pair started without memory"
+    );
+    assert!(d.mem.is_none(), "memory without descriptors");
 }

@@ -60,7 +60,7 @@ pub struct Ring {
 }
 
 /// Why a chain could not be used.
-enum Bad {
+pub(crate) enum Bad {
     /// Its descriptors are malformed (index past the table, a loop, an indirect table
     /// outside memory or inside another).
     Chain,
@@ -163,7 +163,7 @@ impl Ring {
 /// Walks the chain at `head` in `table` (`size` entries), following an indirect
 /// table, calling `f` for each buffer until it returns false.
 #[inline]
-fn walk(
+pub(crate) fn walk(
     mem: &GuestMem,
     table: Span<'_>,
     size: u16,
@@ -690,5 +690,57 @@ impl Backend for QueuePair {
 
     fn idle(&mut self) -> bool {
         !self.kicks(true)
+    }
+}
+
+/// Descriptor chains a guest wrote, whatever they hold, in a guest memory of two
+/// regions with a hole between them: the walk ends (at most a ring's worth of direct
+/// descriptors, then an indirect table's worth), each buffer it yields is copied only
+/// when it lies inside one region — exactly as a model of the layout says — and
+/// nothing panics.
+pub(crate) fn fuzz_chains(data: &[u8]) {
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    const A: (u64, usize) = (0, 0x1_0000);
+    const B: (u64, usize) = (0x2_0000, 0x1_0000);
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(m) =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(A.0), A.1), (GuestAddress(B.0), B.1)])
+    else {
+        return;
+    };
+    let mem = GuestMem::new(Arc::new(m));
+    // The input is the first region's bytes (descriptor table at 0) and, after it,
+    // the second's.
+    let (first, second) = rest.split_at(rest.len().min(A.1));
+    let _ = mem.write(A.0, first);
+    let _ = mem.write(B.0, &second[..second.len().min(B.1)]);
+    let size = 1u16 << (sel & 7);
+    let head = u16::from(sel >> 3) % (size + 1);
+    let Some(table) = mem.span(A.0, 16 * usize::from(size)) else {
+        return;
+    };
+    let inside = |addr: u64, len: u64| {
+        [A, B].iter().any(|&(base, n)| {
+            addr >= base && addr - base <= n as u64 && len <= n as u64 - (addr - base)
+        })
+    };
+    let mut yielded = 0usize;
+    let mut buf = vec![0u8; 4096];
+    let r = walk(&mem, table, size, head, |d| {
+        yielded += 1;
+        let len = (d.len as usize).min(buf.len());
+        let copied = mem.read(d.addr, &mut buf[..len]);
+        assert_eq!(copied, inside(d.addr, len as u64), "{d:?}");
+        true
+    });
+    // Direct hops are bounded by the ring, an indirect table's by its length.
+    assert!(
+        yielded <= usize::from(size) + 0x1_0000 / 16,
+        "{yielded} buffers"
+    );
+    if head >= size {
+        assert!(r.is_err(), "a head past the ring");
     }
 }
