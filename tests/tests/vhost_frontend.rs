@@ -36,6 +36,7 @@ const TX_BUF: u64 = 0x40000;
 const RX_BUF: u64 = 0x60000;
 const HDR: usize = 12;
 
+const F_CSUM: u64 = 1;
 const F_MRG_RXBUF: u64 = 1 << 15;
 const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 const F_VERSION_1: u64 = 1 << 32;
@@ -181,6 +182,38 @@ fn attach(sock: &Path, mem_path: &Path, features: u64) -> Guest {
     g
 }
 
+/// An IPv4/UDP frame from `src` with `n` payload bytes and its UDP checksum filled in,
+/// and the sum of its pseudo-header (what a sender leaves in the field with
+/// NEEDS_CSUM).
+fn udp_frame(src: [u8; 6], n: usize) -> (Vec<u8>, u16) {
+    use switch::wire::checksum::{checksum, fold, sum};
+    let (sip, dip) = ([10u8, 9, 0, 1], [10u8, 9, 0, 2]);
+    let udp_len = 8 + n;
+    let mut f = frame(BCAST, src, 0x0800, 14 + 20 + udp_len, 5);
+    let ip = &mut f[14..34];
+    ip.copy_from_slice(&[
+        0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    ip[12..16].copy_from_slice(&sip);
+    ip[16..20].copy_from_slice(&dip);
+    let c = checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f[34..36].copy_from_slice(&4000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&5000u16.to_be_bytes());
+    f[38..40].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    f[40..42].copy_from_slice(&[0, 0]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&sip);
+    pseudo.extend_from_slice(&dip);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    let psum = fold(sum(&pseudo, 0));
+    let c = !fold(sum(&f[34..], u64::from(psum)));
+    f[40..42].copy_from_slice(&c.to_be_bytes());
+    (f, psum)
+}
+
 fn drops(p: &Value, why: &str) -> u64 {
     p["drops"][why]
         .as_u64()
@@ -219,7 +252,11 @@ fn frames_in_guest_memory_byte_for_byte_and_hostile_descriptors_are_contained() 
     let fds0 = fd_count(d.pid());
     let mem_path = Path::new("/dev/shm").join(format!("pollswitch-vhost-{}", std::process::id()));
     let _ = std::fs::remove_file(&mem_path);
-    let mut g = attach(&sock, &mem_path, F_VERSION_1 | F_MRG_RXBUF | F_STANDBY);
+    let mut g = attach(
+        &sock,
+        &mem_path,
+        F_VERSION_1 | F_CSUM | F_MRG_RXBUF | F_STANDBY,
+    );
     let _ = std::fs::remove_file(&mem_path);
 
     // STANDBY acked: QAPI's FAILOVER_NEGOTIATED, naming the netdev.
@@ -261,6 +298,34 @@ fn frames_in_guest_memory_byte_for_byte_and_hostile_descriptors_are_contained() 
     assert_eq!(a.recv_timeout(WAIT).expect("split frame"), f, "split frame");
     g.wait_used(1, 2, "after the split frame");
 
+    // Checksum offload (CSUM): a UDP datagram whose checksum field holds only the
+    // pseudo-header's sum, the header saying NEEDS_CSUM from the UDP header on; it
+    // arrives with the checksum finished. A GSO type (never offered) is refused.
+    let (u, pseudo) = udp_frame(mac(7), 200);
+    let mut partial = u.clone();
+    partial[40..42].copy_from_slice(&pseudo.to_be_bytes());
+    let mut h = [0u8; HDR];
+    h[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM
+    h[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start: the UDP header
+    h[8..10].copy_from_slice(&6u16.to_le_bytes()); // csum_offset: its checksum field
+    g.write(TX_BUF + 0x3000, &h);
+    g.write(TX_BUF + 0x3000 + HDR as u64, &partial);
+    g.desc(1, 7, TX_BUF + 0x3000, (HDR + partial.len()) as u32, 0, 0);
+    g.offer(1, 7);
+    let got = a.recv_timeout(WAIT).expect("the checksummed frame");
+    assert_eq!(got, u, "the checksum as a sender computing it would have");
+    assert_eq!(
+        port_stats(&mut c, "vA")["vhost-user"]["checksums-completed"],
+        1
+    );
+    let off0 = drops(&port_stats(&mut c, "vA"), "offload");
+    h[0] = 0;
+    h[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+    g.write(TX_BUF + 0x3000, &h);
+    g.offer(1, 7);
+    g.wait_used(1, 4, "the GSO frame is consumed");
+    assert_eq!(drops(&port_stats(&mut c, "vA"), "offload"), off0 + 1);
+
     // Hostile chains: outside memory; straddling its end; a device-writable buffer
     // offered for transmit; a chain that loops on itself (bounded by the ring size).
     let before = port_stats(&mut c, "vA");
@@ -271,7 +336,7 @@ fn frames_in_guest_memory_byte_for_byte_and_hostile_descriptors_are_contained() 
     for head in 3..=6 {
         g.offer(1, head);
     }
-    g.wait_used(1, 6, "hostile chains are consumed");
+    g.wait_used(1, 8, "hostile chains are consumed");
     let after = port_stats(&mut c, "vA");
     assert_eq!(
         drops(&after, "bad-length") - drops(&before, "bad-length"),

@@ -65,6 +65,7 @@ const REQ_SEND_RARP: u32 = 19;
 const REQ_NET_SET_MTU: u32 = 20;
 
 // Virtio feature bits (virtio 1.2, 5.1.3 and 6).
+const F_CSUM: u64 = 1 << 0;
 const F_MTU: u64 = 1 << 3;
 const F_LOG_ALL: u64 = 1 << 26;
 const F_MRG_RXBUF: u64 = 1 << 15;
@@ -78,6 +79,7 @@ const F_STANDBY: u64 = 1 << 62;
 
 /// Feature names for reports, by bit.
 const FEATURE_NAMES: &[(u64, &str)] = &[
+    (F_CSUM, "csum"),
     (F_MTU, "mtu"),
     (F_LOG_ALL, "log-all"),
     (F_MRG_RXBUF, "mrg-rxbuf"),
@@ -149,6 +151,7 @@ impl Drop for Guard {
 pub struct VhostHandle {
     nic: NicHandle,
     info: Arc<Mutex<VhostInfo>>,
+    pairs: Vec<Arc<Mailbox>>,
     log: Arc<Mutex<Option<Arc<DirtyLog>>>>,
     _keep: Arc<Guard>,
 }
@@ -157,6 +160,11 @@ impl VhostHandle {
     /// The NIC side (announce-self injects through it; the guest's MAC shows there).
     pub fn nic(&self) -> NicHandle {
         self.nic.clone()
+    }
+
+    /// Partial checksums the port finished for its guest (checksum offload).
+    pub fn checksums(&self) -> u64 {
+        self.pairs.iter().map(|m| m.checksums()).sum()
     }
 
     /// Pages marked in the frontend's dirty-page log so far (`None`: it gave none).
@@ -253,6 +261,7 @@ pub fn open(
     if let Ok(mut slot) = guard.thread.lock() {
         *slot = Some(t);
     }
+    let handles = mailboxes.clone();
     let pairs = mailboxes
         .into_iter()
         .enumerate()
@@ -263,6 +272,7 @@ pub fn open(
         VhostHandle {
             nic,
             info,
+            pairs: handles,
             log,
             _keep: guard,
         },
@@ -639,6 +649,7 @@ impl Device {
         log_shared: Arc<Mutex<Option<Arc<DirtyLog>>>>,
     ) -> Device {
         let mut offered = F_VERSION_1
+            | F_CSUM
             | F_MRG_RXBUF
             | F_INDIRECT_DESC
             | F_EVENT_IDX

@@ -160,6 +160,29 @@ impl Ring {
     }
 }
 
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum from `csum_start` is the device's to finish.
+const HDR_F_NEEDS_CSUM: u8 = 1;
+
+/// What a guest's virtio-net header asks of a frame it sent: a partial checksum is
+/// finished here (VIRTIO_NET_F_CSUM is offered; no port downstream is told of partial
+/// checksums, so every frame leaves the port complete); a GSO type (never offered) is
+/// refused as `offload`; a checksum field outside the frame as `bad-length`.
+fn offloads(hdr: &[u8; 12], frame: &mut [u8]) -> Option<DropReason> {
+    if hdr[1] != 0 {
+        return Some(DropReason::Offload);
+    }
+    if hdr[0] & HDR_F_NEEDS_CSUM == 0 {
+        return None;
+    }
+    let start = usize::from(u16::from_le_bytes([hdr[6], hdr[7]]));
+    let offset = usize::from(u16::from_le_bytes([hdr[8], hdr[9]]));
+    if switch::wire::checksum::complete_partial(frame, start, offset) {
+        None
+    } else {
+        Some(DropReason::BadLength)
+    }
+}
+
 /// Walks the chain at `head` in `table` (`size` entries), following an indirect
 /// table, calling `f` for each buffer until it returns false.
 #[inline]
@@ -231,6 +254,9 @@ pub struct Mailbox {
     live: AtomicBool,
     /// Set by the worker when the guest broke the ring protocol.
     fault: std::sync::Mutex<Option<String>>,
+    /// Partial checksums the pair finished (frames the guest sent with NEEDS_CSUM);
+    /// written by the pair's worker only.
+    checksums: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Mailbox {
@@ -240,6 +266,7 @@ impl Default for Mailbox {
             waker: OnceLock::new(),
             live: AtomicBool::new(false),
             fault: std::sync::Mutex::new(None),
+            checksums: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -265,6 +292,11 @@ impl Mailbox {
     /// Takes back what no worker picked up (the pair is not running).
     pub(crate) fn take_back(&self) -> Option<Order> {
         self.orders().pop()
+    }
+
+    /// Partial checksums finished so far.
+    pub(crate) fn checksums(&self) -> u64 {
+        self.checksums.load(Ordering::Relaxed)
     }
 
     /// What the worker found broken, once.
@@ -402,7 +434,7 @@ impl QueuePair {
         };
         let pool = io.pool();
         let room = pool.max_frame();
-        let (mut n, mut bytes) = (0usize, 0u64);
+        let (mut n, mut bytes, mut csums) = (0usize, 0u64, 0u64);
         // First the burst's heads, prefetching their descriptors (another core wrote
         // them), then the frames. (Prefetching the buffers too, or the used entries,
         // measured slower: finding a buffer's address means waiting for its
@@ -426,6 +458,7 @@ impl QueuePair {
                 continue;
             };
             let mut skip = s.hdr_len;
+            let mut hdr = [0u8; 12];
             let mut len = 0usize;
             let mut why = None;
             let walked = walk(&s.mem, v.desc, tx.size(), head, |d| {
@@ -436,6 +469,12 @@ impl QueuePair {
                 let (mut addr, mut dl) = (d.addr, d.len as usize);
                 if skip > 0 {
                     let k = skip.min(dl);
+                    // The header is read too: it may ask for a checksum.
+                    let at = s.hdr_len - skip;
+                    if !s.mem.read(addr, &mut hdr[at..at + k]) {
+                        why = Some(DropReason::BadLength);
+                        return false;
+                    }
                     skip -= k;
                     dl -= k;
                     addr = addr.wrapping_add(k as u64);
@@ -457,6 +496,10 @@ impl QueuePair {
             if walked.is_err() {
                 why = Some(DropReason::BadLength);
             }
+            if why.is_none() && len >= MIN_FRAME {
+                why = offloads(&hdr, &mut buf[..len]);
+                csums += u64::from(why.is_none() && hdr[0] & HDR_F_NEEDS_CSUM != 0);
+            }
             match why {
                 None if len >= MIN_FRAME => {
                     p.set_span(HEADROOM, len);
@@ -477,6 +520,11 @@ impl QueuePair {
         }
         tx.publish(&v, old, s.log.as_deref());
         io.counters.rx_many(n as u64, bytes);
+        if csums > 0 {
+            // Relaxed load and store: this worker is the only writer.
+            let c = &self.mb.checksums;
+            c.store(c.load(Ordering::Relaxed) + csums, Ordering::Relaxed);
+        }
         if !self.learned {
             if let Some(p) = out.last() {
                 let f = pool.bytes(p);

@@ -622,6 +622,7 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
                 "protocol-features": i.protocol,
                 "guest-mac": h.nic().learned_mac().map(|m| mac_to_string(&m)),
                 "dirty-pages-logged": h.dirty_pages(),
+                "checksums-completed": h.checksums(),
                 "last-error": i.last_error,
             });
         }

@@ -2,6 +2,7 @@
 //! can panic; emit into a caller's buffer. Fixtures sit beside each format.
 
 pub mod arp;
+pub mod checksum;
 pub mod ethernet;
 
 /// A MAC address.
