@@ -171,6 +171,14 @@ impl Span<'_> {
         true
     }
 
+    /// The `N` bytes at `off`, read with a copy of fixed size (a few moves, no call).
+    #[inline]
+    pub fn read_fixed<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let p = self.at(off, N)?;
+        // SAFETY: as in `read`; `N` bytes inside the mapping (checked by `at`).
+        Some(unsafe { std::ptr::read_unaligned(p as *const [u8; N]) })
+    }
+
     /// Copies the `N` bytes of `src` to `off` with a copy of fixed size (a few moves,
     /// no call: the virtio-net header before each frame).
     #[inline]
