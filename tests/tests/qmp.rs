@@ -842,7 +842,17 @@ fn ten_thousand_add_del_cycles_of_every_type_under_traffic() {
         tests::free_tcp_port(),
     );
     let tap = tests::unique("churn");
+    // vhost-user listens on a chardev made once; each port binds and removes the socket
+    // and starts and ends its device thread.
+    let vsock = std::env::temp_dir().join(format!("{}.vhost.sock", tests::unique("churn")));
+    c.execute_ok(
+        "chardev-add",
+        json!({"id": "cx", "backend": {"type": "socket", "data": {
+            "addr": {"type": "unix", "data": {"path": vsock.display().to_string()}},
+            "server": true}}}),
+    );
     let kinds: Vec<Vec<Value>> = vec![
+        vec![json!({"type": "vhost-user", "id": "x", "chardev": "cx"})],
         vec![json!({"type": "socket", "id": "x", "udp": "127.0.0.1:9",
                     "localaddr": format!("127.0.0.1:{u1}")})],
         vec![
