@@ -404,31 +404,11 @@ fn soak() {
 }
 
 /// memif: pollswitch and testpmd as middle boxes of a testpmd loop, 64 and 9000 bytes.
-#[test]
-fn memif() {
+/// A DPDK-loop scenario (`memif`, `vhost`): pollswitch and testpmd as the middle box
+/// at 64 and 9000 bytes, traffic through each, both ratios and the 64-byte target.
+fn dpdk_loop(name: &str) {
     let _serial = serial();
-    let r = bench("memif", &[]);
-    let labels = labels(&r);
-    assert_eq!(
-        labels,
-        [
-            "pollswitch 64B",
-            "testpmd 64B",
-            "pollswitch 9000B",
-            "testpmd 9000B"
-        ]
-    );
-    for s in r["series"].as_array().unwrap() {
-        let o = &s["samples"][0]["outcome"];
-        assert!(num(&o["rx_pps"], "rx_pps") > 0.0, "{}: {o}", s["label"]);
-    }
-    assert_eq!(r["ratios"].as_array().unwrap().len(), 2, "{}", r["ratios"]);
-}
-
-#[test]
-fn vhost() {
-    let _serial = serial();
-    let r = bench("vhost", &[]);
+    let r = bench(name, &[]);
     let labels = labels(&r);
     assert_eq!(
         labels,
@@ -450,6 +430,16 @@ fn vhost() {
         "{}",
         r["targets"]
     );
+}
+
+#[test]
+fn memif() {
+    dpdk_loop("memif");
+}
+
+#[test]
+fn vhost() {
+    dpdk_loop("vhost");
 }
 
 #[test]

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use backends::memif::wire::secret_field;
 use backends::memif::{App, MemifConfig, Role};
 use common::{
-    diff, expect_frame, expect_nothing, mac, port_stats, probe, total_drops, until_path_works,
-    Args, BCAST, ETH_EXP, QUIET, WAIT,
+    diff, expect_frame, expect_nothing, fd_count, mac, map_count, pool_free, port_stats, probe,
+    total_drops, until_path_works, Args, BCAST, ETH_EXP, QUIET, WAIT,
 };
 use serde_json::{json, Value};
 use tests::testbed::testpmd::{self, totals, Testpmd};
@@ -121,14 +121,6 @@ fn memif_nic(id: &str, sock: &Path, extra: &str) -> String {
     format!("nic,id={id},x-memif={}{extra}", sock.display())
 }
 
-/// The pool's free buffers (`x-query-stats`).
-fn pool_free(c: &mut QmpClient) -> u64 {
-    let st = c.execute_ok("x-query-stats", Value::Null);
-    st["pool"]["free"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no pool.free: {st}"))
-}
-
 /// Whether NIC `name` is attached as far as both the worker (carrier) and the memif
 /// thread (memif.connected) can tell, or detached as far as both can.
 fn attached_is(c: &mut QmpClient, name: &str, up: bool) -> bool {
@@ -176,19 +168,6 @@ fn mode_of(p: &Path) -> u32 {
         .permissions()
         .mode()
         & 0o7777
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read /proc/PID/fd")
-        .count()
-}
-
-fn map_count(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .expect("read /proc/PID/maps")
-        .lines()
-        .count()
 }
 
 /// A client App's settings for interface `id` on `sock`.

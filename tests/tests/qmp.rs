@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::fd_count;
 use serde_json::{json, Value};
 use tests::{frame, wait_until, Daemon, QmpClient, TempDir, UdpEnd};
 
@@ -766,12 +767,6 @@ fn many_clients_events_and_misbehaving_clients() {
     assert!(wait_until(Duration::from_secs(10), || !d.is_running()));
     let (status, stderr) = d.stop();
     tests::assert_clean_exit(status, &stderr);
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
 }
 
 /// Add/delete cycles of the churn test.

@@ -17,7 +17,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{mac, port_stats, Args, BCAST, ETH_EXP, WAIT};
+use common::{fd_count, mac, port_stats, Args, BCAST, ETH_EXP, WAIT};
 use serde_json::{json, Value};
 use tests::{frame, wait_until, QmpClient, TempDir, UdpEnd};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -220,10 +220,20 @@ fn drops(p: &Value, why: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {why} in {p}"))
 }
 
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("fds")
-        .count()
+/// pollswitch with vhost-user port `vA` listening on `sock` and a UDP port `a` (talking
+/// to the returned end) on hub 0.
+fn switch_with_port(dir: &TempDir, sock: &Path) -> (tests::Daemon, QmpClient, UdpEnd) {
+    let mut a = UdpEnd::new();
+    let (d, c) = Args::new()
+        .opt(
+            "-chardev",
+            &format!("socket,id=c0,path={},server=on", sock.display()),
+        )
+        .netdev("vhost-user,id=vA,chardev=c0")
+        .on_hub("vA", 0)
+        .udp("a", 0, &mut a)
+        .start_with_qmp(dir);
+    (d, c, a)
 }
 
 fn started(c: &mut QmpClient) {
@@ -239,16 +249,7 @@ fn started(c: &mut QmpClient) {
 fn frames_in_guest_memory_byte_for_byte_and_hostile_descriptors_are_contained() {
     let dir = TempDir::new();
     let sock = dir.join("v.sock");
-    let mut a = UdpEnd::new();
-    let args = Args::new()
-        .opt(
-            "-chardev",
-            &format!("socket,id=c0,path={},server=on", sock.display()),
-        )
-        .netdev("vhost-user,id=vA,chardev=c0")
-        .on_hub("vA", 0)
-        .udp("a", 0, &mut a);
-    let (d, mut c) = args.start_with_qmp(&dir);
+    let (d, mut c, a) = switch_with_port(&dir, &sock);
     let fds0 = fd_count(d.pid());
     let mem_path = Path::new("/dev/shm").join(format!("pollswitch-vhost-{}", std::process::id()));
     let _ = std::fs::remove_file(&mem_path);
@@ -410,16 +411,7 @@ fn frames_in_guest_memory_byte_for_byte_and_hostile_descriptors_are_contained() 
 fn a_guest_that_breaks_the_ring_protocol_is_disconnected() {
     let dir = TempDir::new();
     let sock = dir.join("v.sock");
-    let mut a = UdpEnd::new();
-    let args = Args::new()
-        .opt(
-            "-chardev",
-            &format!("socket,id=c0,path={},server=on", sock.display()),
-        )
-        .netdev("vhost-user,id=vA,chardev=c0")
-        .on_hub("vA", 0)
-        .udp("a", 0, &mut a);
-    let (d, mut c) = args.start_with_qmp(&dir);
+    let (d, mut c, _a) = switch_with_port(&dir, &sock);
     let mem_path = Path::new("/dev/shm").join(format!("pollswitch-vhost-b{}", std::process::id()));
     let _ = std::fs::remove_file(&mem_path);
     let g = attach(&sock, &mem_path, F_VERSION_1 | F_MRG_RXBUF);

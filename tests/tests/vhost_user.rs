@@ -18,8 +18,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    diff, expect_frame, mac, port_stats, probe, total_drops, until_path_works, Args, BCAST,
-    ETH_EXP, WAIT,
+    diff, expect_frame, fd_count, mac, map_count, pool_free, port_stats, probe, total_drops,
+    until_path_works, Args, BCAST, ETH_EXP, WAIT,
 };
 use serde_json::{json, Value};
 use tests::testbed::move_link_into;
@@ -87,24 +87,6 @@ fn wait_carrier(
             said()
         );
     }
-}
-
-fn pool_free(c: &mut QmpClient) -> u64 {
-    let st = c.execute_ok("x-query-stats", Value::Null);
-    st["pool"]["free"].as_u64().expect("pool free")
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read /proc/PID/fd")
-        .count()
-}
-
-fn map_count(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .expect("read /proc/PID/maps")
-        .lines()
-        .count()
 }
 
 /// Frames of every size both ways between `a` and `b`, byte for byte.

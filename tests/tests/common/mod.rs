@@ -336,3 +336,26 @@ pub fn wait_closed(s: &mut TcpStream, timeout: Duration) -> bool {
         }
     }
 }
+
+/// The pool's free buffers (`x-query-stats`).
+pub fn pool_free(c: &mut QmpClient) -> u64 {
+    let st = c.execute_ok("x-query-stats", Value::Null);
+    st["pool"]["free"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pool.free: {st}"))
+}
+
+/// Open descriptors of process `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
+}
+
+/// Memory mappings of process `pid`.
+pub fn map_count(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .expect("read /proc/PID/maps")
+        .lines()
+        .count()
+}
