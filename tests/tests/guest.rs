@@ -190,6 +190,27 @@ echo "GUEST-ANSWERED $(replies)"
     )
 }
 
+/// The end of a restart test, once the guest answers ARP through the new switch: three
+/// more echoes, then the guest's script ends having answered six in all, and the new
+/// port and tap carried them.
+fn answered_across_the_restart(guest: Guest, c: &mut QmpClient, ns: &Netns, tap: &str) {
+    ping(ns, GUEST_ADDR, 3, 56);
+    let run = finished(guest.finish(GUEST_TIMEOUT));
+    let answered = run
+        .output()
+        .split_once("GUEST-ANSWERED ")
+        .and_then(|(_, n)| n.lines().next()?.trim().parse::<u32>().ok());
+    assert_eq!(
+        answered,
+        Some(6),
+        "the guest's count of echoes answered:\n{}",
+        run.console
+    );
+    assert_eq!(run.exit_code, 0, "{}", run.console);
+    assert_port_traffic(c, "g", 4);
+    assert_tap_traffic(ns, tap, 4);
+}
+
 #[test]
 fn a_running_guest_answers_pings_across_a_switch_restart() {
     let dir = TempDir::new();
@@ -228,21 +249,7 @@ fn a_running_guest_answers_pings_across_a_switch_restart() {
         "the guest did not answer ARP within 20 s of the switch's restart:\n{}",
         guest.console()
     );
-    ping(&ns, GUEST_ADDR, 3, 56);
-    let run = finished(guest.finish(GUEST_TIMEOUT));
-    let answered = run
-        .output()
-        .split_once("GUEST-ANSWERED ")
-        .and_then(|(_, n)| n.lines().next()?.trim().parse::<u32>().ok());
-    assert_eq!(
-        answered,
-        Some(6),
-        "the guest's count of echoes answered:\n{}",
-        run.console
-    );
-    assert_eq!(run.exit_code, 0, "{}", run.console);
-    assert_port_traffic(&mut c, "g", 4);
-    assert_tap_traffic(&ns, &tap2, 4);
+    answered_across_the_restart(guest, &mut c, &ns, &tap2);
     d.stop_clean();
 }
 
@@ -356,21 +363,7 @@ fn a_running_guest_on_vhost_user_answers_across_a_switch_restart() {
         "the guest did not answer ARP within 20 s of the switch's restart:\n{}",
         guest.console()
     );
-    ping(&ns, GUEST_ADDR, 3, 56);
-    let run = finished(guest.finish(GUEST_TIMEOUT));
-    let answered = run
-        .output()
-        .split_once("GUEST-ANSWERED ")
-        .and_then(|(_, n)| n.lines().next()?.trim().parse::<u32>().ok());
-    assert_eq!(
-        answered,
-        Some(6),
-        "the guest's count of echoes answered:\n{}",
-        run.console
-    );
-    assert_eq!(run.exit_code, 0, "{}", run.console);
-    assert_port_traffic(&mut c, "g", 4);
-    assert_tap_traffic(&ns, &tap2, 4);
+    answered_across_the_restart(guest, &mut c, &ns, &tap2);
     d.stop_clean();
 }
 
