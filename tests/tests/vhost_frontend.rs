@@ -289,6 +289,19 @@ fn frames_in_guest_memory_byte_for_byte_and_hostile_descriptors_are_contained() 
         (0, 0),
         "a transmit chain comes back with length 0"
     );
+    // The port is NIC-like: the guest's address, learned from that frame, is its MAC
+    // for query-rx-filter and announce-self (a RARP from it, out towards its peers).
+    let rf = c.execute_ok("query-rx-filter", json!({"name": "vA"}));
+    assert_eq!(rf[0]["main-mac"], "02:50:53:00:00:07", "{rf}");
+    c.execute_ok(
+        "announce-self",
+        json!({"initial": 0, "max": 0, "rounds": 1, "step": 0, "interfaces": ["vA"]}),
+    );
+    let r = a
+        .recv_timeout(WAIT)
+        .expect("a RARP from the guest's address at a");
+    assert_eq!(&r[6..14], &[2, 0x50, 0x53, 0, 0, 7, 0x80, 0x35], "{r:02x?}");
+    assert_eq!(&r[22..28], &mac(7)[..], "RARP sender: {r:02x?}");
 
     // The same split over two descriptors, header alone in the first.
     g.write(TX_BUF + 0x1000, &[0u8; HDR]);
