@@ -434,18 +434,28 @@ impl Runner {
             }
         };
         let mut h = BackendReqHandler::from_stream(s, self.dev.clone());
+        let pollfd = |fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // The kick eventfds change only with a message: the poll set is made again
+        // after each one, not on every wake-up.
+        let mut kicks = Vec::new();
+        let mut fds = Vec::new();
+        let mut changed = true;
         let stopped = loop {
-            let kicks = self.dev.lock().map(|d| d.kicks()).unwrap_or_default();
-            let mut fds = Vec::with_capacity(2 + kicks.len());
-            for fd in [self.stop.as_raw_fd(), sock_fd]
-                .into_iter()
-                .chain(kicks.iter().map(|k| k.0.as_raw_fd()))
-            {
-                fds.push(libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+            if changed {
+                kicks = self.dev.lock().map(|d| d.kicks()).unwrap_or_default();
+                fds = [self.stop.as_raw_fd(), sock_fd]
+                    .into_iter()
+                    .chain(kicks.iter().map(|k| k.0.as_raw_fd()))
+                    .map(pollfd)
+                    .collect();
+                changed = false;
+            }
+            for f in &mut fds {
+                f.revents = 0;
             }
             let _ = sys::poll(&mut fds, TICK_MS);
             if fds[0].revents != 0 {
@@ -457,13 +467,10 @@ impl Runner {
                 .ok()
                 .and_then(|d| d.pairs.iter().find_map(|m| m.take_fault()));
             if let Some(why) = fault {
-                tracing::warn!("vhost-user {name}: dropping the frontend: {why}");
-                self.note(Some(why));
-                break false;
+                break self.dropped(why);
             }
             for (pfd, (f, mb)) in fds[2..].iter().zip(&kicks) {
                 if pfd.revents != 0 {
-                    tracing::debug!("vhost-user {name}: kick");
                     drain_eventfd(f);
                     mb.wake();
                 }
@@ -471,14 +478,11 @@ impl Runner {
             if fds[1].revents == 0 {
                 continue;
             }
+            changed = true;
             match take_own(&self.dev, &own) {
                 Ok(true) => continue,
                 Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!("vhost-user {name}: dropping the frontend: {e}");
-                    self.note(Some(e.to_string()));
-                    break false;
-                }
+                Err(e) => break self.dropped(e.to_string()),
             }
             match h.handle_request() {
                 Ok(()) => {}
@@ -487,11 +491,7 @@ impl Runner {
                     self.note(None);
                     break false;
                 }
-                Err(e) => {
-                    tracing::warn!("vhost-user {name}: dropping the frontend: {e}");
-                    self.note(Some(e.to_string()));
-                    break false;
-                }
+                Err(e) => break self.dropped(e.to_string()),
             }
         };
         drop(h);
@@ -504,6 +504,14 @@ impl Runner {
             i.regions = 0;
         }
         stopped
+    }
+
+    /// Ends the connection because of `why` (logged and kept for stats); false: the
+    /// port goes on.
+    fn dropped(&self, why: String) -> bool {
+        tracing::warn!("vhost-user {}: dropping the frontend: {why}", self.cfg.name);
+        self.note(Some(why));
+        false
     }
 
     fn note(&self, why: Option<String>) {

@@ -88,12 +88,19 @@ impl Ring {
         (n <= self.size()).then_some(n)
     }
 
+    /// The head of the chain offered `ahead` places after the next one (not taken).
+    #[inline]
+    fn peek_head(&self, v: &RingView<'_>, ahead: u16) -> u16 {
+        let slot = self.slot(self.next_avail.wrapping_add(ahead));
+        v.avail.load_u16(4 + 2 * slot, Ordering::Relaxed)
+    }
+
     /// The next offered chain's head.
     #[inline]
     fn take_head(&mut self, v: &RingView<'_>) -> u16 {
-        let slot = self.slot(self.next_avail);
+        let head = self.peek_head(v, 0);
         self.next_avail = self.next_avail.wrapping_add(1);
-        v.avail.load_u16(4 + 2 * slot, Ordering::Relaxed)
+        head
     }
 
     /// Writes a used element without publishing it: [`Ring::publish`] makes a whole
@@ -182,6 +189,19 @@ fn offloads(hdr: &[u8; 12], frame: &mut [u8]) -> Option<DropReason> {
         None
     } else {
         Some(DropReason::BadLength)
+    }
+}
+
+/// Prefetches the first `lines` cache lines of the first buffer of chain `head`.
+#[inline]
+fn prefetch_buffer(mem: &GuestMem, v: &RingView<'_>, head: u16, lines: usize) {
+    if let Some(d) = v.desc.desc(head) {
+        let len = (d.len as usize).min(64 * (lines - 1) + 1);
+        if let Some(b) = mem.span(d.addr, len) {
+            for l in 0..lines {
+                b.prefetch(64 * l);
+            }
+        }
     }
 }
 
@@ -274,10 +294,6 @@ impl Default for Mailbox {
 }
 
 impl Mailbox {
-    fn orders(&self) -> &ArrayQueue<Order> {
-        &self.orders
-    }
-
     /// Whether a worker runs the pair now.
     pub(crate) fn live(&self) -> bool {
         // Acquire: pairs with the worker's Release in `start`/`stop`.
@@ -286,14 +302,14 @@ impl Mailbox {
 
     /// Queues an order and wakes the worker; false when the queue is full.
     pub(crate) fn send(&self, o: Order) -> bool {
-        let ok = self.orders().push(o).is_ok();
+        let ok = self.orders.push(o).is_ok();
         self.wake();
         ok
     }
 
     /// Takes back what no worker picked up (the pair is not running).
     pub(crate) fn take_back(&self) -> Option<Order> {
-        self.orders().pop()
+        self.orders.pop()
     }
 
     /// Partial checksums finished so far.
@@ -448,26 +464,16 @@ impl QueuePair {
             self.heads.push(head);
         }
         for &head in self.heads.iter().take(AHEAD) {
-            if let Some(d) = v.desc.desc(head) {
-                if let Some(b) = s.mem.span(d.addr, (d.len as usize).min(65)) {
-                    b.prefetch(0);
-                    b.prefetch(64);
-                }
-            }
+            prefetch_buffer(&s.mem, &v, head, 2);
         }
         for (i, &head) in self.heads.iter().enumerate() {
             // The buffer AHEAD frames on: its descriptor was prefetched above and has
             // had that long to arrive (1 and 2 ahead measured slower; before this the
             // header's own line, which the copy never touched, was a miss per frame).
+            // The header and the line after it, where a frame pushed behind its header
+            // starts.
             if let Some(&next) = self.heads.get(i + AHEAD) {
-                if let Some(d) = v.desc.desc(next) {
-                    // The header and the line after it (where a frame pushed behind
-                    // its header starts).
-                    if let Some(b) = s.mem.span(d.addr, (d.len as usize).min(65)) {
-                        b.prefetch(0);
-                        b.prefetch(64);
-                    }
-                }
+                prefetch_buffer(&s.mem, &v, next, 2);
             }
             let Some(mut p) = io.alloc() else {
                 io.counters.count_drop(DropReason::NoBuffer, 1);
@@ -605,19 +611,14 @@ impl QueuePair {
             let data = pool.bytes(p);
             let start = rx.next_avail;
             // A pipeline over the chains to come: the descriptor 2 × AHEAD chains on,
-            // the buffer (for writing) of the one AHEAD chains on, whose descriptor was
-            // fetched that long ago.
+            // the buffer of the one AHEAD chains on, whose descriptor was fetched that
+            // long ago.
             if usize::from(pending) > 2 * AHEAD {
-                let far = rx.slot(start.wrapping_add(2 * AHEAD as u16));
-                v.desc
-                    .prefetch(16 * usize::from(v.avail.load_u16(4 + 2 * far, Ordering::Relaxed)));
+                let far = rx.peek_head(&v, 2 * AHEAD as u16);
+                v.desc.prefetch(16 * usize::from(far));
             }
             if usize::from(pending) > AHEAD {
-                let near = rx.slot(start.wrapping_add(AHEAD as u16));
-                let head = v.avail.load_u16(4 + 2 * near, Ordering::Relaxed);
-                if let Some(b) = v.desc.desc(head).and_then(|d| s.mem.span(d.addr, 1)) {
-                    b.prefetch(0);
-                }
+                prefetch_buffer(&s.mem, &v, rx.peek_head(&v, AHEAD as u16), 1);
             }
             self.used.clear();
             // The header, then the frame, as one stream over the chains.
