@@ -137,6 +137,58 @@ impl GuestRun {
     }
 }
 
+/// What waiting on a test guest's console takes, shared by [`Guest`] (a QEMU of ours)
+/// and [`crate::libvirt::GuestDomain`]: the ready line times the boot, and the script's
+/// markers come after it.
+pub trait Console {
+    /// When the guest was started, and its boot time once the ready line was seen.
+    fn clock(&mut self) -> (Instant, &mut Option<Duration>);
+
+    /// Waits up to `timeout` for `marker` on the console; an error with what the guest
+    /// said when it stops first or the time passes.
+    fn wait_marker(&mut self, marker: &str, timeout: Duration) -> Result<()>;
+
+    /// Waits until the console shows `marker` (a line the script prints); an error with
+    /// the console when the guest stops first or `timeout` passes (it keeps running
+    /// then). Notes the boot time on the way.
+    fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        // The script's lines come after the ready line: waiting for it first costs
+        // nothing and times the boot.
+        self.wait_ready(timeout)?;
+        self.wait_marker(marker, deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Waits until the guest's /init printed [`READY_MARKER`] (modules loaded, about to
+    /// run the script); how long the boot took.
+    fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
+        if let (_, Some(boot)) = self.clock() {
+            return Ok(*boot);
+        }
+        self.wait_marker(READY_MARKER, timeout)?;
+        let (started, boot) = self.clock();
+        let b = started.elapsed();
+        *boot = Some(b);
+        Ok(b)
+    }
+}
+
+impl Console for Guest {
+    fn clock(&mut self) -> (Instant, &mut Option<Duration>) {
+        (self.started, &mut self.boot)
+    }
+
+    fn wait_marker(&mut self, marker: &str, timeout: Duration) -> Result<()> {
+        if self.proc.wait_for(marker, timeout).is_ok() {
+            return Ok(());
+        }
+        Err(match self.proc.try_wait() {
+            Some(status) => self.failed(&format!("QEMU exited ({status}) before {marker:?}")),
+            None => self.failed(&format!("no {marker:?} within {timeout:?}")),
+        })
+    }
+}
+
 /// A guest under QEMU, killed on drop with its temp files removed.
 pub struct Guest {
     // Dropped in this order: the process, then the directory holding its script.
@@ -220,39 +272,6 @@ impl Guest {
     /// script, so the waits below do not look for the ready line.
     pub fn migrated_in(&mut self) {
         self.boot.get_or_insert(Duration::ZERO);
-    }
-
-    /// Waits until the console shows `marker` (a line the script prints); an error with
-    /// the console when QEMU exits first or `timeout` passes (QEMU keeps running then:
-    /// drop the guest or call [`Guest::finish`]). Notes the boot time on the way.
-    pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        // The script's lines come after the ready line: waiting for it first costs
-        // nothing and times the boot.
-        self.wait_ready(timeout)?;
-        self.wait_marker(marker, deadline.saturating_duration_since(Instant::now()))
-    }
-
-    /// Waits until the guest's /init printed [`READY_MARKER`] (modules loaded, about to
-    /// run the script); how long the boot took.
-    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
-        if let Some(boot) = self.boot {
-            return Ok(boot);
-        }
-        self.wait_marker(READY_MARKER, timeout)?;
-        let boot = self.started.elapsed();
-        self.boot = Some(boot);
-        Ok(boot)
-    }
-
-    fn wait_marker(&mut self, marker: &str, timeout: Duration) -> Result<()> {
-        if self.proc.wait_for(marker, timeout).is_ok() {
-            return Ok(());
-        }
-        Err(match self.proc.try_wait() {
-            Some(status) => self.failed(&format!("QEMU exited ({status}) before {marker:?}")),
-            None => self.failed(&format!("no {marker:?} within {timeout:?}")),
-        })
     }
 
     /// Waits up to `timeout` (from now) for the script to finish and QEMU to power off;

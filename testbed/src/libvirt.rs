@@ -36,8 +36,8 @@ use crate::cleanup::{self, Guard, Item};
 use crate::cmd::{check, line, output_of, require, run, TempDir};
 use crate::error::{Error, Result};
 use crate::guest::{
-    clean_console, exit_code, GuestImage, GuestRun, EXIT_MARKER, KERNEL_CMDLINE, MEMORY_MB,
-    READY_MARKER, SCRIPT_FW_CFG,
+    clean_console, exit_code, Console, GuestImage, GuestRun, EXIT_MARKER, KERNEL_CMDLINE,
+    MEMORY_MB, SCRIPT_FW_CFG,
 };
 use crate::wait_until;
 
@@ -389,47 +389,6 @@ impl GuestDomain {
         ))
     }
 
-    /// Waits until the console shows `marker` (a line the script prints); an error with
-    /// the console and QEMU's log when the domain stops first or `timeout` passes.
-    pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        self.wait_ready(timeout)?;
-        self.wait_marker(marker, deadline.saturating_duration_since(Instant::now()))
-    }
-
-    /// Waits until the guest's /init printed [`READY_MARKER`]; how long the boot took
-    /// (from before `virsh define`).
-    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
-        if let Some(boot) = self.boot {
-            return Ok(boot);
-        }
-        self.wait_marker(READY_MARKER, timeout)?;
-        let boot = self.started.elapsed();
-        self.boot = Some(boot);
-        Ok(boot)
-    }
-
-    fn wait_marker(&mut self, marker: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut asked = Instant::now();
-        loop {
-            if self.console().contains(marker) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(self.failed(&format!("no {marker:?} within {timeout:?}")));
-            }
-            // Asking libvirtd costs a virsh run: now and then.
-            if asked.elapsed() >= STATE_EVERY {
-                asked = Instant::now();
-                if !self.dom.active() && !self.console().contains(marker) {
-                    return Err(self.failed(&format!("the domain stopped before {marker:?}")));
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     /// Waits up to `timeout` (from now) for the script to finish and the domain to shut
     /// off (the guest powers off; `on_poweroff` destroy); the console and the script's
     /// exit status. The domain is still defined afterwards (until dropped).
@@ -466,6 +425,33 @@ impl GuestDomain {
             command: format!("virsh -c {URI} start {}", self.dom.name()),
             stderr: self.dom.qemu_log(),
             console: self.console(),
+        }
+    }
+}
+
+impl Console for GuestDomain {
+    fn clock(&mut self) -> (Instant, &mut Option<Duration>) {
+        (self.started, &mut self.boot)
+    }
+
+    fn wait_marker(&mut self, marker: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut asked = Instant::now();
+        loop {
+            if self.console().contains(marker) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(self.failed(&format!("no {marker:?} within {timeout:?}")));
+            }
+            // Asking libvirtd costs a virsh run: now and then.
+            if asked.elapsed() >= STATE_EVERY {
+                asked = Instant::now();
+                if !self.dom.active() && !self.console().contains(marker) {
+                    return Err(self.failed(&format!("the domain stopped before {marker:?}")));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

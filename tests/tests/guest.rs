@@ -25,7 +25,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{ping, port_stats, Args};
-use tests::testbed::guest::{shared_memory_args, virtio_net_args, Guest, GuestRun};
+use tests::testbed::guest::{shared_memory_args, virtio_net_args, Console, Guest, GuestRun};
 use tests::{free_tcp_port, move_link_into, unique, wait_until, Daemon, Netns, QmpClient, TempDir};
 
 /// Longest a guest may take to boot and run its script (a loaded 2-core machine).
@@ -137,6 +137,23 @@ fn assert_tap_traffic(ns: &Netns, tap: &str, n: u64) {
     );
 }
 
+/// Asserts that the guest's script saw eth0, got its three echoes back and ended well,
+/// and the premise: the echoes crossed pollswitch and the tap (ARP and three echoes each
+/// way at least), not some other path.
+fn assert_pinged_through(run: &GuestRun, c: &mut QmpClient, ns: &Netns, tap: &str) {
+    let out = run.output();
+    assert_eth0(out);
+    assert!(
+        out.contains("3 packets transmitted, 3 packets received"),
+        "the guest's pings did not all come back:\n{}",
+        run.console
+    );
+    assert_eq!(run.exit_code, 0, "{}", run.console);
+    assert_port_traffic(c, "g", 4);
+    assert_port_traffic(c, "t", 4);
+    assert_tap_traffic(ns, tap, 4);
+}
+
 fn finished(run: Result<GuestRun, tests::testbed::Error>) -> GuestRun {
     let run = run.unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
@@ -157,19 +174,7 @@ fn a_guest_pings_a_namespace_through_pollswitch() {
 
     let script = format!("{CONFIGURE}ping -c 3 -w 20 {NS_ADDR}\n");
     let run = finished(Guest::run(None, &guest_args(&sock), &script, GUEST_TIMEOUT));
-    let out = run.output();
-    assert_eth0(out);
-    assert!(
-        out.contains("3 packets transmitted, 3 packets received"),
-        "the guest's pings did not all come back:\n{}",
-        run.console
-    );
-    assert_eq!(run.exit_code, 0, "{}", run.console);
-    // The premise: the echoes crossed pollswitch and the tap (ARP and three echoes each
-    // way at least), not some other path.
-    assert_port_traffic(&mut c, "g", 4);
-    assert_port_traffic(&mut c, "t", 4);
-    assert_tap_traffic(&ns, &tap, 4);
+    assert_pinged_through(&run, &mut c, &ns, &tap);
     d.stop_clean();
 }
 
@@ -279,17 +284,7 @@ fn a_guest_on_vhost_user_pings_a_namespace() {
         String::from_utf8_lossy(&heard.stderr),
         run.console
     );
-    let out = run.output();
-    assert_eth0(out);
-    assert!(
-        out.contains("3 packets transmitted, 3 packets received"),
-        "the guest's pings did not all come back:\n{}",
-        run.console
-    );
-    assert_eq!(run.exit_code, 0, "{}", run.console);
-    assert_port_traffic(&mut c, "g", 4);
-    assert_port_traffic(&mut c, "t", 4);
-    assert_tap_traffic(&ns, &tap, 4);
+    assert_pinged_through(&run, &mut c, &ns, &tap);
     // What the guest's QEMU negotiated, and the guest's address as the port saw it.
     let st = port_stats(&mut c, "g");
     let v = &st["vhost-user"];
