@@ -26,7 +26,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use io_uring::{opcode, types};
 use switch::bufring::RxRing;
-use switch::pool::HEADROOM;
+use switch::pool::{GSO_FRAME, HEADROOM, VNET_HDR_LEN};
+use switch::wire::gso::{VnetHdr, GSO_NONE};
 use switch::{DropReason, Io, Pkt};
 
 use crate::sys::RawAddr;
@@ -116,6 +117,11 @@ pub struct DgramConfig {
     pub ignore_src: Option<SocketAddr>,
     /// Send runs of equal-length frames as one UDP GSO send (UDP sockets only).
     pub gso: bool,
+    /// With a virtio-net header (taps): the device has its offloads on, so frames may
+    /// be GSO super-frames (read into the pool's GSO buffers) and carry partial
+    /// checksums, and offload frames are written with their own header
+    /// ([`switch::Pkt::offload`]).
+    pub offload: bool,
 }
 
 impl DgramConfig {
@@ -129,6 +135,7 @@ impl DgramConfig {
             dest: None,
             ignore_src: None,
             gso,
+            offload: false,
         }
     }
 
@@ -284,6 +291,9 @@ pub struct DgramIo {
     gso_on: bool,
     /// The device behind the descriptor is gone (a tap deleted from outside: EBADFD).
     device_gone: bool,
+    /// The GSO buffer a tap with offloads reads into when a frame outgrows an ordinary
+    /// buffer (kept from read to read until a super-frame takes it).
+    spare_gso: Option<Pkt>,
 }
 
 // SAFETY: the raw pointers inside the slots (iovecs, msghdrs) point only into this
@@ -336,6 +346,7 @@ impl DgramIo {
             multi: None,
             poll_armed: false,
             device_gone: false,
+            spare_gso: None,
             gso: (0..if cfg_gso { GSO_SLOTS } else { 0 })
                 .map(|_| GsoSlot {
                     pkts: Vec::with_capacity(GSO_MAX),
@@ -581,11 +592,28 @@ impl DgramIo {
     }
 
     /// Reads ready frames straight from the descriptor until it has none or `max`.
+    ///
+    /// With offloads each read also offers a GSO buffer: `readv` into the ordinary
+    /// buffer and on into the GSO buffer behind the same offset, so a frame that fits
+    /// (nearly all) costs nothing more, and a super-frame's head is copied across once.
     fn read_sync(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
         let hdr = self.cfg.vnet_hdr_len;
-        let want = hdr + io.pool().max_frame() + 1;
+        let lead = HEADROOM - hdr;
+        let small = if self.cfg.offload {
+            io.pool().buf_size() - lead
+        } else {
+            hdr + io.pool().max_frame() + 1
+        };
         let mut n = 0;
         while n < max {
+            if self.cfg.offload && self.spare_gso.is_none() {
+                self.spare_gso = io.pool().alloc_gso();
+                if self.spare_gso.is_none() {
+                    // Every GSO buffer is on its way somewhere: read again once one is
+                    // back rather than cut a super-frame short.
+                    break;
+                }
+            }
             let Some(mut pkt) = io.alloc() else {
                 io.counters.count_drop(DropReason::NoBuffer, 1);
                 break;
@@ -594,10 +622,46 @@ impl DgramIo {
                 io.free(pkt);
                 break;
             };
-            // SAFETY: HEADROOM >= the header, and `want` bytes from there fit in the
-            // buffer, which we own exclusively (`buf_ptr` checked) for the call.
-            let r =
-                unsafe { libc::read(self.fd.as_raw_fd(), start.add(HEADROOM - hdr).cast(), want) };
+            let big = match self.spare_gso.as_mut() {
+                Some(g) => io.pool().buf_ptr(g),
+                None => None,
+            };
+            let big_len = io.pool().gso_buf_size().saturating_sub(lead + small);
+            // SAFETY: `start + lead` has `small` bytes of its buffer behind it, and
+            // `big + lead + small` has `big_len` bytes of its GSO buffer behind it; both
+            // buffers are ours alone (`buf_ptr` checked) for the call.
+            let iov = unsafe {
+                [
+                    libc::iovec {
+                        iov_base: start.add(lead).cast(),
+                        iov_len: small,
+                    },
+                    libc::iovec {
+                        iov_base: big.map_or(std::ptr::null_mut(), |b| b.add(lead + small).cast()),
+                        iov_len: big_len,
+                    },
+                ]
+            };
+            let cnt = if big.is_some() && big_len > 0 { 2 } else { 1 };
+            // SAFETY: the iovecs describe memory we own exclusively, as said above.
+            let r = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), cnt) };
+            if r > 0 && r as usize > small {
+                // A super-frame: its head moves over to the GSO buffer, which becomes
+                // the packet.
+                let Some(mut g) = self.spare_gso.take() else {
+                    io.free(pkt);
+                    break;
+                };
+                if let (Some(b), Some(g_buf)) =
+                    (io.pool().buf_ptr(&mut pkt), io.pool().buf_ptr(&mut g))
+                {
+                    // SAFETY: two distinct buffers we own exclusively; `small` bytes
+                    // from `lead` lie inside each.
+                    unsafe { std::ptr::copy_nonoverlapping(b.add(lead), g_buf.add(lead), small) };
+                }
+                io.free(pkt);
+                pkt = g;
+            }
             if r < 0 {
                 io.free(pkt);
                 let e = std::io::Error::last_os_error().raw_os_error();
@@ -609,7 +673,13 @@ impl DgramIo {
                 }
                 break;
             }
-            self.accept_rx(io, &mut pkt, r as usize, false);
+            let total = if cnt == 2 { small + big_len } else { small };
+            self.accept_rx(
+                io,
+                &mut pkt,
+                r as usize,
+                r as usize >= total && self.cfg.offload,
+            );
             if pkt.is_empty() {
                 io.free(pkt);
             } else {
@@ -672,9 +742,16 @@ impl DgramIo {
         let pool = io.pool();
         for p in pkts.drain(..) {
             let d = pool.bytes(&p);
+            // An offload frame brings its own header (it sits right in front of it).
+            let h = match self.cfg.offload {
+                true => pool
+                    .vnet_hdr(&p)
+                    .map_or(ZERO_VNET_HDR.as_ptr(), |h| h.as_ptr()),
+                false => ZERO_VNET_HDR.as_ptr(),
+            };
             let iov = [
                 libc::iovec {
-                    iov_base: ZERO_VNET_HDR.as_ptr() as *mut libc::c_void,
+                    iov_base: h as *mut libc::c_void,
                     iov_len: hdr,
                 },
                 libc::iovec {
@@ -684,7 +761,8 @@ impl DgramIo {
             ];
             let (first, cnt) = if hdr > 0 { (0, 2) } else { (1, 1) };
             // SAFETY: both iovecs point at live memory of the stated lengths (a static
-            // header and the frame, whose reference we hold until after the call).
+            // header or the frame's own, in its buffer, and the frame, whose reference
+            // we hold until after the call).
             let r = unsafe { libc::writev(self.fd.as_raw_fd(), iov[first..].as_ptr(), cnt) };
             if r >= 0 {
                 ok += 1;
@@ -955,20 +1033,34 @@ impl DgramIo {
             io.counters.count_drop(DropReason::Undersize, 1);
             return;
         }
+        let mut limit = io.pool().max_frame();
         if hdr > 0 {
-            // virtio_net_hdr: flags (u8), gso_type (u8), ... We turned offloads off, so
-            // a GSO frame here is not one we can pass on unchanged.
-            let gso_type = io
+            // virtio_net_hdr: flags (u8), gso_type (u8), ... Without offloads a frame
+            // that asks for one is not one we can pass on unchanged.
+            let h = io
                 .pool()
                 .buf_mut(pkt)
-                .map_or(u8::MAX, |b| b[HEADROOM - hdr + 1]);
-            if gso_type != 0 {
-                io.counters.count_drop(DropReason::Offload, 1);
-                return;
+                .and_then(|b| b.get(HEADROOM - hdr..HEADROOM - hdr + VNET_HDR_LEN))
+                .and_then(|b| <&[u8; VNET_HDR_LEN]>::try_from(b).ok())
+                .map(VnetHdr::parse);
+            match h {
+                Some(h) if self.cfg.offload => {
+                    if h.needs_work() {
+                        pkt.set_offload(true);
+                    }
+                    if h.gso() != GSO_NONE {
+                        limit = GSO_FRAME;
+                    }
+                }
+                Some(h) if h.gso() == GSO_NONE => {}
+                _ => {
+                    io.counters.count_drop(DropReason::Offload, 1);
+                    return;
+                }
             }
         }
         let len = n - hdr;
-        if truncated || len > io.pool().max_frame() {
+        if truncated || len > limit {
             io.counters.count_drop(DropReason::Oversize, 1);
         } else if len < switch::pool::MIN_FRAME {
             io.counters.count_drop(DropReason::Undersize, 1);
@@ -981,6 +1073,9 @@ impl DgramIo {
     /// Shuts the queue down; true once nothing is in flight and every buffer is back.
     pub fn stop(&mut self, io: &mut Io<'_>) -> bool {
         self.stopping = true;
+        if let Some(g) = self.spare_gso.take() {
+            io.free(g);
+        }
         for p in self.ready.drain(..) {
             io.free(p);
         }
@@ -1063,6 +1158,10 @@ impl<K: Send> switch::Backend for DgramPort<K> {
 
     fn poll_us(&self) -> Option<u32> {
         self.poll_us
+    }
+
+    fn offloads(&self) -> bool {
+        self.io.cfg.offload
     }
 }
 

@@ -12,6 +12,19 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 pub const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 /// TUNGETIFF: `_IOR('T', 210, unsigned int)`.
 pub const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+/// TUNSETOFFLOAD flags (linux/if_tun.h): checksum, TSO over IPv4 / IPv6, TSO with ECN,
+/// USO over IPv4 / IPv6 (Linux 6.2+).
+pub const TUN_F_CSUM: libc::c_ulong = 0x01;
+/// See [`TUN_F_CSUM`].
+pub const TUN_F_TSO4: libc::c_ulong = 0x02;
+/// See [`TUN_F_CSUM`].
+pub const TUN_F_TSO6: libc::c_ulong = 0x04;
+/// See [`TUN_F_CSUM`].
+pub const TUN_F_TSO_ECN: libc::c_ulong = 0x08;
+/// See [`TUN_F_CSUM`].
+pub const TUN_F_USO4: libc::c_ulong = 0x20;
+/// See [`TUN_F_CSUM`].
+pub const TUN_F_USO6: libc::c_ulong = 0x40;
 /// TUNSETOFFLOAD: `_IOW('T', 208, unsigned int)`.
 pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// TUNSETSNDBUF: `_IOW('T', 212, int)`.

@@ -3,7 +3,9 @@
 //! ```text
 //!  open /dev/net/tun ─ TUNSETIFF {ifname, IFF_TAP|IFF_NO_PI [|IFF_VNET_HDR] [|IFF_MULTI_QUEUE]}
 //!     (creates the interface, or attaches to an existing persistent one)
-//!  TUNSETOFFLOAD 0: the kernel hands us whole, checksummed frames, never GSO batches
+//!  TUNSETOFFLOAD CSUM|TSO4|TSO6|TSO_ECN[|USO4|USO6]  with the header and GSO buffers:
+//!     the kernel hands us 64 KiB super-frames and partial checksums, as it would a
+//!     virtio NIC; 0 without: whole, checksummed frames only
 //!  script ifname            when `script=` names one ("no" or absent: none)
 //!  ... frames: the worker reads (non-blocking, until empty) and writes each frame
 //!      itself; a multishot io_uring poll wakes it when the tap has frames ...
@@ -13,9 +15,15 @@
 //!  downscript ifname        when the port goes away
 //! ```
 //!
-//! With `vnet_hdr=on` each frame carries a 10-byte virtio-net header; we strip it on
-//! receive (refusing frames that announce an offload) and send a zero header (no
-//! offloads) in front of every frame.
+//! With the virtio-net header (`vnet_hdr=on`, the default for a tap pollswitch opens, as
+//! QEMU's) each frame carries 10 bytes of offload metadata. With offloads on (the
+//! pool has GSO buffers: `-gso-buffers`, default 256) a frame that needs one is marked
+//! [`switch::Pkt::offload`] with its header kept in front of it: another tap takes it
+//! as it is, any other destination gets it cut and checksummed by the forwarder
+//! (`switch::offload`). QEMU turns a tap's offloads off when its peer is a hub; we
+//! keep them, which is what lets a TCP stream cross the switch in 64 KiB frames.
+//! Frames without offload go with a zero header. `vnet_hdr=off` (or `-gso-buffers 0`)
+//! turns offloads off: then a frame announcing one is dropped as `offload`.
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, OwnedFd};
@@ -42,8 +50,11 @@ pub struct TapConfig {
     pub downscript: Option<String>,
     /// Kernel send buffer for the device (TUNSETSNDBUF).
     pub sndbuf: Option<u64>,
-    /// Whether frames carry a virtio-net header.
+    /// Whether frames carry a virtio-net header (`None`: yes, for a tap we open).
     pub vnet_hdr: Option<bool>,
+    /// Whether the switch can take super-frames (its pool has GSO buffers): with a
+    /// header, the tap's offloads are turned on.
+    pub offloads: bool,
     /// Number of queues (IFF_MULTI_QUEUE when more than 1).
     pub queues: u32,
     /// Busy-poll time.
@@ -114,6 +125,25 @@ fn open_queue(ifname: &str, flags: libc::c_short) -> Result<(OwnedFd, String), E
     Ok((fd, ifr.name()))
 }
 
+/// Turns the tap's offloads on (checksum, TSO, and USO where the kernel has it) or off.
+fn set_offloads(fd: std::os::fd::BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
+    if !on {
+        return sys::ioctl_val(fd, sys::TUNSETOFFLOAD, 0);
+    }
+    let tso = sys::TUN_F_CSUM | sys::TUN_F_TSO4 | sys::TUN_F_TSO6 | sys::TUN_F_TSO_ECN;
+    match sys::ioctl_val(
+        fd,
+        sys::TUNSETOFFLOAD,
+        tso | sys::TUN_F_USO4 | sys::TUN_F_USO6,
+    ) {
+        // Before Linux 6.2 the USO bits are refused.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            sys::ioctl_val(fd, sys::TUNSETOFFLOAD, tso)
+        }
+        r => r,
+    }
+}
+
 /// Opens (or takes over) a tap device and returns one backend per queue, plus its name.
 pub fn open(cfg: TapConfig) -> Result<(Vec<TapQueue>, String), Error> {
     let mut fds = cfg.fds;
@@ -122,7 +152,7 @@ pub fn open(cfg: TapConfig) -> Result<(Vec<TapQueue>, String), Error> {
     } else {
         fds.len() as u32
     };
-    let mut vnet = cfg.vnet_hdr.unwrap_or(false);
+    let mut vnet = cfg.vnet_hdr.unwrap_or(true);
     let mut ifname = cfg.ifname.clone().unwrap_or_default();
     let mut created = false;
     if fds.is_empty() {
@@ -169,6 +199,7 @@ pub fn open(cfg: TapConfig) -> Result<(Vec<TapQueue>, String), Error> {
             })?;
         }
     }
+    let offloads = vnet && cfg.offloads;
     for fd in &fds {
         let ioctl_err = |what: &'static str| {
             let ifname = ifname.clone();
@@ -178,8 +209,7 @@ pub fn open(cfg: TapConfig) -> Result<(Vec<TapQueue>, String), Error> {
                 source,
             }
         };
-        // No offloads: every frame arrives whole and checksummed.
-        sys::ioctl_val(fd.as_fd(), sys::TUNSETOFFLOAD, 0).map_err(ioctl_err("TUNSETOFFLOAD"))?;
+        set_offloads(fd.as_fd(), offloads).map_err(ioctl_err("TUNSETOFFLOAD"))?;
         if vnet {
             let mut sz = VNET_HDR_LEN as libc::c_int;
             sys::ioctl_int(fd.as_fd(), sys::TUNSETVNETHDRSZ, &mut sz)
@@ -206,6 +236,7 @@ pub fn open(cfg: TapConfig) -> Result<(Vec<TapQueue>, String), Error> {
         dest: None,
         ignore_src: None,
         gso: false,
+        offload: offloads,
     };
     let qs = fds
         .into_iter()

@@ -60,6 +60,9 @@ after '=' (-netdev=tap,id=t0).
                    sleeps after 1 ms without a frame).
   -pool-size N     Packet buffers to preallocate (default 16384).
   -max-frame N     Largest frame in bytes, 64 to 65535 (default 9216).
+  -gso-buffers N   Buffers of 64 KiB for GSO super-frames, 0 to 65536 (default 256):
+                   taps keep their offloads (TSO, checksum) and pass whole
+                   super-frames; 0 turns offloads off, as QEMU does on a hub.
   -qmp SPEC        Serve QMP on SPEC, as QEMU's -qmp: unix:PATH,server=on,wait=off
                    or tcp:[HOST]:PORT,server=on,wait=off (also QEMU's old spelling
                    tcp::PORT,server,nowait; no HOST: every address) (repeatable).
@@ -285,6 +288,8 @@ pub struct DaemonArgs {
     pub pool_size: u32,
     /// Largest frame in bytes, 64..=65535 (`-max-frame`).
     pub max_frame: u32,
+    /// Buffers for GSO super-frames (`-gso-buffers`).
+    pub gso_buffers: u32,
     /// Raw `-qmp` specs, in order, for the QMP server to parse.
     pub qmp: Vec<String>,
     /// Raw `-qmp-pretty` specs.
@@ -319,6 +324,7 @@ impl Default for DaemonArgs {
             poll_us: DEFAULT_POLL_US,
             pool_size: DEFAULT_POOL_SIZE,
             max_frame: DEFAULT_MAX_FRAME,
+            gso_buffers: switch::pool::DEFAULT_GSO_BUFFERS,
             qmp: Vec::new(),
             qmp_pretty: Vec::new(),
             chardevs: Vec::new(),
@@ -372,8 +378,8 @@ impl DaemonArgs {
                     out.daemonize = true;
                     continue;
                 }
-                "netdev" | "cores" | "poll-us" | "pool-size" | "max-frame" | "qmp"
-                | "qmp-pretty" | "chardev" | "mon" | "name" | "pidfile" | "D" | "msg"
+                "netdev" | "cores" | "poll-us" | "pool-size" | "max-frame" | "gso-buffers"
+                | "qmp" | "qmp-pretty" | "chardev" | "mon" | "name" | "pidfile" | "D" | "msg"
                 | "x-metrics" => {}
                 _ if name.is_empty() => return Err(CliError::UnexpectedArgument(arg)),
                 _ => return Err(CliError::UnknownOption(option)),
@@ -406,6 +412,7 @@ impl DaemonArgs {
                 "max-frame" => {
                     out.max_frame = parse_number(&option, &value, MIN_MAX_FRAME, MAX_MAX_FRAME)?
                 }
+                "gso-buffers" => out.gso_buffers = parse_number(&option, &value, 0, 1 << 16)?,
                 "qmp" => out.qmp.push(value),
                 "qmp-pretty" => out.qmp_pretty.push(value),
                 "chardev" => {

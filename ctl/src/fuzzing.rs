@@ -31,6 +31,7 @@ pub fn control() -> &'static Mutex<Control> {
             cores: vec![None],
             pool_size: 512,
             max_frame: 1514,
+            gso_buffers: 0,
             default_poll_us: 0,
             ring_size: None,
         })

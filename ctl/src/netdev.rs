@@ -640,6 +640,7 @@ fn tap(
         downscript: o.downscript.clone(),
         sndbuf: o.sndbuf,
         vnet_hdr: o.vnet_hdr,
+        offloads: env.pool.gso_count() > 0,
         queues: o.queues.unwrap_or(1),
         poll_us: o.poll_us,
     };

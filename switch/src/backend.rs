@@ -278,6 +278,14 @@ pub trait Backend: Send {
         0
     }
 
+    /// Whether the port takes frames marked [`Pkt::offload`] (a virtio-net header in
+    /// front: GSO super-frames, partial checksums) and sends them on as they are. The
+    /// forwarder cuts and finishes frames for a port that says no (the default), once
+    /// per frame for all such destinations. Asked once, when the port is added.
+    fn offloads(&self) -> bool {
+        false
+    }
+
     /// The port's own busy-poll time in microseconds, if it has one.
     fn poll_us(&self) -> Option<u32> {
         None

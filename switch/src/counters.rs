@@ -90,6 +90,10 @@ pub struct PortCounters {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     drops: [AtomicU64; NREASONS],
+    /// Offloads done for destinations that take none (see [`crate::wire::gso`]).
+    gso_cut: AtomicU64,
+    gso_segments: AtomicU64,
+    csum_finished: AtomicU64,
     /// The backend has lost its peer (a vde_switch gone, a stream without connection):
     /// "no carrier", the reverse so that the default is up.
     no_carrier: AtomicBool,
@@ -186,6 +190,17 @@ impl PortCounters {
     pub fn count_drop(&self, why: DropReason, n: u64) {
         bump(&self.drops[why as usize], n);
     }
+    /// Counts one GSO super-frame received here and cut into `segments` frames.
+    #[inline]
+    pub fn gso_cut(&self, segments: u64) {
+        bump(&self.gso_cut, 1);
+        bump(&self.gso_segments, segments);
+    }
+    /// Counts a partial checksum of a frame received here, finished by the switch.
+    #[inline]
+    pub fn csum_finished(&self) {
+        bump(&self.csum_finished, 1);
+    }
     /// Records one sampled time in the switch, for frames sent to this port (only the
     /// owning worker calls it; skipped while a reader holds the histogram).
     #[inline]
@@ -225,6 +240,9 @@ impl PortCounters {
             tx_packets: r(&self.tx_packets),
             tx_bytes: r(&self.tx_bytes),
             drops: std::array::from_fn(|i| r(&self.drops[i])),
+            gso_cut: r(&self.gso_cut),
+            gso_segments: r(&self.gso_segments),
+            csum_finished: r(&self.csum_finished),
             carrier: !self.no_carrier.load(Ordering::Relaxed),
         }
     }
@@ -243,6 +261,13 @@ pub struct CounterSnapshot {
     pub tx_bytes: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; NREASONS],
+    /// GSO super-frames received here that the switch cut for a destination without
+    /// offloads.
+    pub gso_cut: u64,
+    /// The frames they were cut into.
+    pub gso_segments: u64,
+    /// Partial checksums of frames received here that the switch finished.
+    pub csum_finished: u64,
     /// Whether the backend has its peer (every queue, for several).
     pub carrier: bool,
 }
@@ -255,6 +280,9 @@ impl Default for CounterSnapshot {
             tx_packets: 0,
             tx_bytes: 0,
             drops: [0; NREASONS],
+            gso_cut: 0,
+            gso_segments: 0,
+            csum_finished: 0,
             carrier: true,
         }
     }
@@ -278,6 +306,9 @@ impl CounterSnapshot {
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
+        self.gso_cut += o.gso_cut;
+        self.gso_segments += o.gso_segments;
+        self.csum_finished += o.csum_finished;
         self.carrier &= o.carrier;
     }
 }

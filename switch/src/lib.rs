@@ -16,6 +16,7 @@ pub mod fdb;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod loopback;
+pub mod offload;
 pub mod pool;
 pub mod ring;
 pub mod switch;

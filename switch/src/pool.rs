@@ -49,6 +49,17 @@ pub const MAX_FRAME_LIMIT: usize = 65535;
 /// Default maximum frame size: jumbo frames up to 9216 bytes pass unchanged.
 pub const DEFAULT_MAX_FRAME: usize = 9216;
 
+/// Length of `struct virtio_net_hdr`, the offload metadata of a frame marked
+/// [`Pkt::offload`].
+pub const VNET_HDR_LEN: usize = 10;
+
+/// Largest frame a GSO buffer holds: a 64 KiB super-frame (the kernel's GSO limit for
+/// a tap) with its Ethernet and VLAN headers.
+pub const GSO_FRAME: usize = 65536 + 64;
+
+/// Default number of GSO buffers (`-gso-buffers`).
+pub const DEFAULT_GSO_BUFFERS: u32 = 256;
+
 /// Buffers in one magazine: the unit moved between a worker's cache and the depot.
 pub const MAG: usize = 64;
 
@@ -64,6 +75,7 @@ pub struct Pkt {
     len: u32,
     pool: u16,
     shared: bool,
+    offload: bool,
 }
 
 impl Pkt {
@@ -86,6 +98,19 @@ impl Pkt {
     /// Whether other handles to the same buffer may exist.
     pub fn is_shared(&self) -> bool {
         self.shared
+    }
+    /// Whether a virtio-net header ([`VNET_HDR_LEN`] bytes, right in front of the frame
+    /// in its buffer) says what the frame still needs: a GSO super-frame to be cut, a
+    /// checksum to be finished (see [`crate::wire::gso`]). Only ports that take offloads
+    /// ([`crate::Backend::offloads`]) are given such a frame; the forwarder cuts or
+    /// finishes it for the others.
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+    /// Marks (or unmarks) the bytes in front of the frame as its virtio-net header.
+    /// The frame's offset must leave room for it ([`HEADROOM`] does).
+    pub fn set_offload(&mut self, on: bool) {
+        self.offload = on && self.off as usize >= VNET_HDR_LEN;
     }
     /// Sets where the frame lies in the buffer. A span outside the buffer is not an
     /// error here; it reads as empty (see [`Pool::bytes`]), so it can never reach
@@ -203,6 +228,48 @@ impl Region {
     }
 }
 
+/// The GSO class: a few buffers of [`GSO_FRAME`] bytes, in a region of their own that
+/// no peer is given. Their handles have indices from the pool's `count` up. They are
+/// not cached per worker: a super-frame costs a system call and tens of microseconds of
+/// copying anyway, so one lock-free pop per buffer is noise.
+struct Big {
+    #[allow(dead_code)]
+    region: Option<Region>,
+    base: *mut u8,
+    size: usize,
+    count: u32,
+    free: ArrayQueue<u32>,
+}
+
+impl Big {
+    fn new(first: u32, count: u32) -> Result<Big, SwitchError> {
+        let size = (HEADROOM + GSO_FRAME + 1).next_multiple_of(4096);
+        let free = ArrayQueue::new(count.max(1) as usize);
+        if count == 0 {
+            return Ok(Big {
+                region: None,
+                base: std::ptr::null_mut(),
+                size,
+                count,
+                free,
+            });
+        }
+        let (mut region, _) = Region::new(size * count as usize)?;
+        let base = region.base();
+        for i in 0..count {
+            // Cannot fail: the queue has room for every buffer.
+            let _ = free.push(first + i);
+        }
+        Ok(Big {
+            region: Some(region),
+            base,
+            size,
+            count,
+            free,
+        })
+    }
+}
+
 /// A worker cache's published number of free buffers, read by [`Pool::free_count`].
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -227,6 +294,7 @@ pub struct Pool {
     empties: ArrayQueue<Vec<u32>>,
     loose: ArrayQueue<u32>,
     refcnt: Box<[AtomicU32]>,
+    big: Big,
     caches: Mutex<Vec<Arc<CacheStat>>>,
     reserved: AtomicU64,
     misuse: AtomicU64,
@@ -257,7 +325,13 @@ impl Pool {
     /// plus one byte (so an over-size frame is seen as such instead of being truncated)
     /// plus [`HEADROOM`]. Huge pages are used when the host has enough of them.
     pub fn new(count: u32, max_frame: usize) -> Result<Pool, SwitchError> {
-        if count == 0 || count > (1 << 24) {
+        Pool::with_gso(count, max_frame, 0)
+    }
+
+    /// As [`Pool::new`], with `gso` buffers of [`GSO_FRAME`] bytes besides (0: none, and
+    /// no port takes offloads).
+    pub fn with_gso(count: u32, max_frame: usize, gso: u32) -> Result<Pool, SwitchError> {
+        if count == 0 || count > (1 << 24) || gso > (1 << 16) {
             return Err(SwitchError::PoolSize(count));
         }
         if !(MIN_FRAME..=MAX_FRAME_LIMIT).contains(&max_frame) {
@@ -283,6 +357,7 @@ impl Pool {
             // Cannot fail: the depot has room for `mags` magazines.
             let _ = depot.push(m);
         }
+        let big = Big::new(count, gso)?;
         let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed).max(1);
         Ok(Pool {
             region,
@@ -296,7 +371,8 @@ impl Pool {
             depot_bufs: AtomicUsize::new(count as usize),
             empties,
             loose: ArrayQueue::new(count as usize),
-            refcnt: (0..count).map(|_| AtomicU32::new(0)).collect(),
+            refcnt: (0..count + gso).map(|_| AtomicU32::new(0)).collect(),
+            big,
             caches: Mutex::new(Vec::new()),
             reserved: AtomicU64::new(0),
             misuse: AtomicU64::new(0),
@@ -400,13 +476,77 @@ impl Pool {
             len: 0,
             pool: self.tag,
             shared: false,
+            offload: false,
         }
     }
 
     /// Whether `p` is a live-looking handle of this pool.
     #[inline]
     fn mine(&self, p: &Pkt) -> bool {
-        p.pool == self.tag && p.idx < self.count
+        p.pool == self.tag && p.idx < self.count + self.big.count
+    }
+
+    /// Where buffer `idx` (a valid index) starts, and its size.
+    #[inline]
+    fn buffer(&self, idx: u32) -> (*mut u8, usize) {
+        if idx < self.count {
+            // SAFETY: idx < count, so the offset stays inside the region.
+            (
+                unsafe { self.base.add(idx as usize * self.buf_size) },
+                self.buf_size,
+            )
+        } else {
+            let j = (idx - self.count) as usize;
+            // SAFETY: idx < count + big.count (callers checked `mine`), so buffer j lies
+            // inside the GSO region, which is big.count * big.size bytes.
+            (
+                unsafe { self.big.base.add(j * self.big.size) },
+                self.big.size,
+            )
+        }
+    }
+
+    /// Whether `p` is a GSO buffer (see [`Pool::alloc_gso`]).
+    #[inline]
+    pub fn is_gso(&self, p: &Pkt) -> bool {
+        p.idx >= self.count
+    }
+
+    /// Number of GSO buffers ([`GSO_FRAME`] bytes each); 0 when offloads are off.
+    pub fn gso_count(&self) -> u32 {
+        self.big.count
+    }
+
+    /// GSO buffers free now.
+    pub fn gso_free_count(&self) -> u32 {
+        self.big.free.len() as u32
+    }
+
+    /// Size of a GSO buffer in bytes (0 when there are none).
+    pub fn gso_buf_size(&self) -> usize {
+        if self.big.count == 0 {
+            0
+        } else {
+            self.big.size
+        }
+    }
+
+    /// Takes a free GSO buffer, for a frame that may be up to [`GSO_FRAME`] bytes; the
+    /// packet starts at [`HEADROOM`] with length 0. Freed like any other.
+    pub fn alloc_gso(&self) -> Option<Pkt> {
+        self.big.free.pop().map(|i| self.handle(i))
+    }
+
+    /// Puts a buffer whose last reference is gone back where its class keeps them;
+    /// false for an ordinary buffer (the caller keeps it).
+    #[inline]
+    fn return_gso(&self, idx: u32) -> bool {
+        if idx < self.count {
+            return false;
+        }
+        // Cannot fail: the queue has room for every GSO buffer.
+        let _ = self.big.free.push(idx);
+        true
     }
 
     /// Takes a free buffer without a cache (control thread, tests); the packet starts at
@@ -521,7 +661,7 @@ impl Pool {
             self.misuse.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if self.release(&p) {
+        if self.release(&p) && !self.return_gso(p.idx) {
             // Cannot fail: `loose` has room for every buffer.
             let _ = self.loose.push(p.idx);
         }
@@ -543,37 +683,67 @@ impl Pool {
     #[inline]
     fn span(&self, p: &Pkt) -> Option<(usize, usize)> {
         let (off, len) = (p.off as usize, p.len as usize);
-        if !self.mine(p) || off.checked_add(len).is_none_or(|end| end > self.buf_size) {
+        if !self.mine(p) {
             return None;
         }
-        Some((p.idx as usize * self.buf_size + off, len))
+        let size = if p.idx < self.count {
+            self.buf_size
+        } else {
+            self.big.size
+        };
+        if off.checked_add(len).is_none_or(|end| end > size) {
+            return None;
+        }
+        Some((off, len))
     }
 
     /// Where a packet's frame lies in the region (offset, length), for a peer that
-    /// maps the region ([`Pool::region_fd`]); `None` for a foreign or broken handle.
+    /// maps the region ([`Pool::region_fd`]); `None` for a foreign or broken handle,
+    /// and for a GSO buffer (which lies outside that region).
     #[inline]
     pub fn frame_in_region(&self, p: &Pkt) -> Option<(usize, usize)> {
+        if self.is_gso(p) {
+            return None;
+        }
         self.span(p)
+            .map(|(off, len)| (p.idx as usize * self.buf_size + off, len))
     }
 
-    /// Where a packet's whole buffer starts in the region.
+    /// Where a packet's whole buffer starts in the region (`None` for a GSO buffer).
     #[inline]
     pub fn buffer_in_region(&self, p: &Pkt) -> Option<usize> {
-        self.mine(p).then(|| p.idx as usize * self.buf_size)
+        (self.mine(p) && !self.is_gso(p)).then(|| p.idx as usize * self.buf_size)
+    }
+
+    /// The virtio-net header in front of a frame marked [`Pkt::offload`]; `None` for any
+    /// other frame.
+    #[inline]
+    pub fn vnet_hdr<'a>(&'a self, p: &'a Pkt) -> Option<&'a [u8; VNET_HDR_LEN]> {
+        if !p.offload {
+            return None;
+        }
+        let (off, len) = self.span(p)?;
+        let start = off.checked_sub(VNET_HDR_LEN)?;
+        let (base, _) = self.buffer(p.idx);
+        debug_assert!(start + VNET_HDR_LEN + len <= self.buffer(p.idx).1);
+        // SAFETY: the header lies inside the handle's buffer, in front of its span (both
+        // checked); it is read like the frame (see `bytes`).
+        Some(unsafe { &*base.add(start).cast::<[u8; VNET_HDR_LEN]>() })
     }
 
     /// The frame bytes of a packet, borrowed for as long as its handle is. A handle of
     /// another pool, or whose span is outside its buffer, reads as empty.
     #[inline]
     pub fn bytes<'a>(&'a self, p: &'a Pkt) -> &'a [u8] {
-        let Some((start, len)) = self.span(p) else {
+        let Some((off, len)) = self.span(p) else {
             return &[];
         };
-        // SAFETY: the span lies inside buffer `idx` (checked above), inside the region.
+        let (base, _) = self.buffer(p.idx);
+        // SAFETY: the span lies inside buffer `idx` (checked above), inside its region.
         // The handle keeps the buffer allocated while it is borrowed (it must be moved to
         // be freed), and a buffer is written only through an exclusive handle, which is
         // then the only one: no writer exists while this slice lives.
-        unsafe { std::slice::from_raw_parts(self.base.add(start), len) }
+        unsafe { std::slice::from_raw_parts(base.add(off), len) }
     }
 
     /// The whole buffer of a packet whose handle is its only reference, for filling it;
@@ -584,15 +754,11 @@ impl Pool {
         if !self.exclusive(p) {
             return None;
         }
+        let (base, size) = self.buffer(p.idx);
         // SAFETY: `p` is the only reference to buffer `idx` (checked above), and the
         // `&mut` borrow of it prevents a second slice through it while this one lives;
-        // the span is exactly the buffer, inside the region.
-        Some(unsafe {
-            std::slice::from_raw_parts_mut(
-                self.base.add(p.idx as usize * self.buf_size),
-                self.buf_size,
-            )
-        })
+        // the span is exactly the buffer, inside its region.
+        Some(unsafe { std::slice::from_raw_parts_mut(base, size) })
     }
 
     /// The frame bytes of an exclusively owned packet, for changing them in place.
@@ -628,9 +794,7 @@ impl Pool {
         if !self.exclusive(p) {
             return None;
         }
-        // SAFETY: idx < count (checked by `exclusive`), so the offset stays inside the
-        // region.
-        Some(unsafe { self.base.add(p.idx as usize * self.buf_size) })
+        Some(self.buffer(p.idx).0)
     }
 
     /// Copies `data` into a new packet (without a cache). `None` when the pool is empty
@@ -696,6 +860,7 @@ impl Iterator for Fanout<'_> {
                     len: p.len,
                     pool: p.pool,
                     shared: p.shared,
+                    offload: p.offload,
                 })
             }
         }
@@ -820,7 +985,7 @@ impl BufCache {
             self.pool.misuse.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if !self.pool.release(&p) {
+        if !self.pool.release(&p) || self.pool.return_gso(p.idx) {
             return;
         }
         if self.loaded.len() >= MAG {
@@ -886,6 +1051,51 @@ mod tests {
             pool.free(p);
         }
         assert_eq!(pool.free_count(), 8);
+    }
+
+    #[test]
+    fn gso_buffers_are_a_class_of_their_own() {
+        let pool = Arc::new(Pool::with_gso(4, 1514, 2).unwrap());
+        assert_eq!((pool.gso_count(), pool.gso_free_count()), (2, 2));
+        let mut big = pool.alloc_gso().unwrap();
+        assert!(pool.is_gso(&big));
+        assert!(pool.gso_buf_size() >= HEADROOM + GSO_FRAME);
+        // A whole super-frame fits, and reads back.
+        let buf = pool.buf_mut(&mut big).unwrap();
+        buf[HEADROOM..HEADROOM + GSO_FRAME].fill(0xa5);
+        buf[HEADROOM - VNET_HDR_LEN..HEADROOM].copy_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0, 0, 0]);
+        big.set_span(HEADROOM, GSO_FRAME);
+        assert!(pool.vnet_hdr(&big).is_none(), "not marked yet");
+        big.set_offload(true);
+        assert_eq!(pool.vnet_hdr(&big).unwrap()[1], 4);
+        assert!(pool.bytes(&big).iter().all(|&b| b == 0xa5));
+        // Not in the region a peer maps.
+        assert_eq!(pool.frame_in_region(&big), None);
+        assert_eq!(pool.buffer_in_region(&big), None);
+        // Shared handles keep the flag; the last one back returns it to its class,
+        // through a worker's cache as well.
+        let mut cache = pool.cache();
+        let hs: Vec<Pkt> = pool.fanout(big, 3).collect();
+        assert!(hs.iter().all(|h| h.offload() && h.is_shared()));
+        assert_eq!(pool.gso_free_count(), 1);
+        for h in hs {
+            cache.free(h);
+        }
+        assert_eq!(pool.gso_free_count(), 2);
+        assert_eq!(
+            pool.free_count(),
+            4,
+            "no ordinary buffer was taken or added"
+        );
+        let (a, b) = (pool.alloc_gso().unwrap(), pool.alloc_gso().unwrap());
+        assert!(pool.alloc_gso().is_none());
+        pool.free(a);
+        cache.free(b);
+        assert_eq!(pool.gso_free_count(), 2);
+        // A pool without GSO buffers has none to give.
+        let plain = Pool::new(2, 1514).unwrap();
+        assert!(plain.alloc_gso().is_none());
+        assert_eq!(plain.gso_buf_size(), 0);
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct SwitchConfig {
     pub pool_size: u32,
     /// Largest frame forwarded.
     pub max_frame: usize,
+    /// Buffers for GSO super-frames (see [`crate::pool::GSO_FRAME`]); 0 turns offloads
+    /// off for every port.
+    pub gso_buffers: u32,
     /// Busy-poll time of ports that do not set their own, in microseconds.
     pub default_poll_us: u32,
     /// Slots of each ring between two workers (`None`: sized to the pool by
@@ -65,6 +68,7 @@ impl Default for SwitchConfig {
             cores: vec![None],
             pool_size: 16384,
             max_frame: crate::pool::DEFAULT_MAX_FRAME,
+            gso_buffers: crate::pool::DEFAULT_GSO_BUFFERS,
             default_poll_us: 1000,
             ring_size: None,
         }
@@ -194,7 +198,11 @@ impl Switch {
                 return Err(SwitchError::NoSuchCore(*c, ncores));
             }
         }
-        let pool = Arc::new(Pool::new(cfg.pool_size, cfg.max_frame)?);
+        let pool = Arc::new(Pool::with_gso(
+            cfg.pool_size,
+            cfg.max_frame,
+            cfg.gso_buffers,
+        )?);
         let n = cfg.cores.len();
         let rsize = match cfg.ring_size {
             Some(r) => r.max(2).next_power_of_two(),
@@ -324,12 +332,14 @@ impl Switch {
     pub fn add(&mut self, spec: ClientSpec) -> Result<(), SwitchError> {
         self.graph.check_add(&spec.name, spec.peer.as_deref())?;
         let mut vlan = None;
+        let mut offloads = false;
         let kind = match spec.kind {
             SpecKind::HubPort { hub, vlan: v } => {
                 vlan = v;
                 ClientKind::HubPort { hub }
             }
             SpecKind::Port { queues, poll_us } => {
+                offloads = queues.first().is_some_and(|b| b.offloads());
                 let mut refs = Vec::with_capacity(queues.len());
                 let mut waits = Vec::new();
                 // Every queue's worst case is spoken for before any starts: one that the
@@ -376,6 +386,9 @@ impl Switch {
         self.graph.add(&spec.name, kind, spec.peer.as_deref())?;
         if spec.nic {
             self.graph.set_nic(&spec.name);
+        }
+        if offloads {
+            self.graph.set_offloads(&spec.name);
         }
         if vlan.is_some() {
             self.graph.set_vlan(&spec.name, vlan)?;

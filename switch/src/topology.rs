@@ -41,6 +41,8 @@ pub struct QueueRef {
 pub struct DestGroup {
     /// The queues, in queue order.
     pub queues: Box<[QueueRef]>,
+    /// Whether the port takes offload frames ([`crate::Backend::offloads`]).
+    pub offloads: bool,
 }
 
 impl DestGroup {
@@ -101,6 +103,8 @@ pub struct PortEntry {
     pub learn: Option<Learn>,
     /// On a VLAN-aware hub: its own and its destinations' VLAN membership.
     pub vlans: Option<Arc<PortVlans>>,
+    /// How many of `dests` take no offload frames (the forwarder cuts for them).
+    pub plain: u32,
 }
 
 /// The table every worker forwards by, indexed by [`PortId`].
@@ -143,6 +147,8 @@ pub struct Client {
     pub link_up: bool,
     /// Whether it is a NIC-like port (QEMU's set_link also changes a NIC peer's link).
     pub nic: bool,
+    /// Whether the port takes offload frames ([`crate::Backend::offloads`]).
+    pub offloads: bool,
 }
 
 /// The control thread's model of clients, hubs and peers.
@@ -206,6 +212,7 @@ impl Graph {
                 peer: peer.map(str::to_string),
                 link_up: true,
                 nic: false,
+                offloads: false,
             },
         );
         Ok(())
@@ -324,10 +331,19 @@ impl Graph {
         }
     }
 
+    /// Marks a port as taking offload frames.
+    pub fn set_offloads(&mut self, name: &str) {
+        if let Some(c) = self.clients.get_mut(name) {
+            c.offloads = true;
+        }
+    }
+
     fn group_of(&self, name: &str) -> Option<DestGroup> {
-        match &self.clients.get(name)?.kind {
+        let c = self.clients.get(name)?;
+        match &c.kind {
             ClientKind::Port { queues } if !queues.is_empty() => Some(DestGroup {
                 queues: queues.clone().into_boxed_slice(),
+                offloads: c.offloads,
             }),
             _ => None,
         }
@@ -393,6 +409,7 @@ impl Graph {
                 });
             let vlans = self.port_vlans(name, &with_ids);
             let dests: Box<[DestGroup]> = with_ids.into_iter().map(|(_, g, _)| g).collect();
+            let plain = dests.iter().filter(|g| !g.offloads).count() as u32;
             for q in queues {
                 let i = q.port as usize;
                 if ports.len() <= i {
@@ -404,6 +421,7 @@ impl Graph {
                     dests: dests.clone(),
                     learn: learn.clone(),
                     vlans: vlans.clone(),
+                    plain,
                 });
             }
         }
@@ -606,6 +624,7 @@ mod tests {
                 },
             ]
             .into_boxed_slice(),
+            offloads: false,
         };
         assert_eq!(g.pick(1, 0).port, 11);
         assert_eq!(g.pick(0, 7).port, 10);

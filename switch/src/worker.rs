@@ -180,6 +180,8 @@ pub struct Worker {
     wake_armed: bool,
     completions: Vec<Completion>,
     rx: Vec<Pkt>,
+    /// Wire frames made from offload frames (see [`crate::offload`]).
+    cut: Vec<Pkt>,
     hops: Vec<Hop>,
     last_housekeeping: Instant,
     /// Breaths that received frames (for sampling latency).
@@ -238,6 +240,7 @@ impl Worker {
             wake_armed: false,
             completions: Vec::with_capacity(1024),
             rx: Vec::with_capacity(BURST),
+            cut: Vec::new(),
             hops: Vec::with_capacity(BURST * 4),
             last_housekeeping: Instant::now(),
             breaths_with_rx: 0,
@@ -531,6 +534,7 @@ impl Worker {
             outq,
             peers,
             rx,
+            cut,
             ..
         } = self;
         let topo: &Topology = topo;
@@ -552,6 +556,29 @@ impl Worker {
             }
         };
         let ndest = entry.dests.len() as u32;
+        // Offload frames for destinations that take none: cut (or finished) once. Up
+        // front for the whole burst when no destination takes them or on a VLAN-aware
+        // hub (whose tag changes would move the header); else per frame below.
+        let src_counters = if entry.plain > 0 && rx.iter().any(Pkt::offload) {
+            slots
+                .get(src_idx)
+                .and_then(Option::as_ref)
+                .map(|s| s.counters.clone())
+        } else {
+            None
+        };
+        if let Some(c) = src_counters.as_deref() {
+            if entry.plain == ndest || entry.vlans.is_some() {
+                for p in rx.drain(..) {
+                    if p.offload() {
+                        crate::offload::into_wire_frames(&eng.pool, &mut eng.cache, p, cut, c);
+                    } else {
+                        cut.push(p);
+                    }
+                }
+                std::mem::swap(rx, cut);
+            }
+        }
         // A flow hash only when some destination has several queues to choose from.
         let spread = entry.dests.iter().any(|g| g.queues.len() > 1);
         if let ([g], false, None, None) = (&entry.dests[..], spread, &entry.learn, &entry.vlans) {
@@ -639,14 +666,40 @@ impl Worker {
                         continue;
                     }
                     Some((_, Some(i))) => {
+                        let g = &entry.dests[i];
+                        if let (true, false, Some(c)) = (pkt.offload(), g.offloads, &src_counters) {
+                            // (Not on a VLAN-aware hub: cut up front there.)
+                            crate::offload::wire_frames(pool, fwd.cache, &pkt, cut, c);
+                            fwd.cache.free(pkt);
+                            for s in cut.drain(..) {
+                                fwd.send_known(g, None, s, hash);
+                            }
+                            continue;
+                        }
                         let vl = entry.vlans.as_ref().map(|v| (&v.dests[i], vid, form));
-                        fwd.send_known(&entry.dests[i], vl, pkt, hash);
+                        fwd.send_known(g, vl, pkt, hash);
                         continue;
                     }
                     _ => {}
                 }
             }
             match &entry.vlans {
+                None if pkt.offload() && src_counters.is_some() => {
+                    // Some destinations take it whole, the others share its wire frames.
+                    if let Some(c) = &src_counters {
+                        crate::offload::wire_frames(pool, fwd.cache, &pkt, cut, c);
+                    }
+                    let whole = entry.dests.iter().filter(|g| g.offloads);
+                    for (g, p) in whole.zip(pool.fanout(pkt, ndest - entry.plain)) {
+                        fwd.route(g, p, hash);
+                    }
+                    for s in cut.drain(..) {
+                        let plain = entry.dests.iter().filter(|g| !g.offloads);
+                        for (g, p) in plain.zip(pool.fanout(s, entry.plain)) {
+                            fwd.route(g, p, hash);
+                        }
+                    }
+                }
                 None => {
                     let copies = pool.fanout(pkt, ndest);
                     for (g, p) in entry.dests.iter().zip(copies) {

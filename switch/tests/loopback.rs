@@ -13,6 +13,7 @@ fn start(workers: usize, poll_us: u32) -> Switch {
         cores: vec![None; workers],
         pool_size: 16384,
         max_frame: 9216,
+        gso_buffers: 0,
         default_poll_us: poll_us,
         ring_size: Some(4096),
     })
@@ -249,6 +250,7 @@ fn every_drop_path_gives_its_buffers_back() {
         cores: vec![None; 2],
         pool_size: 4096,
         max_frame: 1514,
+        gso_buffers: 0,
         default_poll_us: 0,
         ring_size: Some(2),
     })

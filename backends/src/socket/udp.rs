@@ -59,6 +59,7 @@ impl UdpPort {
             dest: Some(remote),
             ignore_src: None,
             gso: true,
+            offload: false,
         };
         Ok(UdpPort {
             rx: DgramIo::new(s.into(), cfg),
@@ -125,6 +126,7 @@ impl UdpPort {
                 dest: None,
                 ignore_src: own,
                 gso: false,
+                offload: false,
             },
         );
         let tx = DgramIo::new(
@@ -136,6 +138,7 @@ impl UdpPort {
                 dest: Some(group),
                 ignore_src: None,
                 gso: true,
+                offload: false,
             },
         );
         Ok(UdpPort {

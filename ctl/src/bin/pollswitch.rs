@@ -76,6 +76,7 @@ fn main() -> ExitCode {
         },
         pool_size: args.pool_size,
         max_frame: args.max_frame as usize,
+        gso_buffers: args.gso_buffers,
         default_poll_us: args.poll_us,
         ring_size: None,
     };

@@ -582,6 +582,10 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
             "rx-packets": c.rx_packets, "rx-bytes": c.rx_bytes,
             "tx-packets": c.tx_packets, "tx-bytes": c.tx_bytes,
             "drops": drops,
+            "offloads": {
+                "gso-cut": c.gso_cut, "gso-segments": c.gso_segments,
+                "csum-finished": c.csum_finished,
+            },
         });
         if let Ok(Some(l)) = sw.latency(&e.config.id) {
             port["latency-ns"] = json!({
@@ -641,6 +645,8 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
             "max-frame": pool.max_frame(),
             "huge-pages": pool.pages() == switch::pool::PageKind::Huge,
             "reserved": pool.reserved(), "refused-handles": pool.misuse_count(),
+            "gso-buffers": pool.gso_count(), "gso-free": pool.gso_free_count(),
+            "gso-buffer-size": pool.gso_buf_size(),
         },
         "workers": workers,
         "ports": ports,

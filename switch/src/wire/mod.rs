@@ -4,6 +4,7 @@
 pub mod arp;
 pub mod checksum;
 pub mod ethernet;
+pub mod gso;
 
 /// A MAC address.
 pub type Mac = [u8; 6];
