@@ -52,13 +52,14 @@ pub fn rx_budget(pool_buffers: u32, max: usize) -> usize {
 /// Single sends in flight per port queue (at most).
 pub const TX_SLOTS: usize = 256;
 /// Frames in flight on send per port queue, single and GSO sends together (at most).
-pub const TX_MAX: usize = 128;
+pub const TX_MAX: usize = 256;
 
 /// Frames one port queue may have in flight on send, which is what a stalled socket can
-/// hold of the pool: 1/64 of the pool, between two bursts and [`TX_MAX`] (a breath can
-/// hand a port a burst from each of several sources).
+/// hold of the pool: 1/32 of the pool, between two bursts and [`TX_MAX`] (a breath can
+/// hand a port a burst from each of several sources, or a burst and the segments of a
+/// super-frame cut for it: up to 128 of them).
 pub fn tx_budget(pool_buffers: u32) -> usize {
-    ((pool_buffers / 64) as usize).clamp(2 * switch::BURST, TX_MAX)
+    ((pool_buffers / 32) as usize).clamp(2 * switch::BURST, TX_MAX)
 }
 
 const OP_RX: u8 = 1;
@@ -604,7 +605,7 @@ impl DgramIo {
         } else {
             hdr + io.pool().max_frame() + 1
         };
-        let mut n = 0;
+        let (mut n, mut wire) = (0, 0);
         while n < max {
             if self.cfg.offload && self.spare_gso.is_none() {
                 self.spare_gso = io.pool().alloc_gso();
@@ -683,8 +684,14 @@ impl DgramIo {
             if pkt.is_empty() {
                 io.free(pkt);
             } else {
+                wire += wire_frames(io.pool(), &pkt);
                 out.push(pkt);
                 n += 1;
+                if wire >= max {
+                    // Enough for one breath: a super-frame may become a hundred frames
+                    // for a port without offloads, whose sends in flight are bounded.
+                    break;
+                }
             }
         }
         n
@@ -1093,6 +1100,20 @@ impl DgramIo {
         }
         false
     }
+}
+
+/// How many wire frames `p` stands for: the segments of a GSO super-frame, else one.
+fn wire_frames(pool: &switch::Pool, p: &Pkt) -> usize {
+    let Some(h) = pool.vnet_hdr(p).map(VnetHdr::parse) else {
+        return 1;
+    };
+    if h.gso() == GSO_NONE || h.gso_size == 0 {
+        return 1;
+    }
+    p.len()
+        .saturating_sub(usize::from(h.hdr_len))
+        .div_ceil(usize::from(h.gso_size))
+        .max(1)
 }
 
 /// A port that is one datagram engine and nothing more, holding what must live as long

@@ -68,6 +68,26 @@ pub struct Daemon {
 /// QEMU's first default MAC address; later NICs count up from it.
 const DEFAULT_MAC: Mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
+/// The pool once every port is gone: what came back of each buffer class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolAtExit {
+    /// Ordinary buffers free.
+    pub free: u32,
+    /// Ordinary buffers in all.
+    pub total: u32,
+    /// GSO buffers free.
+    pub gso_free: u32,
+    /// GSO buffers in all.
+    pub gso_total: u32,
+}
+
+impl PoolAtExit {
+    /// Whether every buffer of both classes came back.
+    pub fn all_back(&self) -> bool {
+        self.free == self.total && self.gso_free == self.gso_total
+    }
+}
+
 impl Daemon {
     /// Starts the data plane.
     pub fn start(cfg: &SwitchConfig) -> Result<Daemon, CtlError> {
@@ -358,10 +378,15 @@ impl Daemon {
 
     /// Removes everything and stops the workers; returns the pool's free and total
     /// buffer counts once every port is gone.
-    pub fn shutdown(self) -> Result<(u32, u32), CtlError> {
+    pub fn shutdown(self) -> Result<PoolAtExit, CtlError> {
         let pool = self.switch.pool().clone();
         let backends = self.switch.shutdown()?;
         drop(backends);
-        Ok((pool.free_count(), pool.count()))
+        Ok(PoolAtExit {
+            free: pool.free_count(),
+            total: pool.count(),
+            gso_free: pool.gso_free_count(),
+            gso_total: pool.gso_count(),
+        })
     }
 }

@@ -188,6 +188,21 @@ pub fn assert_clean_exit(status: ExitStatus, stderr: &str) {
         let total = w.next()?.parse::<u64>().ok()?;
         Some((free, total))
     });
+    let gso = stderr.lines().rev().find_map(|l| {
+        let rest = l.strip_prefix("pollswitch: GSO buffers: ")?;
+        let mut w = rest.split_whitespace();
+        let free = w.next()?.parse::<u64>().ok()?;
+        (w.next()? == "of").then_some(())?;
+        Some((free, w.next()?.parse::<u64>().ok()?))
+    });
+    if let Some((free, total)) = gso {
+        assert_eq!(
+            free,
+            total,
+            "{} GSO buffer(s) leaked; stderr:\n{stderr}",
+            total - free
+        );
+    }
     let Some((free, total)) = last else {
         panic!("no 'pollswitch: pool: F of T buffers free' line at exit; stderr:\n{stderr}");
     };

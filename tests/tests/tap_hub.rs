@@ -20,27 +20,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{diff, expect_frame, expect_nothing, mac, ping, Args, BCAST, ETH_EXP, QUIET, WAIT};
+use common::{
+    diff, expect_frame, expect_nothing, mac, ns_with, ping, tap_spec, Args, BCAST, ETH_EXP, QUIET,
+    WAIT,
+};
 use tests::{
-    bin_path, frame, move_link_into, require_tool, run, run_ok, unique, wait_until, Daemon, Netns,
-    RawSock, TempDir, UdpEnd,
+    bin_path, frame, require_tool, run, run_ok, unique, wait_until, Daemon, Netns, RawSock,
+    TempDir, UdpEnd,
 };
 
 /// How long a tap may stay around after the daemon closed it (io_uring teardown).
 const GONE: Duration = Duration::from_secs(10);
-
-/// `tap,id=ID,ifname=IFNAME,script=no,downscript=no` plus `extra` (`",vnet_hdr=on"`).
-fn tap_spec(id: &str, ifname: &str, extra: &str) -> String {
-    format!("tap,id={id},ifname={ifname},script=no,downscript=no{extra}")
-}
-
-/// A new namespace holding `ifname` (moved in from this one) with `cidr` (or none) and
-/// the link up.
-fn ns_with(ifname: &str, cidr: &str) -> Netns {
-    let ns = Netns::new();
-    move_link_into(ifname, &ns, cidr);
-    ns
-}
 
 /// Whether link `ifname` exists in `ns` (`None`: this process's namespace).
 fn link_exists(ns: Option<&Netns>, ifname: &str) -> bool {
@@ -317,7 +307,7 @@ fn exact_frames_between_tap_and_udp(extra: &str) {
     let flags = tun_flags(&ns, &t);
     assert_eq!(
         flags & IFF_VNET_HDR != 0,
-        extra.contains("vnet_hdr=on"),
+        !extra.contains("vnet_hdr=off"),
         "IFF_VNET_HDR in the tap's flags {flags:#x} with {extra:?}"
     );
     let raw = RawSock::open_in(&ns, &t);
@@ -368,7 +358,7 @@ fn exact_frames_between_tap_and_udp(extra: &str) {
 
 #[test]
 fn plain_tap_carries_exact_frames_both_ways() {
-    exact_frames_between_tap_and_udp(",poll-us=20,sndbuf=1048576");
+    exact_frames_between_tap_and_udp(",vnet_hdr=off,poll-us=20,sndbuf=1048576");
 }
 
 #[test]
@@ -447,7 +437,7 @@ fn tcp_crosses_between_a_vnet_hdr_tap_and_a_plain_tap() {
         .opt("-pool-size", "2048")
         .netdev(&tap_spec("ta", &ta, ",vnet_hdr=on"))
         .on_hub("ta", 0)
-        .netdev(&tap_spec("tb", &tb, ""))
+        .netdev(&tap_spec("tb", &tb, ",vnet_hdr=off"))
         .on_hub("tb", 0)
         .start();
     let a = ns_with(&ta, "10.80.0.1/24");

@@ -199,12 +199,22 @@ fn main() -> ExitCode {
     control.flush(std::time::Duration::from_secs(1));
     eprintln!("pollswitch: shutting down");
     match control.daemon.shutdown() {
-        Ok((free, total)) => {
-            eprintln!("pollswitch: pool: {free} of {total} buffers free");
-            if free == total {
+        Ok(p) => {
+            eprintln!("pollswitch: pool: {} of {} buffers free", p.free, p.total);
+            if p.gso_total > 0 {
+                eprintln!(
+                    "pollswitch: GSO buffers: {} of {} free",
+                    p.gso_free, p.gso_total
+                );
+            }
+            if p.all_back() {
                 ExitCode::SUCCESS
             } else {
-                eprintln!("pollswitch: {} buffer(s) were not returned", total - free);
+                eprintln!(
+                    "pollswitch: {} buffer(s) and {} GSO buffer(s) were not returned",
+                    p.total - p.free,
+                    p.gso_total - p.gso_free
+                );
                 ExitCode::from(2)
             }
         }

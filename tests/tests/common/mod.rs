@@ -8,7 +8,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::{frame, free_udp_port, Daemon, Netns, QemuPeer, QmpClient, TempDir, UdpEnd};
+use tests::{
+    frame, free_udp_port, move_link_into, Daemon, Netns, QemuPeer, QmpClient, TempDir, UdpEnd,
+};
 
 /// How long a frame that must arrive may take (a loaded 2-core machine).
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -171,6 +173,19 @@ pub fn ping(ns: &Netns, to: &str, count: u32, size: u32) {
         "ping -s {size} {to} from netns {}: {text}",
         ns.name
     );
+}
+
+/// `tap,id=ID,ifname=IFNAME,script=no,downscript=no` plus `extra` (`",vnet_hdr=on"`).
+pub fn tap_spec(id: &str, ifname: &str, extra: &str) -> String {
+    format!("tap,id={id},ifname={ifname},script=no,downscript=no{extra}")
+}
+
+/// A new namespace holding `ifname` (moved in from this one) with `cidr` (or none) and
+/// the link up.
+pub fn ns_with(ifname: &str, cidr: &str) -> Netns {
+    let ns = Netns::new();
+    move_link_into(ifname, &ns, cidr);
+    ns
 }
 
 /// Port `name` of `x-query-stats`.
