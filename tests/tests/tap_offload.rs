@@ -363,3 +363,57 @@ fn gso_buffers_0_or_vnet_hdr_off_turn_the_offloads_off() {
     drop(q);
     d.stop_clean();
 }
+
+/// Two offload taps and a UDP port on hub 0 with hubport options `extra` (VLAN,
+/// learning): TCP from A to B, then the taps' and the UDP port's counters.
+fn tcp_on_a_hub(extra: &str, net: u8) -> (Value, Value, Value) {
+    let (ta, tb) = (unique("poi"), unique("poj"));
+    let dir = TempDir::new();
+    let mut x = UdpEnd::new();
+    let hub = |id: &str| format!("hubport,id=hp-{id},hubid=0,netdev={id}{extra}");
+    let (d, mut q) = Args::new()
+        .opt("-pool-size", "4096")
+        .netdev(&tap_spec("ta", &ta, ""))
+        .netdev(&hub("ta"))
+        .netdev(&tap_spec("tb", &tb, ""))
+        .netdev(&hub("tb"))
+        .netdev(&common::udp_spec("x", &mut x))
+        .netdev(&hub("x"))
+        .start_with_qmp(&dir);
+    let a = ns_with(&ta, &format!("10.{net}.0.1/24"));
+    let b = ns_with(&tb, &format!("10.{net}.0.2/24"));
+    tcp_transfer(&a, &b, Ipv4Addr::new(10, net, 0, 2), 8 << 20);
+    let stats = (
+        port_stats(&mut q, "ta"),
+        port_stats(&mut q, "tb"),
+        port_stats(&mut q, "x"),
+    );
+    drop(q);
+    d.stop_clean();
+    stats
+}
+
+#[test]
+fn on_a_vlan_hub_super_frames_are_cut_for_everyone() {
+    // Tags may be pushed or popped on the way, which would move the header in front of
+    // a super-frame: a VLAN-aware hub with a port without offloads cuts first.
+    let (pa, pb, px) = tcp_on_a_hub(",x-vlan=10", 88);
+    assert!(mean_rx(&pa) > 3000, "premise: super-frames from ta: {pa}");
+    assert!(num(&pa, &["offloads", "gso-cut"]) > 0, "{pa}");
+    assert!(mean_rx(&pb) < 1600 && num(&pb, &["tx-packets"]) > 0, "tb got segments: {pb}");
+    assert!(num(&px, &["tx-packets"]) > 0, "{px}");
+}
+
+#[test]
+fn on_a_learning_hub_a_known_tap_gets_super_frames_whole() {
+    let (pa, pb, px) = tcp_on_a_hub(",x-learning=on", 89);
+    assert!(mean_rx(&pa) > 3000, "premise: super-frames from ta: {pa}");
+    // Once both addresses are learned, ta's frames go to tb alone, whole; the UDP port
+    // hears only what was flooded before (ARP, the first frames).
+    let whole = num(&pb, &["tx-bytes"]) / num(&pb, &["tx-packets"]).max(1);
+    assert!(whole > 3000, "tb got super-frames: {pb}");
+    assert!(
+        num(&px, &["tx-packets"]) < num(&pa, &["rx-packets"]) / 10,
+        "the UDP port heard more than the floods: {px} {pa}"
+    );
+}
