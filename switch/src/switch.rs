@@ -542,6 +542,26 @@ impl Switch {
         Ok(Some(crate::counters::LatencySummary::of(&h)))
     }
 
+    /// Each queue's worker and counters, in queue order (`None` for hubports).
+    pub fn per_queue(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<(u16, CounterSnapshot)>>, SwitchError> {
+        let c = self
+            .graph
+            .get(name)
+            .ok_or_else(|| SwitchError::NotFound(name.to_string()))?;
+        let ClientKind::Port { queues } = &c.kind else {
+            return Ok(None);
+        };
+        Ok(Some(
+            queues
+                .iter()
+                .filter_map(|q| Some((q.worker, self.counters.get(&q.port)?.snapshot())))
+                .collect(),
+        ))
+    }
+
     /// Counters of a client, summed over its queues (`None` for hubports).
     pub fn counters(&self, name: &str) -> Result<Option<CounterSnapshot>, SwitchError> {
         let Some(qs) = self.queue_counters(name)? else {

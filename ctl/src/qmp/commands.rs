@@ -587,6 +587,19 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
                 "csum-finished": c.csum_finished,
             },
         });
+        if let Ok(Some(qs)) = sw.per_queue(&e.config.id) {
+            if qs.len() > 1 {
+                port["queues"] = qs
+                    .iter()
+                    .map(|(w, c)| {
+                        json!({
+                            "worker": w, "rx-packets": c.rx_packets, "tx-packets": c.tx_packets,
+                            "drops": c.total_drops(),
+                        })
+                    })
+                    .collect();
+            }
+        }
         if let Ok(Some(l)) = sw.latency(&e.config.id) {
             port["latency-ns"] = json!({
                 "samples": l.count, "min": l.min, "p50": l.p50, "p90": l.p90, "p99": l.p99,
