@@ -59,6 +59,17 @@ pub enum Error {
         /// What is wrong with it.
         why: String,
     },
+    /// A step of setting up an AF_XDP socket or its XDP program failed.
+    #[error("af-xdp ifname={ifname}: {what}: {source}")]
+    AfXdp {
+        /// The interface.
+        ifname: String,
+        /// The step, as a person would name it.
+        what: String,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
     /// The host lacks what the option needs; the text says what and why.
     #[error("{0}")]
     Unsupported(String),

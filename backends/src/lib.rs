@@ -7,6 +7,7 @@
 //! and only count what goes wrong.
 #![deny(unsafe_code)]
 
+pub mod af_xdp;
 pub mod bridge;
 pub mod error;
 #[doc(hidden)]

@@ -41,9 +41,10 @@ after '=' (-netdev=tap,id=t0).
   -netdev TYPE,id=ID[,KEY=VALUE]...
                    Add a port, as QEMU's -netdev does (repeatable). TYPE is one of
                    tap, socket, stream, dgram, hubport, nic, l2tpv3, vde, bridge,
-                   user (libslirp NAT), vhost-user, netmap (where the host has it), x-vxlan
-                   (VXLAN to other hosts), or x-null (an in-memory source/sink for
-                   benchmarks); the keys are that
+                   user (libslirp NAT), vhost-user, netmap (where the host has it), af-xdp
+                   (AF_XDP sockets on a kernel interface), x-vxlan (VXLAN to other
+                   hosts), or x-null (an in-memory source/sink for benchmarks); the
+                   keys are that
                    type's members in qapi/net.json (tap: ifname, queues, poll-us,
                    sndbuf, ...; nested ones dotted: addr.type=inet,addr.port=5000).
                    vhost-user serves a VM's virtio-net (chardev=ID of a -chardev

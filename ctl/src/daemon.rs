@@ -52,6 +52,8 @@ pub struct NetdevEntry {
     pub vxlan: Option<std::sync::Arc<backends::vxlan::VxlanStats>>,
     /// Present for vhost-user ports: their state.
     pub vhost: Option<backends::vhost_user::VhostHandle>,
+    /// Present for af-xdp ports: their mode and per-queue counters.
+    pub af_xdp: Option<std::sync::Arc<backends::af_xdp::AfXdpStats>>,
 }
 
 /// The daemon.
@@ -252,6 +254,7 @@ impl Daemon {
             capture: None,
             vxlan: built.vxlan,
             vhost: built.vhost,
+            af_xdp: built.af_xdp,
         });
         Ok(())
     }

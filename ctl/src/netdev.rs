@@ -82,6 +82,8 @@ pub struct Built {
     pub vxlan: Option<std::sync::Arc<backends::vxlan::VxlanStats>>,
     /// For a vhost-user port: its state.
     pub vhost: Option<backends::vhost_user::VhostHandle>,
+    /// For an af-xdp port: its mode and the kernel's counters per queue.
+    pub af_xdp: Option<std::sync::Arc<backends::af_xdp::AfXdpStats>>,
 }
 
 /// Builds the switch client for a netdev. `mac` is the address a NIC without
@@ -91,6 +93,7 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
     let mut user_out = None;
     let mut vxlan_out = None;
     let mut vhost_out = None;
+    let mut af_xdp_out = None;
     let mut config = nd.clone();
     let (kind, peer) = match &nd.opts {
         NetdevOpts::Hubport(o) => hubport(o)?,
@@ -131,6 +134,11 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
         }
         NetdevOpts::Bridge(o) => (bridge(&nd.id, o)?, None),
         NetdevOpts::Netmap(o) => (netmap(&nd.id, o)?, None),
+        NetdevOpts::AfXdp(o) => {
+            let (kind, stats) = af_xdp(&nd.id, o, env)?;
+            af_xdp_out = Some(stats);
+            (kind, None)
+        }
         NetdevOpts::User(o) => {
             let (kind, handle) = user(&nd.id, o)?;
             user_out = Some(handle);
@@ -174,6 +182,7 @@ pub fn build(nd: &Netdev, env: &mut BuildEnv<'_>, mac: Mac) -> Result<Built, Ctl
         user: user_out,
         vxlan: vxlan_out,
         vhost: vhost_out,
+        af_xdp: af_xdp_out,
     })
 }
 
@@ -477,6 +486,103 @@ fn netmap(id: &str, o: &crate::qapi::NetdevNetmapOptions) -> Result<SpecKind, Ct
         queues: vec![Box::new(port)],
         poll_us: None,
     })
+}
+
+/// An OS error as C's `strerror` words it (what QEMU's `error_setg_errno` appends).
+fn strerror(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// `af-xdp`: AF_XDP sockets on queues of interface `ifname`, checked in the order and
+/// with the texts of QEMU's `net_init_af_xdp`.
+fn af_xdp(
+    id: &str,
+    o: &crate::qapi::NetdevAFXDPOptions,
+    env: &mut BuildEnv<'_>,
+) -> Result<(SpecKind, std::sync::Arc<backends::af_xdp::AfXdpStats>), CtlError> {
+    use backends::af_xdp::{self, AfXdpConfig, XdpMode};
+    // The schema's enum, checked as QEMU's visitor checks it.
+    let mode = o
+        .mode
+        .as_deref()
+        .map(|m| {
+            XdpMode::from_name(m).ok_or_else(|| crate::qapi::QapiError::BadEnumValue {
+                name: "mode".into(),
+                value: m.into(),
+            })
+        })
+        .transpose()?;
+    let ifindex = af_xdp::ifindex(&o.ifname).map_err(|e| {
+        CtlError::Invalid(format!(
+            "failed to get ifindex for '{}': {}",
+            o.ifname,
+            strerror(&e)
+        ))
+    })?;
+    let queues = o.queues.unwrap_or(1);
+    if queues < 1 {
+        return Err(CtlError::Invalid(format!(
+            "invalid number of queues ({queues}) for '{}'",
+            o.ifname
+        )));
+    }
+    let inhibit = o.inhibit.unwrap_or(false);
+    if inhibit != o.sock_fds.is_some() {
+        return Err(CtlError::Invalid(
+            "'inhibit=on' requires 'sock-fds' and vice versa".into(),
+        ));
+    }
+    // As QEMU: a negative start-queue counts as 0.
+    let start_queue = o.start_queue.unwrap_or(0).max(0);
+    let (Ok(queues), Ok(start_queue)) = (u32::try_from(queues), u32::try_from(start_queue)) else {
+        return Err(CtlError::Invalid(format!(
+            "af-xdp ifname={}: queues and start-queue must be below 2^32",
+            o.ifname
+        )));
+    };
+    let sock_fds = match &o.sock_fds {
+        Some(list) => {
+            let names: Vec<&str> = list.split(':').collect();
+            if names.len() != queues as usize {
+                return Err(CtlError::Invalid(format!(
+                    "expected {queues} socket fds, got {}",
+                    names.len()
+                )));
+            }
+            let mut fds = Vec::new();
+            for n in names {
+                fds.push(env.fds.take(n)?);
+            }
+            Some(fds)
+        }
+        None => None,
+    };
+    let (ports, stats) = af_xdp::open(
+        AfXdpConfig {
+            ifname: o.ifname.clone(),
+            mode,
+            force_copy: o.force_copy.unwrap_or(false),
+            queues,
+            start_queue,
+            sock_fds,
+        },
+        ifindex,
+    )
+    .map_err(backend_err(id))?;
+    Ok((
+        SpecKind::Port {
+            queues: ports
+                .into_iter()
+                .map(|q| Box::new(q) as Box<dyn Backend>)
+                .collect(),
+            poll_us: None,
+        },
+        stats,
+    ))
 }
 
 /// An `x-null` address member, parsed.

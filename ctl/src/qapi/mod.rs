@@ -29,8 +29,8 @@ pub mod sockets;
 pub use error::QapiError;
 pub use input::{take_struct, Input, JsonInput, KeyvalInput, Nested, QapiStruct};
 pub use netdev::{
-    NetClientDriver, NetLegacyNicOptions, Netdev, NetdevBridgeOptions, NetdevDgramOptions,
-    NetdevHubPortOptions, NetdevL2TPv3Options, NetdevNetmapOptions, NetdevOpts,
+    NetClientDriver, NetLegacyNicOptions, Netdev, NetdevAFXDPOptions, NetdevBridgeOptions,
+    NetdevDgramOptions, NetdevHubPortOptions, NetdevL2TPv3Options, NetdevNetmapOptions, NetdevOpts,
     NetdevSocketOptions, NetdevStreamOptions, NetdevTapOptions, NetdevUserOptions,
     NetdevVdeOptions, NetdevVhostUserOptions, NetdevVhostVDPAOptions, NetdevXNullOptions,
     NetdevXVxlanOptions,

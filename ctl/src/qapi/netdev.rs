@@ -302,6 +302,31 @@ qapi_struct! {
 }
 
 qapi_struct! {
+    /// AF_XDP network backend (QEMU 8.2+).
+    pub struct NetdevAFXDPOptions {
+        /// The name of an existing network interface.
+        ifname: req str = "ifname",
+        /// Attach mode for a default XDP program (`AFXDPMode`: native or skb). If not
+        /// specified, then 'native' will be tried first, then 'skb'.
+        mode: opt str = "mode",
+        /// Force XDP copy mode even if device supports zero-copy. (default: false)
+        force_copy: opt bool = "force-copy",
+        /// number of queues to be used for multiqueue interfaces (default: 1).
+        queues: opt int = "queues",
+        /// Use @queues starting from this queue number (default: 0).
+        start_queue: opt int = "start-queue",
+        /// Don't load a default XDP program, use one already loaded to the interface
+        /// (default: false). Requires @sock-fds.
+        inhibit: opt bool = "inhibit",
+        /// A colon (:) separated list of file descriptors for already open but not
+        /// bound AF_XDP sockets in the queue order. One fd per queue. These descriptors
+        /// should already be added into XDP socket map for corresponding queues.
+        /// Requires @inhibit.
+        sock_fds: opt str = "sock-fds",
+    }
+}
+
+qapi_struct! {
     /// pollswitch extension: an in-memory source and sink port (see
     /// `backends/src/null.rs`), to measure the switch without a kernel or peer.
     pub struct NetdevXNullOptions {
@@ -381,6 +406,8 @@ pub enum NetClientDriver {
     VhostUser,
     /// `vhost-vdpa`
     VhostVdpa,
+    /// `af-xdp` (QEMU 8.2+)
+    AfXdp,
     /// `x-null` (extension)
     XNull,
     /// `x-vxlan` (extension)
@@ -389,7 +416,7 @@ pub enum NetClientDriver {
 
 impl NetClientDriver {
     /// Every value, in schema order, extensions last.
-    pub const ALL: [NetClientDriver; 16] = [
+    pub const ALL: [NetClientDriver; 17] = [
         NetClientDriver::None,
         NetClientDriver::Nic,
         NetClientDriver::User,
@@ -404,6 +431,7 @@ impl NetClientDriver {
         NetClientDriver::Netmap,
         NetClientDriver::VhostUser,
         NetClientDriver::VhostVdpa,
+        NetClientDriver::AfXdp,
         NetClientDriver::XNull,
         NetClientDriver::XVxlan,
     ];
@@ -425,6 +453,7 @@ impl NetClientDriver {
             NetClientDriver::Netmap => "netmap",
             NetClientDriver::VhostUser => "vhost-user",
             NetClientDriver::VhostVdpa => "vhost-vdpa",
+            NetClientDriver::AfXdp => "af-xdp",
             NetClientDriver::XNull => "x-null",
             NetClientDriver::XVxlan => "x-vxlan",
         }
@@ -465,6 +494,8 @@ pub enum NetdevOpts {
     VhostUser(NetdevVhostUserOptions),
     /// `vhost-vdpa`
     VhostVdpa(NetdevVhostVDPAOptions),
+    /// `af-xdp`
+    AfXdp(NetdevAFXDPOptions),
     /// `x-null`
     XNull(NetdevXNullOptions),
     /// `x-vxlan`
@@ -488,6 +519,7 @@ impl NetdevOpts {
             NetdevOpts::Netmap(_) => NetClientDriver::Netmap,
             NetdevOpts::VhostUser(_) => NetClientDriver::VhostUser,
             NetdevOpts::VhostVdpa(_) => NetClientDriver::VhostVdpa,
+            NetdevOpts::AfXdp(_) => NetClientDriver::AfXdp,
             NetdevOpts::XNull(_) => NetClientDriver::XNull,
             NetdevOpts::XVxlan(_) => NetClientDriver::XVxlan,
         }
@@ -518,6 +550,7 @@ impl NetdevOpts {
             NetClientDriver::Netmap => NetdevOpts::Netmap(QapiStruct::read_members(input)?),
             NetClientDriver::VhostUser => NetdevOpts::VhostUser(QapiStruct::read_members(input)?),
             NetClientDriver::VhostVdpa => NetdevOpts::VhostVdpa(QapiStruct::read_members(input)?),
+            NetClientDriver::AfXdp => NetdevOpts::AfXdp(QapiStruct::read_members(input)?),
             NetClientDriver::XNull => NetdevOpts::XNull(QapiStruct::read_members(input)?),
             NetClientDriver::XVxlan => NetdevOpts::XVxlan(QapiStruct::read_members(input)?),
         }))
@@ -539,6 +572,7 @@ impl NetdevOpts {
             NetdevOpts::Netmap(o) => o.write_members(out),
             NetdevOpts::VhostUser(o) => o.write_members(out),
             NetdevOpts::VhostVdpa(o) => o.write_members(out),
+            NetdevOpts::AfXdp(o) => o.write_members(out),
             NetdevOpts::XNull(o) => o.write_members(out),
             NetdevOpts::XVxlan(o) => o.write_members(out),
         }
@@ -981,6 +1015,27 @@ mod tests {
                     NetdevOpts::VhostVdpa(NetdevVhostVDPAOptions {
                         vhostdev: Some("/dev/vhost-vdpa-0".into()),
                         queues: Some(1),
+                    }),
+                ),
+            ),
+            (
+                json!({"id": "xd0", "type": "af-xdp", "ifname": "veth0", "mode": "native",
+                       "force-copy": true, "queues": 2, "start-queue": 1, "inhibit": true,
+                       "sock-fds": "a:b"}),
+                concat!(
+                    "type=af-xdp,id=xd0,ifname=veth0,mode=native,force-copy=on,queues=2,",
+                    "start-queue=1,inhibit=on,sock-fds=a:b",
+                ),
+                nd(
+                    "xd0",
+                    NetdevOpts::AfXdp(NetdevAFXDPOptions {
+                        ifname: "veth0".into(),
+                        mode: Some("native".into()),
+                        force_copy: Some(true),
+                        queues: Some(2),
+                        start_queue: Some(1),
+                        inhibit: Some(true),
+                        sock_fds: Some("a:b".into()),
                     }),
                 ),
             ),

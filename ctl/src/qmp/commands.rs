@@ -643,6 +643,31 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
                 "last-error": i.last_error,
             });
         }
+        if let Some(x) = &e.af_xdp {
+            use std::sync::atomic::Ordering::Relaxed;
+            let queues: Vec<Value> = x
+                .queues
+                .iter()
+                .map(|q| {
+                    json!({
+                        "queue": q.queue.load(Relaxed), "zero-copy": q.zero_copy.load(Relaxed),
+                        "rx-frames": q.rx_frames.load(Relaxed),
+                        "tx-frames": q.tx_frames.load(Relaxed),
+                        "bad-descs": q.bad_descs.load(Relaxed),
+                        "rx-dropped": q.rx_dropped.load(Relaxed),
+                        "rx-invalid-descs": q.rx_invalid_descs.load(Relaxed),
+                        "tx-invalid-descs": q.tx_invalid_descs.load(Relaxed),
+                        "rx-ring-full": q.rx_ring_full.load(Relaxed),
+                        "rx-fill-ring-empty-descs": q.rx_fill_ring_empty_descs.load(Relaxed),
+                        "tx-ring-empty-descs": q.tx_ring_empty_descs.load(Relaxed),
+                    })
+                })
+                .collect();
+            port["af-xdp"] = json!({
+                "mode": x.mode.map(|m| m.as_str()),
+                "queues": queues,
+            });
+        }
         if let Some(v) = &e.vxlan {
             use std::sync::atomic::Ordering::Relaxed;
             port["vxlan"] = json!({

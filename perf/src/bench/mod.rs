@@ -26,6 +26,7 @@ use crate::peer::{self, Running, SutOptions, Topology, UdpLink};
 use crate::report::{Cores, Machine, Report, Sample, Series};
 use crate::traffic::{self, Rate, Roles};
 
+pub mod af_xdp;
 pub mod dpdk_loop;
 pub mod idle;
 pub mod io_baseline;
@@ -59,6 +60,7 @@ pub struct Scenario {
 pub const SCENARIOS: &[Scenario] = &[
     udp_hub::SCENARIO,
     tap_hub::SCENARIO,
+    af_xdp::SCENARIO,
     latency::SCENARIO,
     idle::SCENARIO,
     scale::SCENARIO,

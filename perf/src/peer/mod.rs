@@ -25,6 +25,7 @@ use crate::error::{PerfError, Result};
 pub mod bridge;
 pub mod mmsg;
 pub mod pollswitch;
+pub mod pollswitch_af_xdp;
 pub mod qemu;
 pub mod testpmd;
 pub mod vde;
@@ -154,6 +155,7 @@ pub struct System {
 /// Every system, pollswitch first.
 pub const SYSTEMS: &[System] = &[
     pollswitch::SYSTEM,
+    pollswitch_af_xdp::SYSTEM,
     qemu::SYSTEM,
     vde::SYSTEM,
     bridge::SYSTEM,

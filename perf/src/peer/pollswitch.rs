@@ -40,7 +40,13 @@ const REFUSES_TASKSET: &str = "does not exist on this host";
 
 /// The daemon's arguments for `topology`.
 pub fn args(topology: &Topology, opts: &SutOptions) -> Vec<String> {
-    let mut a = hub_netdevs(topology);
+    with_netdevs(hub_netdevs(topology), opts)
+}
+
+/// The daemon's arguments: `netdevs` (`-netdev SPEC` pairs), then cores, poll-us,
+/// max-frame and the extra arguments.
+pub fn with_netdevs(netdevs: Vec<String>, opts: &SutOptions) -> Vec<String> {
+    let mut a = netdevs;
     a.extend([
         "-cores".to_string(),
         testbed::cpu::list(&opts.worker_cores()),
@@ -54,12 +60,21 @@ pub fn args(topology: &Topology, opts: &SutOptions) -> Vec<String> {
 }
 
 fn start(topology: &Topology, opts: &SutOptions) -> Result<Box<dyn Running>> {
+    launch(topology, opts, args(topology, opts))
+}
+
+/// Starts the daemon with `argv` for `topology` (inside its namespace, confined to the
+/// cores) and, once it is ready, moves its tap-topology interfaces out to the tool.
+pub fn launch(
+    topology: &Topology,
+    opts: &SutOptions,
+    argv: Vec<String>,
+) -> Result<Box<dyn Running>> {
     let bin = crate::peer::require(&opts.pollswitch.to_string_lossy())?;
     let netns = match topology {
         Topology::TapHub { sut_netns, .. } => Some(sut_netns.as_str()),
         Topology::UdpHub(_) => None,
     };
-    let argv = args(topology, opts);
     let mut notes = Vec::new();
     let mut proc = peer::spawn("pollswitch", &bin, &argv, netns, &opts.cores)?;
     if let Err(e) = proc.wait_for(READY, START) {
