@@ -12,6 +12,9 @@ use serde_json::Value;
 use crate::error::{PerfError, Result};
 use crate::traffic::Outcome;
 
+/// [`Outcome::rate`] of a TCP run, which measures Gbit/s only.
+pub const TCP: &str = "TCP";
+
 /// One measurement of one system.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sample {
@@ -175,24 +178,34 @@ impl Series {
         let out = |f: &dyn Fn(&Outcome) -> f64| {
             Stat::of(ok.iter().filter_map(|s| s.outcome.as_ref()).map(f))
         };
+        // Frame counts only where frames were counted: a TCP run (iperf3) has a rate
+        // in Gbit/s and nothing else.
+        let frames = |f: &dyn Fn(&Outcome) -> f64| {
+            Stat::of(
+                ok.iter()
+                    .filter_map(|s| s.outcome.as_ref())
+                    .filter(|o| o.rate != TCP)
+                    .map(f),
+            )
+        };
         self.summary = Summary {
             runs: self.samples.len(),
             runs_ok: ok.len(),
-            tx_mpps: out(&|o| o.tx_pps / 1e6),
-            rx_mpps: out(&|o| o.rx_pps / 1e6),
+            tx_mpps: frames(&|o| o.tx_pps / 1e6),
+            rx_mpps: frames(&|o| o.rx_pps / 1e6),
             rx_gbps: out(&|o| o.rx_gbps),
-            loss_pct: out(&|o| o.loss_pct),
+            loss_pct: frames(&|o| o.loss_pct),
             p50_us: out(&|o| lat(o, o.latency_us.p50)),
             p90_us: out(&|o| lat(o, o.latency_us.p90)),
             p99_us: out(&|o| lat(o, o.latency_us.p99)),
             p999_us: out(&|o| lat(o, o.latency_us.p999)),
             max_us: out(&|o| lat(o, o.latency_us.max)),
             sut_cpu_pct: Stat::of(ok.iter().filter_map(|s| s.sut_cpu_pct)),
-            other_cpu_pct: out(&|o| o.cpu.other_pct),
+            other_cpu_pct: frames(&|o| o.cpu.other_pct),
             idle_cpu_pct: Stat::of(ok.iter().filter_map(|s| s.idle_cpu_pct)),
-            tool_rx_drops: out(&|o| o.tool_rx_drops as f64).filter(|s| s.max > 0.0),
-            reordered: out(&|o| o.reordered as f64).filter(|s| s.max > 0.0),
-            bad_frames: out(&|o| (o.duplicates + o.echoed + o.bad_length) as f64)
+            tool_rx_drops: frames(&|o| o.tool_rx_drops as f64).filter(|s| s.max > 0.0),
+            reordered: frames(&|o| o.reordered as f64).filter(|s| s.max > 0.0),
+            bad_frames: frames(&|o| (o.duplicates + o.echoed + o.bad_length) as f64)
                 .filter(|s| s.max > 0.0),
             switch_drops: Stat::of(ok.iter().filter_map(|s| s.switch_drops.map(|d| d as f64))),
             throughput: throughput_stats(&ok),

@@ -36,6 +36,8 @@ pub mod ndr;
 pub mod scale;
 pub mod soak;
 pub mod tap_hub;
+pub mod tap_udp_gso;
+pub mod tcp_taps;
 pub mod udp_hub;
 pub mod vhost;
 pub mod vxlan;
@@ -69,6 +71,8 @@ pub const SCENARIOS: &[Scenario] = &[
     memif::SCENARIO,
     vhost::SCENARIO,
     vxlan::SCENARIO,
+    tcp_taps::SCENARIO,
+    tap_udp_gso::SCENARIO,
     soak::SCENARIO,
 ];
 
@@ -743,6 +747,60 @@ impl TapNamespaces {
             gen: Netns::create("ppg")?,
             sink: Netns::create("ppk")?,
         })
+    }
+}
+
+/// For a tap topology whose ends the tool uses as hosts (TCP, UDP sockets): gives each
+/// port's tool-side interface the port's MAC (the address a bridge's static FDB names),
+/// the address `{prefix}.{k}/24` (k = 1, 2, ...), and a permanent neighbour entry for
+/// every other port's address and MAC, so that no ARP is needed. Returns the addresses.
+pub fn address_ends(topology: &Topology, prefix: &str) -> Result<Vec<String>> {
+    let Topology::TapHub { ports, .. } = topology else {
+        return Err(PerfError::Usage(
+            "addresses: only for the tap topology".into(),
+        ));
+    };
+    let addrs: Vec<String> = (1..=ports.len()).map(|k| format!("{prefix}.{k}")).collect();
+    for (i, p) in ports.iter().enumerate() {
+        let ns = Netns::borrow(&p.netns);
+        let mac = peer::mac_text(p.mac);
+        ns.ip(&["link", "set", "dev", &p.ifname, "address", &mac])?;
+        ns.ip(&["addr", "add", &format!("{}/24", addrs[i]), "dev", &p.ifname])?;
+        for (j, q) in ports.iter().enumerate().filter(|(j, _)| *j != i) {
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &addrs[j],
+                "lladdr",
+                &peer::mac_text(q.mac),
+                "dev",
+                &p.ifname,
+                "nud",
+                "permanent",
+            ])?;
+        }
+    }
+    Ok(addrs)
+}
+
+/// A two-port tap topology across fresh namespaces: port 0's end in the generator's,
+/// port 1's in the sink's, MACs `frame::mac(0)` and `frame::mac(1)`.
+pub fn tap_pair(ns: &TapNamespaces, mtu: u32) -> Topology {
+    Topology::TapHub {
+        sut_netns: ns.sut.name.clone(),
+        ports: vec![
+            peer::TapLink {
+                ifname: testbed::unique("pta"),
+                netns: ns.gen.name.clone(),
+                mac: crate::frame::mac(0),
+            },
+            peer::TapLink {
+                ifname: testbed::unique("ptb"),
+                netns: ns.sink.name.clone(),
+                mac: crate::frame::mac(1),
+            },
+        ],
+        mtu,
     }
 }
 
