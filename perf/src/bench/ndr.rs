@@ -240,10 +240,13 @@ pub fn measure(
     };
     // The search's premise: the max-rate run moved traffic.
     if max.received == 0 {
-        return Err(PerfError::Timeout(format!(
-            "{label}: nothing arrived at the max rate (sent {}), no search",
-            max.sent
-        )));
+        return Err(PerfError::peer(
+            label,
+            format!(
+                "nothing arrived at the max rate (sent {}): no search",
+                max.sent
+            ),
+        ));
     }
     let upper = max.tx_pps;
     let mut trial_cfg = cfg.clone();

@@ -112,10 +112,10 @@ fn measure_once(
             let wall = t0.elapsed().as_nanos().max(1) as f64;
             // The premise: data crossed the switch.
             if t.gbps.is_nan() || t.gbps <= 0.0 {
-                return Err(PerfError::Timeout(format!(
-                    "iperf3 through {}: nothing received ({} Gbit/s)",
-                    system.name, t.gbps
-                )));
+                return Err(PerfError::peer(
+                    system.name,
+                    format!("iperf3 received nothing ({} Gbit/s)", t.gbps),
+                ));
             }
             let watched_pct = pids
                 .iter()
