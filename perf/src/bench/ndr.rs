@@ -45,10 +45,22 @@ pub struct NdrOpts {
     pub precision: f64,
     /// Most trials per loss ratio (the upper and lower bounds' included).
     pub steps: usize,
-    /// Measured window of each trial; `None`: the scenario's `--duration`.
+    /// Measured window of each trial; `None`: the scenario's `--duration`. Written to
+    /// reports as seconds (`trial_s`).
+    #[serde(rename = "trial_s", serialize_with = "seconds")]
     pub trial: Option<Duration>,
     /// Lowest rate tried, frames/s; 0: bisect down towards 0.
     pub lower_pps: f64,
+}
+
+fn seconds<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
 }
 
 impl Default for NdrOpts {
@@ -445,6 +457,11 @@ mod tests {
         ] {
             assert!(bad.clone().check().is_err(), "{bad:?}");
         }
+        let o = NdrOpts {
+            trial: Some(Duration::from_millis(1500)),
+            ..NdrOpts::default()
+        };
+        assert_eq!(serde_json::to_value(&o).unwrap()["trial_s"], 1.5);
         assert_eq!(Throughput::name(0.0), "NDR");
         assert_eq!(Throughput::name(0.005), "PDR 0.5 %");
         let t = Trial {
