@@ -83,7 +83,7 @@ enum Command {
         traffic: TrafficArgs,
     },
     /// Run scenarios: each starts the systems it measures itself (see list)
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Redraw FILE.svg (and print the table) from a report
     Plot {
         /// Reports written by bench
@@ -192,6 +192,27 @@ struct BenchArgs {
     /// Generator sends UDP bursts as one GSO send (the system still gets one datagram per frame)
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     gen_gso: bool,
+    /// Options appended to pollswitch's tap netdevs (e.g. vnet_hdr=on); QEMU's keep theirs
+    #[arg(long, value_name = "OPTS")]
+    pollswitch_tap_opts: Option<String>,
+    /// After each max-rate run, search NDR/PDR on the same system (udp-hub, tap-hub, tap-udp-gso)
+    #[arg(long)]
+    ndr: bool,
+    /// Loss ratios searched: 0 is NDR, 0.005 PDR [default: 0,0.005]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "ndr")]
+    ndr_loss: Option<Vec<f64>>,
+    /// Stop when failing and passing rates are within this fraction [default: 0.02]
+    #[arg(long, value_name = "F", requires = "ndr")]
+    ndr_precision: Option<f64>,
+    /// Most trials per loss ratio [default: 10; --quick: 3]
+    #[arg(long, value_name = "N", requires = "ndr")]
+    ndr_steps: Option<usize>,
+    /// Measured seconds of each trial [default: --duration]
+    #[arg(long, value_name = "S", value_parser = seconds, requires = "ndr")]
+    ndr_trial: Option<Duration>,
+    /// Lowest rate tried, frames/s with k or M (0: bisect towards 0) [default: 0]
+    #[arg(long, value_name = "PPS", value_parser = rate_or_zero, requires = "ndr")]
+    ndr_lower: Option<f64>,
     /// Where NAME.json and NAME.svg go
     #[arg(long, value_name = "DIR", default_value = "perf-out")]
     out: PathBuf,
@@ -214,6 +235,17 @@ fn scenario_names() -> PossibleValuesParser {
 
 fn rate(v: &str) -> Result<Rate, String> {
     Rate::parse(v).map_err(|e| e.to_string())
+}
+
+fn rate_or_zero(v: &str) -> Result<f64, String> {
+    match v {
+        "0" => Ok(0.0),
+        _ => match Rate::parse(v) {
+            Ok(Rate::Pps(p)) => Ok(p),
+            Ok(Rate::Max) => Err("max: give frames per second".into()),
+            Err(e) => Err(e.to_string()),
+        },
+    }
 }
 
 fn seconds(v: &str) -> Result<Duration, String> {
@@ -285,7 +317,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Run { tx, rx, traffic } => traffic_command("run", tx, rx, traffic),
         Command::Gen { tx, traffic } => traffic_command("gen", tx, Vec::new(), traffic),
         Command::Sink { rx, traffic } => traffic_command("sink", Vec::new(), rx, traffic),
-        Command::Bench(args) => bench_command(args),
+        Command::Bench(args) => bench_command(*args),
         Command::Plot { files } => plot_command(&files),
         Command::List => {
             list();
@@ -440,8 +472,22 @@ fn bench_opts(a: &BenchArgs) -> Result<BenchOpts> {
     opts.gen_gso = a.gen_gso;
     opts.out_dir = a.out.clone();
     opts.progress = a.progress;
+    if let Some(t) = &a.pollswitch_tap_opts {
+        opts.pollswitch_tap_opts = t.clone();
+    }
+    if a.ndr {
+        opts.ndr = Some(bench::ndr::NdrOpts::default());
+    }
     if a.quick {
         opts.quick();
+    }
+    if let Some(n) = opts.ndr.as_mut() {
+        n.losses = a.ndr_loss.clone().unwrap_or(n.losses.clone());
+        n.precision = a.ndr_precision.unwrap_or(n.precision);
+        n.steps = a.ndr_steps.unwrap_or(n.steps);
+        n.trial = a.ndr_trial.or(n.trial);
+        n.lower_pps = a.ndr_lower.unwrap_or(n.lower_pps);
+        n.check()?;
     }
     // Given explicitly, they win over --quick.
     opts.runs = a.runs.unwrap_or(opts.runs);
@@ -733,6 +779,42 @@ mod tests {
         assert!(parse(&["bench", "no-such-scenario"]).is_err());
         assert!(parse(&["bench", "idle", "--sut-cores", "3-1"]).is_err());
         assert!(parse(&["bench", "idle", "--gen-gso", "maybe"]).is_err());
+        assert!(o.ndr.is_none() && o.pollswitch_tap_opts.is_empty());
+        assert!(
+            parse(&["bench", "udp-hub", "--ndr-steps", "3"]).is_err(),
+            "needs --ndr"
+        );
+        let Cli {
+            command: Command::Bench(a),
+        } = parse(&[
+            "bench",
+            "tap-hub",
+            "--ndr",
+            "--quick",
+            "--ndr-loss",
+            "0.01,0",
+            "--ndr-lower",
+            "10k",
+            "--pollswitch-tap-opts",
+            "vnet_hdr=on",
+        ])
+        .unwrap()
+        else {
+            panic!("not bench")
+        };
+        let o = bench_opts(&a).unwrap();
+        let n = o.ndr.expect("--ndr");
+        assert_eq!(n.losses, [0.0, 0.01]);
+        assert_eq!((n.steps, n.precision, n.lower_pps), (3, 0.02, 10_000.0));
+        assert_eq!(n.trial, None);
+        assert_eq!(o.pollswitch_tap_opts, "vnet_hdr=on");
+        let Cli {
+            command: Command::Bench(a),
+        } = parse(&["bench", "tap-hub", "--ndr", "--ndr-loss", "2"]).unwrap()
+        else {
+            panic!("not bench")
+        };
+        assert!(bench_opts(&a).is_err(), "a loss ratio of 2");
         let Cli {
             command: Command::Bench(a),
         } = parse(&["bench", "workers", "--workers", "4", "--sut-cores", "1"]).unwrap()

@@ -12,6 +12,9 @@ use serde_json::Value;
 use crate::error::{PerfError, Result};
 use crate::traffic::Outcome;
 
+/// [`Outcome::rate`] of a TCP run, which measures Gbit/s only.
+pub const TCP: &str = "TCP";
+
 /// One measurement of one system.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sample {
@@ -36,6 +39,47 @@ pub struct Sample {
     /// reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Value>,
+    /// The highest rates with loss at most each ratio searched (`--ndr`: NDR, PDR);
+    /// empty when no search ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throughput: Vec<Throughput>,
+}
+
+/// The answer of one throughput search (RFC 2544 "throughput", FD.io CSIT's NDR and
+/// PDR) for one loss ratio: between the highest offered rate that passed and the lowest
+/// that failed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Throughput {
+    /// Most frames lost, as a fraction of those sent, for a trial to pass (0: NDR).
+    pub loss_ratio: f64,
+    /// Highest offered rate that passed, frames/s; 0 when no trial passed.
+    pub pps: f64,
+    /// Lowest offered rate that failed, frames/s; absent when the upper bound passed.
+    pub failed_pps: Option<f64>,
+    /// Trials this ratio's search ran (trials an earlier ratio ran are reused).
+    pub trials: usize,
+}
+
+impl Throughput {
+    /// `NDR` for a loss ratio of 0, `PDR 0.5 %` and so on for the others.
+    pub fn name(loss_ratio: f64) -> String {
+        if loss_ratio == 0.0 {
+            "NDR".into()
+        } else {
+            let pct = format!("{:.4}", loss_ratio * 100.0);
+            format!("PDR {} %", pct.trim_end_matches('0').trim_end_matches('.'))
+        }
+    }
+}
+
+/// The medians of one loss ratio's searches over the runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ThroughputStat {
+    pub loss_ratio: f64,
+    /// `NDR`, `PDR 0.5 %`, ...
+    pub name: String,
+    /// Highest passing offered rate, Mpps.
+    pub mpps: Stat,
 }
 
 /// Median, minimum and maximum over the successful runs.
@@ -97,6 +141,9 @@ pub struct Summary {
     /// where the scenario does not read the switch's counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switch_drops: Option<Stat>,
+    /// NDR / PDR over the runs, one per loss ratio searched; empty without `--ndr`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throughput: Vec<ThroughputStat>,
 }
 
 /// All runs of one system in one configuration.
@@ -131,33 +178,79 @@ impl Series {
         let out = |f: &dyn Fn(&Outcome) -> f64| {
             Stat::of(ok.iter().filter_map(|s| s.outcome.as_ref()).map(f))
         };
+        // Frame counts only where frames were counted: a TCP run (iperf3) has a rate
+        // in Gbit/s and nothing else.
+        let frames = |f: &dyn Fn(&Outcome) -> f64| {
+            Stat::of(
+                ok.iter()
+                    .filter_map(|s| s.outcome.as_ref())
+                    .filter(|o| o.rate != TCP)
+                    .map(f),
+            )
+        };
         self.summary = Summary {
             runs: self.samples.len(),
             runs_ok: ok.len(),
-            tx_mpps: out(&|o| o.tx_pps / 1e6),
-            rx_mpps: out(&|o| o.rx_pps / 1e6),
+            tx_mpps: frames(&|o| o.tx_pps / 1e6),
+            rx_mpps: frames(&|o| o.rx_pps / 1e6),
             rx_gbps: out(&|o| o.rx_gbps),
-            loss_pct: out(&|o| o.loss_pct),
+            loss_pct: frames(&|o| o.loss_pct),
             p50_us: out(&|o| lat(o, o.latency_us.p50)),
             p90_us: out(&|o| lat(o, o.latency_us.p90)),
             p99_us: out(&|o| lat(o, o.latency_us.p99)),
             p999_us: out(&|o| lat(o, o.latency_us.p999)),
             max_us: out(&|o| lat(o, o.latency_us.max)),
             sut_cpu_pct: Stat::of(ok.iter().filter_map(|s| s.sut_cpu_pct)),
-            other_cpu_pct: out(&|o| o.cpu.other_pct),
+            other_cpu_pct: frames(&|o| o.cpu.other_pct),
             idle_cpu_pct: Stat::of(ok.iter().filter_map(|s| s.idle_cpu_pct)),
-            tool_rx_drops: out(&|o| o.tool_rx_drops as f64).filter(|s| s.max > 0.0),
-            reordered: out(&|o| o.reordered as f64).filter(|s| s.max > 0.0),
-            bad_frames: out(&|o| (o.duplicates + o.echoed + o.bad_length) as f64)
+            tool_rx_drops: frames(&|o| o.tool_rx_drops as f64).filter(|s| s.max > 0.0),
+            reordered: frames(&|o| o.reordered as f64).filter(|s| s.max > 0.0),
+            bad_frames: frames(&|o| (o.duplicates + o.echoed + o.bad_length) as f64)
                 .filter(|s| s.max > 0.0),
             switch_drops: Stat::of(ok.iter().filter_map(|s| s.switch_drops.map(|d| d as f64))),
+            throughput: throughput_stats(&ok),
         };
+    }
+
+    /// Median NDR/PDR (Mpps) for `loss_ratio`, NaN when not searched.
+    pub fn throughput_mpps(&self, loss_ratio: f64) -> f64 {
+        self.summary
+            .throughput
+            .iter()
+            .find(|t| t.loss_ratio == loss_ratio)
+            .map_or(f64::NAN, |t| t.mpps.median)
     }
 
     /// Median of a summary field, NaN when absent.
     pub fn median(&self, f: impl Fn(&Summary) -> Option<Stat>) -> f64 {
         f(&self.summary).map_or(f64::NAN, |s| s.median)
     }
+}
+
+/// One [`ThroughputStat`] per loss ratio any of `ok` searched, in the order searched.
+fn throughput_stats(ok: &[&Sample]) -> Vec<ThroughputStat> {
+    let mut ratios: Vec<f64> = Vec::new();
+    for t in ok.iter().flat_map(|s| &s.throughput) {
+        if !ratios.contains(&t.loss_ratio) {
+            ratios.push(t.loss_ratio);
+        }
+    }
+    ratios
+        .into_iter()
+        .filter_map(|r| {
+            let mpps = Stat::of(
+                ok.iter()
+                    .flat_map(|s| &s.throughput)
+                    .filter(|t| t.loss_ratio == r)
+                    .map(|t| t.pps / 1e6),
+            )?;
+            Some(ThroughputStat {
+                loss_ratio: r,
+                name: Throughput::name(r),
+                mpps,
+            })
+        })
+        .collect()
 }
 
 /// A latency only when something was received to measure it.
@@ -401,8 +494,26 @@ impl Report {
             .iter()
             .filter(|(_, f, _)| self.series.iter().any(|s| f(&s.summary).is_some()))
             .collect();
+        // NDR / PDR columns, one per loss ratio any series searched.
+        let mut searched: Vec<(f64, String)> = Vec::new();
+        for t in self.series.iter().flat_map(|s| &s.summary.throughput) {
+            if !searched.iter().any(|(r, _)| *r == t.loss_ratio) {
+                searched.push((t.loss_ratio, t.name.clone()));
+            }
+        }
+        let cell = |st: Option<Stat>, range: bool, runs_ok: usize| match st {
+            None => "–".to_string(),
+            Some(st) if range && runs_ok > 1 => format!(
+                "{} ({}–{})",
+                crate::svg::num(st.median),
+                crate::svg::num(st.min),
+                crate::svg::num(st.max)
+            ),
+            Some(st) => crate::svg::num(st.median),
+        };
         let mut head = vec!["system".to_string(), "runs ok".to_string()];
         head.extend(used.iter().map(|c| c.0.to_string()));
+        head.extend(searched.iter().map(|(_, n)| format!("{n} Mpps")));
         let mut rows = vec![head];
         for s in &self.series {
             let mut r = vec![
@@ -410,16 +521,16 @@ impl Report {
                 format!("{}/{}", s.summary.runs_ok, s.summary.runs),
             ];
             for (_, f, range) in &used {
-                r.push(match f(&s.summary) {
-                    None => "–".into(),
-                    Some(st) if *range && s.summary.runs_ok > 1 => format!(
-                        "{} ({}–{})",
-                        crate::svg::num(st.median),
-                        crate::svg::num(st.min),
-                        crate::svg::num(st.max)
-                    ),
-                    Some(st) => crate::svg::num(st.median),
-                });
+                r.push(cell(f(&s.summary), *range, s.summary.runs_ok));
+            }
+            for (ratio, _) in &searched {
+                let st = s
+                    .summary
+                    .throughput
+                    .iter()
+                    .find(|t| t.loss_ratio == *ratio)
+                    .map(|t| t.mpps);
+                r.push(cell(st, true, s.summary.runs_ok));
             }
             rows.push(r);
         }

@@ -184,6 +184,105 @@ fn tap_hub() {
     assert_eq!(r["targets"].as_array().unwrap().len(), 2);
 }
 
+/// The throughput search: NDR and PDR per system, each from trials that moved traffic,
+/// next to the max-rate figures, with their ratios.
+#[test]
+fn udp_hub_ndr() {
+    let _serial = serial();
+    let r = bench(
+        "udp-hub",
+        &["--systems", "pollswitch,qemu", "--ndr", "--ndr-steps", "2"],
+    );
+    assert_eq!(systems(&r), ["pollswitch", "qemu"]);
+    check_traffic(&r);
+    for s in r["series"].as_array().unwrap() {
+        let label = s["label"].as_str().unwrap();
+        let x = &s["samples"][0];
+        let found = x["throughput"].as_array().expect("throughput");
+        let ratios: Vec<f64> = found
+            .iter()
+            .map(|t| num(&t["loss_ratio"], "ratio"))
+            .collect();
+        assert_eq!(ratios, [0.0, 0.005], "{label}");
+        let upper = num(&x["detail"]["ndr_upper_pps"], "upper");
+        for t in found {
+            let pps = num(&t["pps"], "pps");
+            assert!((0.0..=upper).contains(&pps), "{label}: {t}");
+            assert!(num(&t["trials"], "trials") <= 2.0, "{label}: {t}");
+        }
+        let trials = x["detail"]["ndr_trials"].as_array().expect("trials");
+        assert!(!trials.is_empty() && trials.len() <= 4, "{label}");
+        assert_eq!(num(&trials[0]["offered_pps"], "offered"), upper);
+        for t in trials {
+            assert!(num(&t["sent"], "sent") > 0.0, "{label}: {t}");
+        }
+        let names: Vec<&str> = s["summary"]["throughput"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["NDR", "PDR 0.5 %"]);
+    }
+    let ratios: Vec<&str> = r["ratios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(ratios.len(), 3, "{ratios:?}");
+    assert!(ratios[1].contains("NDR") && ratios[2].contains("PDR"));
+}
+
+/// UDP GSO datagrams from a socket through the taps to a socket, every system.
+#[test]
+fn tap_udp_gso() {
+    let _serial = serial();
+    let r = bench("tap-udp-gso", &[]);
+    assert_eq!(systems(&r), ["pollswitch", "bridge", "qemu"]);
+    check_traffic(&r);
+    assert_eq!(r["params"]["udp_payload_bytes"], 18);
+    for s in r["series"].as_array().unwrap() {
+        let o = &s["samples"][0]["outcome"];
+        assert!(o["tx_ports"][0].as_str().unwrap().starts_with("udp-app:"));
+        assert_eq!(o["bad_length"], 0, "{}", s["label"]);
+    }
+    assert_eq!(r["ratios"].as_array().unwrap().len(), 2);
+    assert_eq!(r["targets"].as_array().unwrap().len(), 2);
+}
+
+/// iperf3 through the taps, 1 and 4 streams, every system; pollswitch's taps with the
+/// options given.
+#[test]
+fn tcp_taps() {
+    let _serial = serial();
+    let r = bench(
+        "tcp-taps",
+        &["--duration", "1", "--pollswitch-tap-opts", "vnet_hdr=on"],
+    );
+    let mut want = Vec::new();
+    for n in ["1 stream", "4 streams"] {
+        for sys in ["pollswitch", "bridge", "qemu"] {
+            want.push(format!("{sys} {n}"));
+        }
+    }
+    assert_eq!(labels(&r), want);
+    for s in r["series"].as_array().unwrap() {
+        let gbps = num(&s["samples"][0]["outcome"]["rx_gbps"], "rx_gbps");
+        assert!(gbps > 0.0, "{}", s["label"]);
+        assert!(s["summary"]["rx_mpps"].is_null(), "no frame counts for TCP");
+        if s["system"] == "pollswitch" {
+            assert!(
+                s["command"].as_str().unwrap().contains("vnet_hdr=on"),
+                "{}",
+                s["command"]
+            );
+        }
+    }
+    assert_eq!(r["ratios"].as_array().unwrap().len(), 4);
+    assert_eq!(r["targets"].as_array().unwrap().len(), 2);
+}
+
 #[test]
 fn latency() {
     let _serial = serial();

@@ -1039,10 +1039,14 @@ fn frame_hash(f: &[u8]) -> u32 {
         return 0;
     };
     let mut at = 12;
-    let mut et = f.get(at..at + 2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    let mut et = f
+        .get(at..at + 2)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
     if et == 0x8100 || et == 0x88a8 {
         at += 4;
-        et = f.get(at..at + 2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        et = f
+            .get(at..at + 2)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
     }
     let l3 = at + 2;
     let (addrs, proto, l4) = match et {
@@ -1093,12 +1097,18 @@ mod tests {
 
     #[test]
     fn a_flow_hashes_alike_and_flows_between_two_hosts_spread() {
-        assert_eq!(frame_hash(&udp4(1000, 1, false)), frame_hash(&udp4(1000, 2, false)));
+        assert_eq!(
+            frame_hash(&udp4(1000, 1, false)),
+            frame_hash(&udp4(1000, 2, false))
+        );
         let mut odd = 0;
         for p in 1000..1064 {
             odd += frame_hash(&udp4(p, 0, false)) % 2;
         }
-        assert!((16..=48).contains(&odd), "64 flows over 2 queues: {odd} on one");
+        assert!(
+            (16..=48).contains(&odd),
+            "64 flows over 2 queues: {odd} on one"
+        );
         // A fragment has no ports to read: its flow is its addresses.
         assert_eq!(frame_hash(&udp4(1, 0, true)), frame_hash(&udp4(2, 0, true)));
         // Through one VLAN tag.

@@ -64,7 +64,8 @@ fn flows_through_two_multiqueue_taps_on_two_workers_keep_their_order() {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let senders: Vec<UdpSocket> = a.enter(|| {
         (0..FLOWS)
             .map(|i| {
@@ -123,7 +124,10 @@ fn flows_through_two_multiqueue_taps_on_two_workers_keep_their_order() {
     );
     let pa = port_stats(&mut q, "ta");
     let pb = port_stats(&mut q, "tb");
-    let (a_rx, b_tx) = (queue_counts(&pa, "rx-packets"), queue_counts(&pb, "tx-packets"));
+    let (a_rx, b_tx) = (
+        queue_counts(&pa, "rx-packets"),
+        queue_counts(&pb, "tx-packets"),
+    );
     assert!(
         a_rx.iter().all(|&n| n > 100),
         "the kernel spread the flows over both of ta's queues: {a_rx:?}"

@@ -400,7 +400,10 @@ fn on_a_vlan_hub_super_frames_are_cut_for_everyone() {
     let (pa, pb, px) = tcp_on_a_hub(",x-vlan=10", 88);
     assert!(mean_rx(&pa) > 3000, "premise: super-frames from ta: {pa}");
     assert!(num(&pa, &["offloads", "gso-cut"]) > 0, "{pa}");
-    assert!(mean_rx(&pb) < 1600 && num(&pb, &["tx-packets"]) > 0, "tb got segments: {pb}");
+    assert!(
+        mean_rx(&pb) < 1600 && num(&pb, &["tx-packets"]) > 0,
+        "tb got segments: {pb}"
+    );
     assert!(num(&px, &["tx-packets"]) > 0, "{px}");
 }
 

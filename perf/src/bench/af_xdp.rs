@@ -32,7 +32,7 @@ fn run(opts: &BenchOpts, systems: &[&'static peer::System]) -> Result<Report> {
     params["rate"] = json!(opts.rate.label());
     let mut report = opts.report(&SCENARIO, params);
     report.series = alternate(opts, systems, |sys, o, run, cmd| {
-        tap_hub::measure_once(sys, o, o.rate, run, cmd)
+        tap_hub::measure_once(sys, o, o.rate, None, run, cmd)
     });
     report.ratios = ratios(
         &report,

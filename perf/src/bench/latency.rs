@@ -56,8 +56,8 @@ fn run(opts: &BenchOpts, systems: &[&'static peer::System]) -> Result<Report> {
         |c| &mut c.2,
         say,
         |(sys, via, s), run| match via {
-            Via::Udp => udp_hub::measure_once(sys, opts, rate, run, &mut s.command),
-            Via::Tap => tap_hub::measure_once(sys, opts, rate, run, &mut s.command),
+            Via::Udp => udp_hub::measure_once(sys, opts, rate, None, run, &mut s.command),
+            Via::Tap => tap_hub::measure_once(sys, opts, rate, None, run, &mut s.command),
         },
     );
     report.series = cases

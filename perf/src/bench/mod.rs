@@ -33,9 +33,12 @@ pub mod io_baseline;
 pub mod latency;
 pub mod learning;
 pub mod memif;
+pub mod ndr;
 pub mod scale;
 pub mod soak;
 pub mod tap_hub;
+pub mod tap_udp_gso;
+pub mod tcp_taps;
 pub mod udp_hub;
 pub mod vhost;
 pub mod vxlan;
@@ -70,6 +73,8 @@ pub const SCENARIOS: &[Scenario] = &[
     memif::SCENARIO,
     vhost::SCENARIO,
     vxlan::SCENARIO,
+    tcp_taps::SCENARIO,
+    tap_udp_gso::SCENARIO,
     soak::SCENARIO,
 ];
 
@@ -131,6 +136,11 @@ pub struct BenchOpts {
     pub command_line: String,
     /// Progress lines during each run.
     pub progress: bool,
+    /// With `--ndr`: search each system's NDR/PDR after its max-rate run (udp-hub,
+    /// tap-hub, tap-udp-gso).
+    pub ndr: Option<ndr::NdrOpts>,
+    /// Options appended to every tap netdev pollswitch gets (`vnet_hdr=on`).
+    pub pollswitch_tap_opts: String,
 }
 
 impl BenchOpts {
@@ -160,6 +170,8 @@ impl BenchOpts {
             out_dir: PathBuf::from("perf-out"),
             command_line: String::new(),
             progress: false,
+            ndr: None,
+            pollswitch_tap_opts: String::new(),
         }
     }
 
@@ -171,6 +183,9 @@ impl BenchOpts {
         self.ports = vec![2, 8];
         self.sizes = vec![64, 9000];
         self.macs = vec![10, 100_000];
+        if let Some(n) = self.ndr.as_mut() {
+            n.steps = n.steps.min(3);
+        }
     }
 
     /// The systems to measure for `scenario`, checked to exist and to have their
@@ -210,6 +225,7 @@ impl BenchOpts {
             max_frame,
             pollswitch: self.pollswitch.clone(),
             pollswitch_args: self.pollswitch_args.clone(),
+            pollswitch_tap_opts: self.pollswitch_tap_opts.clone(),
         }
     }
 
@@ -299,6 +315,8 @@ impl BenchOpts {
             "pollswitch_args": self.pollswitch_args,
             "generator_udp_gso": self.gen_gso,
             "frame_bytes_note": "frame sizes count the Ethernet frame without FCS",
+            "ndr": self.ndr,
+            "pollswitch_tap_opts": self.pollswitch_tap_opts,
         })
     }
 }
@@ -399,23 +417,26 @@ pub struct Job<'a> {
     pub sut: &'a SutOptions,
     /// Whether UDP endpoints send with GSO.
     pub gen_gso: bool,
+    /// A throughput search after the max-rate run, on the same running system.
+    pub ndr: Option<&'a ndr::NdrOpts>,
 }
 
-/// One traffic measurement: start `system` on the job's topology, run its traffic,
-/// read the kernel's drop counters, stop the system. `command` receives the command
-/// line that started it.
-pub fn measure(system: &peer::System, job: &Job<'_>, run: usize, command: &mut String) -> Sample {
+/// Starts `system` on `topology`, runs `body` against it, reads the kernel's drop
+/// counters, stops the system, and returns the sample: `body`'s outcome (with the
+/// system's CPU use) or the first error. `command` receives the command line that
+/// started the system.
+pub fn with_system(
+    system: &peer::System,
+    topology: &Topology,
+    sut: &SutOptions,
+    run: usize,
+    command: &mut String,
+    body: impl FnOnce(&dyn Running, &mut Sample) -> Result<traffic::Outcome>,
+) -> Sample {
     let mut sample = Sample {
         run,
         ..Sample::default()
     };
-    let Job {
-        topology,
-        roles,
-        cfg,
-        sut,
-        gen_gso,
-    } = *job;
     let mut running: Box<dyn Running> = match (system.start)(topology, sut) {
         Ok(r) => r,
         Err(e) => {
@@ -424,20 +445,8 @@ pub fn measure(system: &peer::System, job: &Job<'_>, run: usize, command: &mut S
         }
     };
     *command = running.command();
-    let result = (|| -> Result<traffic::Outcome> {
-        let mut ports = Vec::new();
-        for spec in running.endpoints() {
-            let spec = match (spec.starts_with("udp:"), gen_gso) {
-                (true, false) => format!("{spec},gso=off"),
-                _ => spec,
-            };
-            ports.push(engine::open(&spec)?);
-        }
-        let mut cfg = cfg.clone();
-        cfg.watch = running.pids();
-        traffic::run(ports, roles, &cfg)
-    })();
-    sample.diagnostics = kernel_drops(topology);
+    let result = body(&*running, &mut sample);
+    sample.diagnostics.extend(kernel_drops(topology));
     match result {
         Ok(o) => {
             let watched: Vec<f64> = o.cpu.watched_pct.iter().map(|(_, p)| *p).collect();
@@ -459,6 +468,34 @@ pub fn measure(system: &peer::System, job: &Job<'_>, run: usize, command: &mut S
         }
     }
     sample
+}
+
+/// One traffic measurement: start `system` on the job's topology, run its traffic
+/// (and, with `job.ndr`, the throughput search), read the kernel's drop counters, stop
+/// the system. `command` receives the command line that started it.
+pub fn measure(system: &peer::System, job: &Job<'_>, run: usize, command: &mut String) -> Sample {
+    let gen_gso = job.gen_gso;
+    with_system(
+        system,
+        job.topology,
+        job.sut,
+        run,
+        command,
+        |running, sample| {
+            let specs: Vec<String> = running
+                .endpoints()
+                .into_iter()
+                .map(|spec| match (spec.starts_with("udp:"), gen_gso) {
+                    (true, false) => format!("{spec},gso=off"),
+                    _ => spec,
+                })
+                .collect();
+            let mut cfg = job.cfg.clone();
+            cfg.watch = running.pids();
+            let open = || specs.iter().map(|s| engine::open(s)).collect();
+            ndr::measure(job.ndr, system.name, &cfg, job.roles, &open, sample)
+        },
+    )
 }
 
 /// Says before each measurement which one of how many it is and when all will be done:
@@ -639,6 +676,39 @@ pub fn ratios(
         .collect()
 }
 
+/// With `--ndr`: pollswitch ÷ every other system for each loss ratio searched (NDR,
+/// PDR), appended to the report's ratios.
+pub fn throughput_ratios(report: &mut Report) {
+    let mut searched: Vec<(f64, String)> = Vec::new();
+    for t in report.series.iter().flat_map(|s| &s.summary.throughput) {
+        if !searched.iter().any(|(r, _)| *r == t.loss_ratio) {
+            searched.push((t.loss_ratio, t.name.clone()));
+        }
+    }
+    if !searched.is_empty() {
+        report.notes.push(format!(
+            "throughput search (--ndr): after each system's max-rate run, on the same running \
+             system, a bisection of paced trials between the lower bound and the rate the \
+             max-rate run offered; a trial passes a loss ratio when 1 − received ÷ sent is \
+             at most that ratio (counted after the sink drained) and the generator sent \
+             within {} % of the offered rate (a tap's backpressure fails it). NDR/PDR = the \
+             highest passing offered rate, 0 when none passed; each run's trials are in \
+             samples[].detail.ndr_trials",
+            ndr::MAX_SHORTFALL * 100.0
+        ));
+    }
+    for (ratio, name) in searched {
+        let more = ratios(
+            report,
+            "pollswitch",
+            &format!("{name} Mpps"),
+            |s| s.throughput_mpps(ratio),
+            true,
+        );
+        report.ratios.extend(more);
+    }
+}
+
 /// A target met when `value >= goal` (or `<=` when `at_most`); a missing value misses it.
 pub fn target(goal: &str, value: f64, threshold: f64, at_most: bool) -> crate::report::Target {
     let met = value.is_finite()
@@ -682,10 +752,75 @@ impl TapNamespaces {
     }
 }
 
+/// For a tap topology whose ends the tool uses as hosts (TCP, UDP sockets): gives each
+/// port's tool-side interface the port's MAC (the address a bridge's static FDB names),
+/// the address `{prefix}.{k}/24` (k = 1, 2, ...), and a permanent neighbour entry for
+/// every other port's address and MAC, so that no ARP is needed. Returns the addresses.
+pub fn address_ends(topology: &Topology, prefix: &str) -> Result<Vec<String>> {
+    let Topology::TapHub { ports, .. } = topology else {
+        return Err(PerfError::Usage(
+            "addresses: only for the tap topology".into(),
+        ));
+    };
+    let addrs: Vec<String> = (1..=ports.len()).map(|k| format!("{prefix}.{k}")).collect();
+    for (i, p) in ports.iter().enumerate() {
+        let ns = Netns::borrow(&p.netns);
+        let mac = peer::mac_text(p.mac);
+        ns.ip(&["link", "set", "dev", &p.ifname, "address", &mac])?;
+        ns.ip(&["addr", "add", &format!("{}/24", addrs[i]), "dev", &p.ifname])?;
+        for (j, q) in ports.iter().enumerate().filter(|(j, _)| *j != i) {
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &addrs[j],
+                "lladdr",
+                &peer::mac_text(q.mac),
+                "dev",
+                &p.ifname,
+                "nud",
+                "permanent",
+            ])?;
+        }
+    }
+    Ok(addrs)
+}
+
+/// A two-port tap topology across fresh namespaces: port 0's end in the generator's,
+/// port 1's in the sink's, MACs `frame::mac(0)` and `frame::mac(1)`.
+pub fn tap_pair(ns: &TapNamespaces, mtu: u32) -> Topology {
+    Topology::TapHub {
+        sut_netns: ns.sut.name.clone(),
+        ports: vec![
+            peer::TapLink {
+                ifname: testbed::unique("pta"),
+                netns: ns.gen.name.clone(),
+                mac: crate::frame::mac(0),
+            },
+            peer::TapLink {
+                ifname: testbed::unique("ptb"),
+                netns: ns.sink.name.clone(),
+                mac: crate::frame::mac(1),
+            },
+        ],
+        mtu,
+    }
+}
+
 /// The standard plot of a throughput scenario: received Mpps, loss, latency percentiles.
 pub fn plot_throughput(report: &Report, title: &str) -> String {
     use crate::svg::{color, Bar, Svg};
-    let mut svg = Svg::new(1200.0, 470.0, title, &report.machine.line());
+    let searched: Vec<(f64, String)> = report
+        .series
+        .iter()
+        .flat_map(|s| &s.summary.throughput)
+        .fold(Vec::new(), |mut v, t| {
+            if !v.iter().any(|(r, _)| *r == t.loss_ratio) {
+                v.push((t.loss_ratio, t.name.clone()));
+            }
+            v
+        });
+    let width = if searched.is_empty() { 1200.0 } else { 1650.0 };
+    let mut svg = Svg::new(width, 470.0, title, &report.machine.line());
     let bar =
         |s: &Series, f: &dyn Fn(&crate::report::Summary) -> Option<crate::report::Stat>| Bar {
             label: s.label.clone(),
@@ -740,6 +875,27 @@ pub fn plot_throughput(report: &Report, title: &str) -> String {
         &["p50", "p90", "p99", "p99.9"],
         &groups,
     );
+    if !searched.is_empty() {
+        let names: Vec<&str> = searched.iter().map(|(_, n)| n.as_str()).collect();
+        let groups: Vec<(String, Vec<f64>)> = report
+            .series
+            .iter()
+            .map(|s| {
+                let v = searched
+                    .iter()
+                    .map(|(r, _)| s.throughput_mpps(*r))
+                    .collect();
+                (s.label.clone(), v)
+            })
+            .collect();
+        svg.grouped(
+            (1200.0, 55.0, 450.0, 390.0),
+            "throughput search (median of runs)",
+            "Mpps (log)",
+            &names,
+            &groups,
+        );
+    }
     svg.footer(&report.command);
     svg.finish()
 }

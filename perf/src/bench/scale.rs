@@ -82,6 +82,7 @@ fn run(opts: &BenchOpts, systems: &[&'static peer::System]) -> Result<Report> {
                     cfg: &cfg,
                     sut: &opts.sut(p.size),
                     gen_gso: opts.gen_gso,
+                    ndr: None,
                 };
                 measure(sys, &job, run, &mut s.command)
             }

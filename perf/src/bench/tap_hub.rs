@@ -14,8 +14,10 @@
 use serde_json::json;
 use testbed::unique;
 
+use crate::bench::ndr::NdrOpts;
 use crate::bench::{
-    alternate, measure, plot_throughput, ratios, target, BenchOpts, Job, Scenario, TapNamespaces,
+    alternate, measure, plot_throughput, ratios, target, throughput_ratios, BenchOpts, Job,
+    Scenario, TapNamespaces,
 };
 use crate::error::Result;
 use crate::frame;
@@ -37,6 +39,7 @@ pub fn measure_once(
     system: &peer::System,
     opts: &BenchOpts,
     rate: Rate,
+    ndr: Option<&NdrOpts>,
     run: usize,
     command: &mut String,
 ) -> Sample {
@@ -79,6 +82,7 @@ pub fn measure_once(
         cfg: &cfg,
         sut: &opts.sut(opts.size),
         gen_gso: opts.gen_gso,
+        ndr,
     };
     measure(system, &job, run, command)
 }
@@ -89,7 +93,7 @@ fn run(opts: &BenchOpts, systems: &[&'static peer::System]) -> Result<Report> {
     params["rate"] = json!(opts.rate.label());
     let mut report = opts.report(&SCENARIO, params);
     report.series = alternate(opts, systems, |sys, o, run, cmd| {
-        measure_once(sys, o, o.rate, run, cmd)
+        measure_once(sys, o, o.rate, o.ndr.as_ref(), run, cmd)
     });
     report.ratios = ratios(
         &report,
@@ -98,6 +102,7 @@ fn run(opts: &BenchOpts, systems: &[&'static peer::System]) -> Result<Report> {
         |s| s.median(|m| m.rx_mpps),
         true,
     );
+    throughput_ratios(&mut report);
     if let Some(p) = report.series("pollswitch") {
         let mine = p.median(|m| m.rx_mpps);
         for (peer_name, goal, k) in [

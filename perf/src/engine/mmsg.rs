@@ -157,6 +157,12 @@ impl RxBufs {
 /// Reads up to one burst of datagrams from `fd` without blocking, accounts for each in
 /// `tally` (all stamped with the time the call returned), and returns how many.
 pub fn recv_burst(fd: RawFd, rx: &mut RxBufs, tally: &mut Tally) -> usize {
+    recv_each(fd, rx, |d, now| tally.record(d, now))
+}
+
+/// Reads up to one burst of datagrams from `fd` without blocking and hands each to
+/// `each` with the time the call returned; returns how many.
+pub fn recv_each(fd: RawFd, rx: &mut RxBufs, mut each: impl FnMut(&[u8], u64)) -> usize {
     let n = rx.bufs.len();
     // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is valid.
     let mut iov: [libc::iovec; MAX_BURST] = unsafe { std::mem::zeroed() };
@@ -186,7 +192,7 @@ pub fn recv_burst(fd: RawFd, rx: &mut RxBufs, tally: &mut Tally) -> usize {
     let got = rc as usize;
     for (h, buf) in hdr.iter().zip(&rx.bufs).take(got) {
         let len = (h.msg_len as usize).min(RX_FRAME_MAX);
-        tally.record(&buf[..len], now);
+        each(&buf[..len], now);
     }
     got
 }

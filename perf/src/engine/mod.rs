@@ -28,6 +28,7 @@ mod mmsg;
 pub mod tap;
 pub mod tcp;
 pub mod udp;
+pub mod udp_app;
 pub mod vde;
 
 pub use mmsg::MAX_BURST;
@@ -95,6 +96,7 @@ pub struct Engine {
 /// Every engine, by spec prefix.
 pub const ENGINES: &[Engine] = &[
     udp::ENGINE,
+    udp_app::ENGINE,
     tcp::ENGINE,
     tap::ENGINE,
     vde::ENGINE,

@@ -114,6 +114,9 @@ pub struct SutOptions {
     pub pollswitch: PathBuf,
     /// More arguments for the pollswitch daemon (`-pool-size 4096`, ...).
     pub pollswitch_args: Vec<String>,
+    /// Options appended to each of pollswitch's tap netdevs (`vnet_hdr=on`); empty:
+    /// none. QEMU's tap netdevs never get them.
+    pub pollswitch_tap_opts: String,
 }
 
 impl SutOptions {
@@ -327,6 +330,7 @@ mod tests {
             max_frame: 9216,
             pollswitch: PathBuf::from("pollswitch"),
             pollswitch_args: Vec::new(),
+            pollswitch_tap_opts: String::new(),
         };
         assert_eq!(o.worker_cores(), [3, 5]);
     }

@@ -38,9 +38,18 @@ struct Pollswitch {
 /// What the daemon says when it counts the CPUs it may use instead of naming them.
 const REFUSES_TASKSET: &str = "does not exist on this host";
 
-/// The daemon's arguments for `topology`.
+/// The daemon's arguments for `topology`: QEMU's `-netdev` arguments, each tap's with
+/// `opts.pollswitch_tap_opts` appended.
 pub fn args(topology: &Topology, opts: &SutOptions) -> Vec<String> {
-    with_netdevs(hub_netdevs(topology), opts)
+    let mut a = hub_netdevs(topology);
+    let extra = opts.pollswitch_tap_opts.trim_matches(',');
+    if !extra.is_empty() {
+        for arg in a.iter_mut().filter(|x| x.starts_with("tap,")) {
+            arg.push(',');
+            arg.push_str(extra);
+        }
+    }
+    with_netdevs(a, opts)
 }
 
 /// The daemon's arguments: `netdevs` (`-netdev SPEC` pairs), then cores, poll-us,
@@ -148,6 +157,7 @@ mod tests {
             max_frame: 64,
             pollswitch: PathBuf::from("x"),
             pollswitch_args: Vec::new(),
+            pollswitch_tap_opts: String::new(),
         };
         let a = args(&t, &o).join(" ");
         assert_eq!(
@@ -157,6 +167,26 @@ mod tests {
              -netdev socket,id=p1,udp=127.0.0.1:4,localaddr=127.0.0.1:3 \
              -netdev hubport,id=h1,hubid=0,netdev=p1 \
              -cores 1 -poll-us 0 -max-frame 1518"
+        );
+        let taps = Topology::TapHub {
+            sut_netns: "s".into(),
+            ports: vec![crate::peer::TapLink {
+                ifname: "ta".into(),
+                netns: "g".into(),
+                mac: [2, 0, 0, 0, 0, 1],
+            }],
+            mtu: 1500,
+        };
+        let o = SutOptions {
+            pollswitch_tap_opts: "vnet_hdr=on".into(),
+            ..o
+        };
+        assert_eq!(
+            args(&taps, &o)[..2],
+            [
+                "-netdev",
+                "tap,id=p0,ifname=ta,script=no,downscript=no,vnet_hdr=on"
+            ]
         );
     }
 }

@@ -172,6 +172,7 @@ mod tests {
             max_frame: 1518,
             pollswitch: PathBuf::from("x"),
             pollswitch_args: Vec::new(),
+            pollswitch_tap_opts: String::new(),
         };
         let a = args(&["ta".into(), "tb".into()], &o, "pfx").join(" ");
         assert!(
