@@ -123,6 +123,9 @@ pub struct DgramConfig {
     /// checksums, and offload frames are written with their own header
     /// ([`switch::Pkt::offload`]).
     pub offload: bool,
+    /// Receive with UDP GRO (`Recv` sockets, where the pool has GSO buffers): a burst a
+    /// peer sent with UDP GSO arrives as one receive, cut into frames here.
+    pub gro: bool,
 }
 
 impl DgramConfig {
@@ -137,6 +140,7 @@ impl DgramConfig {
             ignore_src: None,
             gso,
             offload: false,
+            gro: gso,
         }
     }
 
@@ -295,6 +299,8 @@ pub struct DgramIo {
     /// The GSO buffer a tap with offloads reads into when a frame outgrows an ordinary
     /// buffer (kept from read to read until a super-frame takes it).
     spare_gso: Option<Pkt>,
+    /// Receiving with UDP GRO into GSO buffers (see [`DgramConfig::gro`]).
+    gro_on: bool,
 }
 
 // SAFETY: the raw pointers inside the slots (iovecs, msghdrs) point only into this
@@ -348,6 +354,7 @@ impl DgramIo {
             poll_armed: false,
             device_gone: false,
             spare_gso: None,
+            gro_on: false,
             gso: (0..if cfg_gso { GSO_SLOTS } else { 0 })
                 .map(|_| GsoSlot {
                     pkts: Vec::with_capacity(GSO_MAX),
@@ -385,6 +392,16 @@ impl DgramIo {
                 // SAFETY: msghdr is plain data; all-zero is a valid empty header.
                 let mut tmpl: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
                 tmpl.msg_namelen = RECVMSG_NAME as libc::socklen_t;
+                if self.cfg.gro
+                    && self.cfg.rx == RxMode::Recv
+                    && io.pool().gso_count() > 0
+                    && set_udp_gro(&self.fd, true).is_ok()
+                {
+                    // No name; room for the UDP_GRO message with the segment size.
+                    self.gro_on = true;
+                    tmpl.msg_namelen = 0;
+                    tmpl.msg_controllen = GRO_CTRL;
+                }
                 self.multi = Some(MultiRx {
                     tmpl,
                     ring,
@@ -402,6 +419,9 @@ impl DgramIo {
     /// Bytes the kernel writes in front of a frame: the virtio-net header of a tap, the
     /// recvmsg header and source address of a socket that needs the sender.
     fn lead(&self) -> usize {
+        if self.gro_on {
+            return GRO_LEAD;
+        }
         match self.cfg.rx {
             RxMode::RecvMsg => RECVMSG_LEAD,
             _ => self.cfg.vnet_hdr_len,
@@ -410,17 +430,28 @@ impl DgramIo {
 
     fn post_multi(&mut self, io: &mut Io<'_>) {
         let hdr = self.lead();
-        let want = (hdr + io.pool().max_frame() + 1) as u32;
+        let gro = self.gro_on;
+        let want = if gro {
+            (io.pool().gso_buf_size() - (HEADROOM - hdr)) as u32
+        } else {
+            (hdr + io.pool().max_frame() + 1) as u32
+        };
         let fd = types::Fd(self.fd.as_raw_fd());
-        let rx = self.cfg.rx;
+        let rx = if gro { RxMode::RecvMsg } else { self.cfg.rx };
         let Some(m) = &mut self.multi else { return };
         let mut lent = io.lent(&m.ring);
         let mut added = false;
         // Lent plus ready buffers stay within the budget: when rx_burst falls behind, the
         // backlog waits in the kernel's socket queue (and overflows there, counted by the
-        // kernel) instead of growing inside the switch to the size of the pool.
-        while lent + self.ready.len() < m.budget {
-            let Some(pkt) = io.alloc() else { break };
+        // kernel) instead of growing inside the switch to the size of the pool. With
+        // GRO a few GSO buffers are lent, each for a whole burst.
+        while lent + self.ready.len() < m.budget && (!gro || lent < GRO_LENT) {
+            let fresh = if gro {
+                io.pool().alloc_gso()
+            } else {
+                io.alloc()
+            };
+            let Some(pkt) = fresh else { break };
             if let Err(pkt) = io.lend(&m.ring, pkt, hdr, want) {
                 io.free(pkt);
                 break;
@@ -460,6 +491,13 @@ impl DgramIo {
         if let Some(bid) = bid {
             if let Some(mut pkt) = io.take(&m.ring, bid) {
                 m.frames += 1;
+                if res >= 0 && self.gro_on {
+                    self.accept_gro(io, pkt, res as usize);
+                    if !self.stopping {
+                        self.post_rx(io);
+                    }
+                    return;
+                }
                 if res >= 0 && self.cfg.rx == RxMode::RecvMsg {
                     self.accept_recvmsg(io, &mut pkt, res as usize);
                 } else if res >= 0 {
@@ -477,9 +515,14 @@ impl DgramIo {
             let never_worked = m.frames == 0 && (res == -libc::EINVAL || res == -libc::EOPNOTSUPP);
             if never_worked {
                 // The kernel cannot do multishot on this descriptor: lend nothing more,
-                // return the buffers, and post single reads instead.
+                // return the buffers, and post single reads instead (without GRO, whose
+                // bursts would not fit an ordinary buffer).
                 if let Some(m) = self.multi.take() {
                     io.release_rx_ring(m.ring);
+                }
+                if self.gro_on {
+                    self.gro_on = false;
+                    let _ = set_udp_gro(&self.fd, false);
                 }
             } else if res == -libc::ENOBUFS {
                 // Every lent buffer was in use: re-armed below once some are back.
@@ -1000,6 +1043,70 @@ impl DgramIo {
         }
     }
 
+    /// Unpacks a multishot recvmsg buffer of a GRO socket (`io_uring_recvmsg_out`, the
+    /// `UDP_GRO` control message, payload): a burst is cut into frames that share the
+    /// GSO buffer, each with its own span; a lone datagram is copied into an ordinary
+    /// buffer and the GSO buffer goes back at once.
+    fn accept_gro(&mut self, io: &mut Io<'_>, mut pkt: Pkt, n: usize) {
+        let pool = io.pool();
+        let Some(buf) = pool.buf_mut(&mut pkt) else {
+            io.free(pkt);
+            return;
+        };
+        let out = &buf[HEADROOM - GRO_LEAD..HEADROOM];
+        let word = |i: usize| u32::from_ne_bytes([out[i], out[i + 1], out[i + 2], out[i + 3]]);
+        let (ctrl_len, flags) = (word(4) as usize, word(12) as i32);
+        let mut seg = 0;
+        if ctrl_len >= 20 {
+            // cmsghdr { len: usize, level: i32, type: i32 } then the segment size (int).
+            let c = &out[16..16 + GRO_CTRL as usize];
+            let int = |i: usize| i32::from_ne_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+            if int(8) == SOL_UDP && int(12) == UDP_GRO {
+                seg = usize::try_from(int(16)).unwrap_or(0);
+            }
+        }
+        let payload = n.saturating_sub(GRO_LEAD);
+        let max = pool.max_frame();
+        if flags & libc::MSG_TRUNC != 0 {
+            io.counters.count_drop(DropReason::Oversize, 1);
+            io.free(pkt);
+            return;
+        }
+        if seg == 0 || payload <= seg {
+            let frame = &buf[HEADROOM..HEADROOM + payload.min(buf.len() - HEADROOM)];
+            if payload > max {
+                io.counters.count_drop(DropReason::Oversize, 1);
+            } else if payload < switch::pool::MIN_FRAME {
+                io.counters.count_drop(DropReason::Undersize, 1);
+            } else if let Some(copy) = io.alloc_copy(frame) {
+                io.counters.rx(payload);
+                self.ready.push_back(copy);
+            } else {
+                io.counters.count_drop(DropReason::NoBuffer, 1);
+            }
+            io.free(pkt);
+            return;
+        }
+        let count = payload.div_ceil(seg);
+        if seg > max {
+            io.counters.count_drop(DropReason::Oversize, count as u64);
+            io.free(pkt);
+            return;
+        }
+        io.counters.gro(count as u64);
+        for (i, mut h) in pool.fanout(pkt, count as u32).enumerate() {
+            let len = seg.min(payload - i * seg);
+            if len < switch::pool::MIN_FRAME {
+                io.counters.count_drop(DropReason::Undersize, 1);
+                io.free(h);
+                continue;
+            }
+            h.set_span(HEADROOM + i * seg, len);
+            io.counters.rx(len);
+            self.ready.push_back(h);
+        }
+    }
+
     /// Unpacks a multishot recvmsg buffer (`io_uring_recvmsg_out`, source address,
     /// payload), ignores our own datagrams, then checks the frame.
     fn accept_recvmsg(&self, io: &mut Io<'_>, pkt: &mut Pkt, n: usize) {
@@ -1114,6 +1221,36 @@ fn wire_frames(pool: &switch::Pool, p: &Pkt) -> usize {
         .saturating_sub(usize::from(h.hdr_len))
         .div_ceil(usize::from(h.gso_size))
         .max(1)
+}
+
+/// `UDP_GRO` from `<linux/udp.h>`: receive GSO bursts whole, with their segment size.
+const UDP_GRO: libc::c_int = 104;
+/// Control bytes a GRO receive is given: `CMSG_SPACE(sizeof(int))`.
+const GRO_CTRL: usize = 24;
+/// What the kernel writes in front of a GRO socket's payload: the multishot recvmsg
+/// header and the control message (no name).
+const GRO_LEAD: usize = 16 + GRO_CTRL;
+/// GSO buffers a GRO socket lends the kernel at once.
+const GRO_LENT: usize = 4;
+
+/// Turns UDP GRO on or off for a socket.
+fn set_udp_gro(fd: &OwnedFd, on: bool) -> std::io::Result<()> {
+    let v: libc::c_int = on.into();
+    // SAFETY: a valid socket and a pointer to an int of the stated size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            SOL_UDP,
+            UDP_GRO,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// A port that is one datagram engine and nothing more, holding what must live as long

@@ -237,6 +237,7 @@ pub fn open(cfg: TapConfig) -> Result<(Vec<TapQueue>, String), Error> {
         ignore_src: None,
         gso: false,
         offload: offloads,
+        gro: false,
     };
     let qs = fds
         .into_iter()

@@ -100,6 +100,12 @@ impl<'a> Io<'a> {
         self.cache.alloc()
     }
 
+    /// Copies `data` into a fresh buffer from the worker's cache.
+    #[inline]
+    pub fn alloc_copy(&mut self, data: &[u8]) -> Option<Pkt> {
+        self.cache.alloc_copy(data)
+    }
+
     /// Returns one reference to the worker's cache.
     #[inline]
     pub fn free(&mut self, p: Pkt) {

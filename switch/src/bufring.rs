@@ -106,8 +106,8 @@ impl BufRing {
         lead: usize,
         len: u32,
     ) -> Result<(), Pkt> {
-        let fits =
-            lead <= HEADROOM && (HEADROOM - lead).saturating_add(len as usize) <= pool.buf_size();
+        let fits = lead <= HEADROOM
+            && (HEADROOM - lead).saturating_add(len as usize) <= pool.capacity(&pkt);
         let Some(base) = pool.buf_ptr(&mut pkt).filter(|_| fits) else {
             return Err(pkt);
         };

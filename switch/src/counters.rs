@@ -94,6 +94,8 @@ pub struct PortCounters {
     gso_cut: AtomicU64,
     gso_segments: AtomicU64,
     csum_finished: AtomicU64,
+    gro_batches: AtomicU64,
+    gro_segments: AtomicU64,
     /// The backend has lost its peer (a vde_switch gone, a stream without connection):
     /// "no carrier", the reverse so that the default is up.
     no_carrier: AtomicBool,
@@ -201,6 +203,12 @@ impl PortCounters {
     pub fn csum_finished(&self) {
         bump(&self.csum_finished, 1);
     }
+    /// Counts one receive that brought `segments` frames (UDP GRO).
+    #[inline]
+    pub fn gro(&self, segments: u64) {
+        bump(&self.gro_batches, 1);
+        bump(&self.gro_segments, segments);
+    }
     /// Records one sampled time in the switch, for frames sent to this port (only the
     /// owning worker calls it; skipped while a reader holds the histogram).
     #[inline]
@@ -243,6 +251,8 @@ impl PortCounters {
             gso_cut: r(&self.gso_cut),
             gso_segments: r(&self.gso_segments),
             csum_finished: r(&self.csum_finished),
+            gro_batches: r(&self.gro_batches),
+            gro_segments: r(&self.gro_segments),
             carrier: !self.no_carrier.load(Ordering::Relaxed),
         }
     }
@@ -268,6 +278,10 @@ pub struct CounterSnapshot {
     pub gso_segments: u64,
     /// Partial checksums of frames received here that the switch finished.
     pub csum_finished: u64,
+    /// Receives that brought several frames at once (UDP GRO batches).
+    pub gro_batches: u64,
+    /// The frames they brought.
+    pub gro_segments: u64,
     /// Whether the backend has its peer (every queue, for several).
     pub carrier: bool,
 }
@@ -283,6 +297,8 @@ impl Default for CounterSnapshot {
             gso_cut: 0,
             gso_segments: 0,
             csum_finished: 0,
+            gro_batches: 0,
+            gro_segments: 0,
             carrier: true,
         }
     }
@@ -309,6 +325,8 @@ impl CounterSnapshot {
         self.gso_cut += o.gso_cut;
         self.gso_segments += o.gso_segments;
         self.csum_finished += o.csum_finished;
+        self.gro_batches += o.gro_batches;
+        self.gro_segments += o.gro_segments;
         self.carrier &= o.carrier;
     }
 }

@@ -512,6 +512,16 @@ impl Pool {
         p.idx >= self.count
     }
 
+    /// Size of the buffer behind `p`: [`Pool::buf_size`] or [`Pool::gso_buf_size`] (0
+    /// for a handle of another pool).
+    #[inline]
+    pub fn capacity(&self, p: &Pkt) -> usize {
+        match self.mine(p) {
+            true => self.buffer(p.idx).1,
+            false => 0,
+        }
+    }
+
     /// Number of GSO buffers ([`GSO_FRAME`] bytes each); 0 when offloads are off.
     pub fn gso_count(&self) -> u32 {
         self.big.count

@@ -60,6 +60,7 @@ impl UdpPort {
             ignore_src: None,
             gso: true,
             offload: false,
+            gro: true,
         };
         Ok(UdpPort {
             rx: DgramIo::new(s.into(), cfg),
@@ -127,6 +128,7 @@ impl UdpPort {
                 ignore_src: own,
                 gso: false,
                 offload: false,
+                gro: false,
             },
         );
         let tx = DgramIo::new(
@@ -139,6 +141,7 @@ impl UdpPort {
                 ignore_src: None,
                 gso: true,
                 offload: false,
+                gro: false,
             },
         );
         Ok(UdpPort {

@@ -585,6 +585,7 @@ fn x_query_stats(ctl: &mut Control, _: ClientId, args: &Map<String, Value>) -> R
             "offloads": {
                 "gso-cut": c.gso_cut, "gso-segments": c.gso_segments,
                 "csum-finished": c.csum_finished,
+                "gro-batches": c.gro_batches, "gro-segments": c.gro_segments,
             },
         });
         if let Ok(Some(qs)) = sw.per_queue(&e.config.id) {
