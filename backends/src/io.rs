@@ -1059,7 +1059,7 @@ impl DgramIo {
         let mut seg = 0;
         if ctrl_len >= 20 {
             // cmsghdr { len: usize, level: i32, type: i32 } then the segment size (int).
-            let c = &out[16..16 + GRO_CTRL as usize];
+            let c = &out[16..16 + GRO_CTRL];
             let int = |i: usize| i32::from_ne_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
             if int(8) == SOL_UDP && int(12) == UDP_GRO {
                 seg = usize::try_from(int(16)).unwrap_or(0);
