@@ -301,6 +301,9 @@ pub struct DgramIo {
     spare_gso: Option<Pkt>,
     /// Receiving with UDP GRO into GSO buffers (see [`DgramConfig::gro`]).
     gro_on: bool,
+    /// The last frame read was a super-frame: read the next one straight into a GSO
+    /// buffer.
+    expect_big: bool,
 }
 
 // SAFETY: the raw pointers inside the slots (iovecs, msghdrs) point only into this
@@ -355,6 +358,7 @@ impl DgramIo {
             device_gone: false,
             spare_gso: None,
             gro_on: false,
+            expect_big: false,
             gso: (0..if cfg_gso { GSO_SLOTS } else { 0 })
                 .map(|_| GsoSlot {
                     pkts: Vec::with_capacity(GSO_MAX),
@@ -640,14 +644,10 @@ impl DgramIo {
     /// With offloads each read also offers a GSO buffer: `readv` into the ordinary
     /// buffer and on into the GSO buffer behind the same offset, so a frame that fits
     /// (nearly all) costs nothing more, and a super-frame's head is copied across once.
+    /// After a super-frame the next read goes straight into the GSO buffer (a stream of
+    /// super-frames is then never copied twice); a frame that turns out small there is
+    /// copied down into an ordinary buffer.
     fn read_sync(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
-        let hdr = self.cfg.vnet_hdr_len;
-        let lead = HEADROOM - hdr;
-        let small = if self.cfg.offload {
-            io.pool().buf_size() - lead
-        } else {
-            hdr + io.pool().max_frame() + 1
-        };
         let (mut n, mut wire) = (0, 0);
         while n < max {
             if self.cfg.offload && self.spare_gso.is_none() {
@@ -658,72 +658,24 @@ impl DgramIo {
                     break;
                 }
             }
-            let Some(mut pkt) = io.alloc() else {
-                io.counters.count_drop(DropReason::NoBuffer, 1);
-                break;
+            let read = if self.cfg.offload && self.expect_big {
+                self.read_direct(io)
+            } else {
+                self.read_split(io)
             };
-            let Some(start) = io.pool().buf_ptr(&mut pkt) else {
-                io.free(pkt);
-                break;
-            };
-            let big = match self.spare_gso.as_mut() {
-                Some(g) => io.pool().buf_ptr(g),
-                None => None,
-            };
-            let big_len = io.pool().gso_buf_size().saturating_sub(lead + small);
-            // SAFETY: `start + lead` has `small` bytes of its buffer behind it, and
-            // `big + lead + small` has `big_len` bytes of its GSO buffer behind it; both
-            // buffers are ours alone (`buf_ptr` checked) for the call.
-            let iov = unsafe {
-                [
-                    libc::iovec {
-                        iov_base: start.add(lead).cast(),
-                        iov_len: small,
-                    },
-                    libc::iovec {
-                        iov_base: big.map_or(std::ptr::null_mut(), |b| b.add(lead + small).cast()),
-                        iov_len: big_len,
-                    },
-                ]
-            };
-            let cnt = if big.is_some() && big_len > 0 { 2 } else { 1 };
-            // SAFETY: the iovecs describe memory we own exclusively, as said above.
-            let r = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), cnt) };
-            if r > 0 && r as usize > small {
-                // A super-frame: its head moves over to the GSO buffer, which becomes
-                // the packet.
-                let Some(mut g) = self.spare_gso.take() else {
-                    io.free(pkt);
+            let (mut pkt, r, total) = match read {
+                Ok(x) => x,
+                Err(e) => {
+                    if e == Some(libc::EBADFD) {
+                        // Not a frame lost: the device is gone. Said once, as carrier down.
+                        self.lost_device(io);
+                    } else if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
+                        io.counters.count_drop(DropReason::IoError, 1);
+                    }
                     break;
-                };
-                if let (Some(b), Some(g_buf)) =
-                    (io.pool().buf_ptr(&mut pkt), io.pool().buf_ptr(&mut g))
-                {
-                    // SAFETY: two distinct buffers we own exclusively; `small` bytes
-                    // from `lead` lie inside each.
-                    unsafe { std::ptr::copy_nonoverlapping(b.add(lead), g_buf.add(lead), small) };
                 }
-                io.free(pkt);
-                pkt = g;
-            }
-            if r < 0 {
-                io.free(pkt);
-                let e = std::io::Error::last_os_error().raw_os_error();
-                if e == Some(libc::EBADFD) {
-                    // Not a frame lost: the device is gone. Said once, as carrier down.
-                    self.lost_device(io);
-                } else if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
-                    io.counters.count_drop(DropReason::IoError, 1);
-                }
-                break;
-            }
-            let total = if cnt == 2 { small + big_len } else { small };
-            self.accept_rx(
-                io,
-                &mut pkt,
-                r as usize,
-                r as usize >= total && self.cfg.offload,
-            );
+            };
+            self.accept_rx(io, &mut pkt, r, r >= total && self.cfg.offload);
             if pkt.is_empty() {
                 io.free(pkt);
             } else {
@@ -738,6 +690,125 @@ impl DgramIo {
             }
         }
         n
+    }
+
+    /// Bytes an ordinary buffer takes from where a read starts (header included), and
+    /// that start (`HEADROOM` less the header).
+    fn small_read(&self, pool: &switch::Pool) -> (usize, usize) {
+        let hdr = self.cfg.vnet_hdr_len;
+        let lead = HEADROOM - hdr;
+        if self.cfg.offload {
+            (pool.buf_size() - lead, lead)
+        } else {
+            (hdr + pool.max_frame() + 1, lead)
+        }
+    }
+
+    /// One read into an ordinary buffer, and on into the spare GSO buffer (when there is
+    /// one). Returns the packet, the bytes read and the most the read could take, or the
+    /// error (`None`: no buffer).
+    fn read_split(&mut self, io: &mut Io<'_>) -> Result<(Pkt, usize, usize), Option<i32>> {
+        let (small, lead) = self.small_read(io.pool());
+        let Some(mut pkt) = io.alloc() else {
+            io.counters.count_drop(DropReason::NoBuffer, 1);
+            return Err(None);
+        };
+        let Some(start) = io.pool().buf_ptr(&mut pkt) else {
+            io.free(pkt);
+            return Err(None);
+        };
+        let big = match self.spare_gso.as_mut() {
+            Some(g) => io.pool().buf_ptr(g),
+            None => None,
+        };
+        let big_len = io.pool().gso_buf_size().saturating_sub(lead + small);
+        // SAFETY: `start + lead` has `small` bytes of its buffer behind it, and
+        // `big + lead + small` has `big_len` bytes of its GSO buffer behind it; both
+        // buffers are ours alone (`buf_ptr` checked) for the call.
+        let iov = unsafe {
+            [
+                libc::iovec {
+                    iov_base: start.add(lead).cast(),
+                    iov_len: small,
+                },
+                libc::iovec {
+                    iov_base: big.map_or(std::ptr::null_mut(), |b| b.add(lead + small).cast()),
+                    iov_len: big_len,
+                },
+            ]
+        };
+        let cnt = if big.is_some() && big_len > 0 { 2 } else { 1 };
+        // SAFETY: the iovecs describe memory we own exclusively, as said above.
+        let r = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), cnt) };
+        if r < 0 {
+            io.free(pkt);
+            return Err(std::io::Error::last_os_error().raw_os_error());
+        }
+        let r = r as usize;
+        let total = if cnt == 2 { small + big_len } else { small };
+        self.expect_big = r > small;
+        if r > small {
+            // A super-frame: its head moves over to the GSO buffer, which becomes the
+            // packet.
+            let Some(mut g) = self.spare_gso.take() else {
+                io.free(pkt);
+                return Err(None);
+            };
+            if let (Some(b), Some(g_buf)) = (io.pool().buf_ptr(&mut pkt), io.pool().buf_ptr(&mut g))
+            {
+                // SAFETY: two distinct buffers we own exclusively; `small` bytes from
+                // `lead` lie inside each.
+                unsafe { std::ptr::copy_nonoverlapping(b.add(lead), g_buf.add(lead), small) };
+            }
+            io.free(pkt);
+            return Ok((g, r, total));
+        }
+        Ok((pkt, r, total))
+    }
+
+    /// One read straight into the spare GSO buffer; a frame that fits an ordinary buffer
+    /// is copied into one (and the GSO buffer stays spare).
+    fn read_direct(&mut self, io: &mut Io<'_>) -> Result<(Pkt, usize, usize), Option<i32>> {
+        let (small, lead) = self.small_read(io.pool());
+        let pool = io.pool();
+        let total = pool.gso_buf_size().saturating_sub(lead);
+        let Some(g) = self.spare_gso.as_mut() else {
+            return Err(None);
+        };
+        let Some(start) = pool.buf_ptr(g) else {
+            return Err(None);
+        };
+        // SAFETY: `total` bytes from `start + lead` lie inside the GSO buffer, which is
+        // ours alone (`buf_ptr` checked) for the call.
+        let r = unsafe { libc::read(self.fd.as_raw_fd(), start.add(lead).cast(), total) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error().raw_os_error());
+        }
+        let r = r as usize;
+        if r > small {
+            let g = self.spare_gso.take().ok_or(None)?;
+            return Ok((g, r, total));
+        }
+        self.expect_big = false;
+        let Some(mut pkt) = io.alloc() else {
+            io.counters.count_drop(DropReason::NoBuffer, 1);
+            return Err(None);
+        };
+        match (
+            pool.buf_ptr(&mut pkt),
+            self.spare_gso.as_mut().and_then(|g| pool.buf_ptr(g)),
+        ) {
+            (Some(dst), Some(src)) => {
+                // SAFETY: two distinct buffers we own exclusively; `r <= small` bytes
+                // from `lead` lie inside each.
+                unsafe { std::ptr::copy_nonoverlapping(src.add(lead), dst.add(lead), r) };
+                Ok((pkt, r, total))
+            }
+            _ => {
+                io.free(pkt);
+                Err(None)
+            }
+        }
     }
 
     pub fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
