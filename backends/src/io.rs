@@ -1115,9 +1115,10 @@ impl DgramIo {
     }
 
     /// Unpacks a multishot recvmsg buffer of a GRO socket (`io_uring_recvmsg_out`, the
-    /// `UDP_GRO` control message, payload): a burst is cut into frames that share the
-    /// GSO buffer, each with its own span; a lone datagram is copied into an ordinary
-    /// buffer and the GSO buffer goes back at once.
+    /// `UDP_GRO` control message, payload): a burst of large frames is cut into frames
+    /// that share the GSO buffer, each with its own span; small frames (under
+    /// [`GRO_SHARE_MIN`]) and a lone datagram are copied into ordinary buffers and the
+    /// GSO buffer goes back at once.
     fn accept_gro(&mut self, io: &mut Io<'_>, mut pkt: Pkt, n: usize) {
         let pool = io.pool();
         let Some(buf) = pool.buf_mut(&mut pkt) else {
@@ -1165,6 +1166,27 @@ impl DgramIo {
             return;
         }
         io.counters.gro(count as u64);
+        if seg < GRO_SHARE_MIN {
+            // Small frames are copied out, and the GSO buffer goes back to the kernel
+            // at once: a few lent buffers then keep up with any rate.
+            for i in 0..count {
+                let at = HEADROOM + i * seg;
+                let len = seg.min(payload - i * seg);
+                if len < switch::pool::MIN_FRAME {
+                    io.counters.count_drop(DropReason::Undersize, 1);
+                    continue;
+                }
+                match io.alloc_copy(&buf[at..at + len]) {
+                    Some(f) => {
+                        io.counters.rx(len);
+                        self.ready.push_back(f);
+                    }
+                    None => io.counters.count_drop(DropReason::NoBuffer, 1),
+                }
+            }
+            io.free(pkt);
+            return;
+        }
         for (i, mut h) in pool.fanout(pkt, count as u32).enumerate() {
             let len = seg.min(payload - i * seg);
             if len < switch::pool::MIN_FRAME {
@@ -1302,7 +1324,9 @@ const GRO_CTRL: usize = 24;
 /// header and the control message (no name).
 const GRO_LEAD: usize = 16 + GRO_CTRL;
 /// GSO buffers a GRO socket lends the kernel at once.
-const GRO_LENT: usize = 4;
+const GRO_LENT: usize = 16;
+/// Segments of at least this size share their GSO buffer; smaller ones are copied.
+const GRO_SHARE_MIN: usize = 2048;
 
 /// Turns UDP GRO on or off for a socket.
 fn set_udp_gro(fd: &OwnedFd, on: bool) -> std::io::Result<()> {
