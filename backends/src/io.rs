@@ -403,6 +403,7 @@ impl DgramIo {
                 {
                     // No name; room for the UDP_GRO message with the segment size.
                     self.gro_on = true;
+                    grow_rcvbuf(&self.fd);
                     tmpl.msg_namelen = 0;
                     tmpl.msg_controllen = GRO_CTRL;
                 }
@@ -1327,6 +1328,29 @@ const GRO_LEAD: usize = 16 + GRO_CTRL;
 const GRO_LENT: usize = 16;
 /// Segments of at least this size share their GSO buffer; smaller ones are copied.
 const GRO_SHARE_MIN: usize = 2048;
+
+/// Receive buffer of a GRO socket: its queue holds whole bursts.
+const GRO_RCVBUF: libc::c_int = 4 << 20;
+
+/// Gives a GRO socket a receive buffer of [`GRO_RCVBUF`] (`SO_RCVBUFFORCE` with
+/// CAP_NET_ADMIN, else as much of it as `rmem_max` allows); best effort.
+fn grow_rcvbuf(fd: &OwnedFd) {
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a valid socket and a pointer to an int of the stated size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&GRO_RCVBUF as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+}
 
 /// Turns UDP GRO on or off for a socket.
 fn set_udp_gro(fd: &OwnedFd, on: bool) -> std::io::Result<()> {

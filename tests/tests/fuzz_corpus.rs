@@ -24,6 +24,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("virtio_chain", backends::fuzzing::virtio_chain),
     ("vlan", switch::fuzzing::vlan),
     ("fdb", switch::fuzzing::fdb),
+    ("gso", switch::fuzzing::gso),
 ];
 
 /// How long the random run of one target lasts.

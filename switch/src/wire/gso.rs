@@ -229,6 +229,11 @@ impl Plan {
         self.payload.div_ceil(self.mss).max(1)
     }
 
+    /// Length of the headers every segment repeats.
+    pub fn header_len(&self) -> usize {
+        self.hdr
+    }
+
     /// The largest segment's length in bytes.
     pub fn max_len(&self) -> usize {
         self.hdr + self.mss.min(self.payload)
