@@ -35,7 +35,7 @@ pub const SCENARIO: Scenario = Scenario {
     name: "tcp-taps",
     about: "iperf3 TCP (1 and 4 streams) between namespaces through two taps on one hub: \
             pollswitch vs Linux bridge vs QEMU",
-    systems: &["pollswitch", "bridge", "qemu"],
+    systems: &["pollswitch", "bridge", "qemu", "pollswitch-af-xdp"],
     run,
     plot,
 };

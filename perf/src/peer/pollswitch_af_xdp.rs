@@ -41,6 +41,12 @@ fn start(topology: &Topology, opts: &SutOptions) -> Result<Box<dyn Running>> {
             "link", "add", &p.ifname, "type", "veth", "peer", "name", &end,
         ])?;
         s.ip(&["link", "set", &end, "mtu", &mtu, "up"])?;
+        // The tool's end hands XDP what its stack sends: with checksum offload on, TCP
+        // and UDP checksums stay partial (nothing fills them in on a veth) and TSO
+        // frames are larger than a UMEM frame. A NIC would do both on the wire.
+        s.run(&[
+            "ethtool", "-K", &p.ifname, "tx", "off", "tso", "off", "gso", "off",
+        ])?;
         netdevs.push("-netdev".to_string());
         netdevs.push(format!("af-xdp,id=p{i},ifname={end}"));
         netdevs.push("-netdev".to_string());
