@@ -1330,29 +1330,18 @@ const GRO_LENT: usize = 16;
 const GRO_SHARE_MIN: usize = 2048;
 
 /// Receive buffer of a GRO socket: its queue holds whole bursts.
-const GRO_RCVBUF: libc::c_int = 4 << 20;
+const GRO_RCVBUF: usize = 4 << 20;
 
 /// Gives a GRO socket a receive buffer of [`GRO_RCVBUF`] (`SO_RCVBUFFORCE` with
 /// CAP_NET_ADMIN, else as much of it as `rmem_max` allows); best effort.
 fn grow_rcvbuf(fd: &OwnedFd) {
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: a valid socket and a pointer to an int of the stated size.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&GRO_RCVBUF as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            return;
-        }
+    use rustix::net::sockopt;
+    if sockopt::set_socket_recv_buffer_size_force(fd, GRO_RCVBUF).is_err() {
+        let _ = sockopt::set_socket_recv_buffer_size(fd, GRO_RCVBUF);
     }
 }
 
-/// Turns UDP GRO on or off for a socket.
+/// Turns UDP GRO on or off for a socket (rustix has no `UDP_GRO` option).
 fn set_udp_gro(fd: &OwnedFd, on: bool) -> std::io::Result<()> {
     let v: libc::c_int = on.into();
     // SAFETY: a valid socket and a pointer to an int of the stated size.

@@ -262,7 +262,7 @@ fn tcp_taps() {
     );
     let mut want = Vec::new();
     for n in ["1 stream", "4 streams"] {
-        for sys in ["pollswitch", "bridge", "qemu"] {
+        for sys in ["pollswitch", "bridge", "qemu", "pollswitch-af-xdp"] {
             want.push(format!("{sys} {n}"));
         }
     }
@@ -279,7 +279,8 @@ fn tcp_taps() {
             );
         }
     }
-    assert_eq!(r["ratios"].as_array().unwrap().len(), 4);
+    // pollswitch against the bridge, QEMU and its own af-xdp ports, per stream count.
+    assert_eq!(r["ratios"].as_array().unwrap().len(), 6);
     assert_eq!(r["targets"].as_array().unwrap().len(), 2);
 }
 

@@ -42,10 +42,7 @@ pub fn wire_frames(
                 .bytes_mut(q)
                 .is_some_and(|b| gso::finish_checksum(&h, b).is_ok());
             if !ok {
-                let mut made: Vec<Pkt> = out.drain(start..).collect();
-                cache.free_all(&mut made);
-                counters.count_drop(DropReason::Offload, 1);
-                return false;
+                return undo(cache, out, start, counters, DropReason::Offload);
             }
             counters.csum_finished();
         }
@@ -62,10 +59,7 @@ pub fn wire_frames(
     let start = out.len();
     for i in 0..plan.count() {
         let Some(mut s) = cache.alloc() else {
-            let mut made: Vec<Pkt> = out.drain(start..).collect();
-            cache.free_all(&mut made);
-            counters.count_drop(DropReason::NoBuffer, 1);
-            return false;
+            return undo(cache, out, start, counters, DropReason::NoBuffer);
         };
         let n = pool
             .buf_mut(&mut s)
@@ -78,10 +72,7 @@ pub fn wire_frames(
             None => {
                 // Cannot happen for a fresh buffer of the plan's frame; refused safely.
                 cache.free(s);
-                let mut made: Vec<Pkt> = out.drain(start..).collect();
-                cache.free_all(&mut made);
-                counters.count_drop(DropReason::Offload, 1);
-                return false;
+                return undo(cache, out, start, counters, DropReason::Offload);
             }
         }
     }
@@ -118,6 +109,21 @@ pub fn into_wire_frames(
     }
     wire_frames(pool, cache, &p, out, counters);
     cache.free(p);
+}
+
+/// Gives back the frames made so far (`out[start..]`) and counts the frame as dropped
+/// for `why`; false, for the caller to return.
+fn undo(
+    cache: &mut BufCache,
+    out: &mut Vec<Pkt>,
+    start: usize,
+    counters: &PortCounters,
+    why: DropReason,
+) -> bool {
+    let mut made: Vec<Pkt> = out.drain(start..).collect();
+    cache.free_all(&mut made);
+    counters.count_drop(why, 1);
+    false
 }
 
 /// Copies a frame into an ordinary buffer.

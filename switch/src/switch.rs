@@ -87,6 +87,9 @@ pub struct ClientSpec {
     pub nic: bool,
 }
 
+/// A queue's worker and counters.
+type QueueCounters<'a> = (u16, &'a Arc<PortCounters>);
+
 /// The two kinds of client.
 pub enum SpecKind {
     /// A port with its queues' backends and an optional busy-poll time.
@@ -509,8 +512,9 @@ impl Switch {
         self.publish()
     }
 
-    /// The counters of each queue of a client (`None` for hubports).
-    fn queue_counters(&self, name: &str) -> Result<Option<Vec<&Arc<PortCounters>>>, SwitchError> {
+    /// Each queue of a client with its worker and counters, in queue order (`None` for
+    /// hubports).
+    fn queue_counters(&self, name: &str) -> Result<Option<Vec<QueueCounters<'_>>>, SwitchError> {
         let c = self
             .graph
             .get(name)
@@ -521,7 +525,7 @@ impl Switch {
         Ok(Some(
             queues
                 .iter()
-                .filter_map(|q| self.counters.get(&q.port))
+                .filter_map(|q| Some((q.worker, self.counters.get(&q.port)?)))
                 .collect(),
         ))
     }
@@ -536,7 +540,7 @@ impl Switch {
             return Ok(None);
         };
         let mut h = crate::counters::empty_histogram();
-        for c in qs {
+        for (_, c) in qs {
             c.latency_into(&mut h);
         }
         Ok(Some(crate::counters::LatencySummary::of(&h)))
@@ -547,19 +551,9 @@ impl Switch {
         &self,
         name: &str,
     ) -> Result<Option<Vec<(u16, CounterSnapshot)>>, SwitchError> {
-        let c = self
-            .graph
-            .get(name)
-            .ok_or_else(|| SwitchError::NotFound(name.to_string()))?;
-        let ClientKind::Port { queues } = &c.kind else {
-            return Ok(None);
-        };
-        Ok(Some(
-            queues
-                .iter()
-                .filter_map(|q| Some((q.worker, self.counters.get(&q.port)?.snapshot())))
-                .collect(),
-        ))
+        Ok(self
+            .queue_counters(name)?
+            .map(|qs| qs.into_iter().map(|(w, c)| (w, c.snapshot())).collect()))
     }
 
     /// Counters of a client, summed over its queues (`None` for hubports).
@@ -568,7 +562,7 @@ impl Switch {
             return Ok(None);
         };
         let mut sum = CounterSnapshot::default();
-        for c in qs {
+        for (_, c) in qs {
             sum.add(&c.snapshot());
         }
         Ok(Some(sum))

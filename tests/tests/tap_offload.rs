@@ -16,7 +16,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use common::{ns_with, port_stats, tap_spec, Args, WAIT};
@@ -110,6 +109,44 @@ fn check_ipv4(f: &[u8]) -> Option<(u8, bool, bool, usize)> {
     Some((proto, ip_ok, l4_ok, l4.len().saturating_sub(hdr)))
 }
 
+/// Taps `ta` (offloads on) and `tb` (`tb_extra` options) in namespaces with
+/// 10.`net`.0.1 and .2, and a UDP port `x`, on hub 0 with hubport options `hub_extra`.
+struct Rig {
+    d: tests::Daemon,
+    q: tests::QmpClient,
+    a: Netns,
+    b: Netns,
+    x: UdpEnd,
+    _dir: TempDir,
+}
+
+fn rig(tb_extra: &str, hub_extra: &str, net: u8) -> Rig {
+    let (ta, tb) = (unique("poc"), unique("pod"));
+    let dir = TempDir::new();
+    let mut x = UdpEnd::new();
+    let hub = |id: &str| format!("hubport,id=hp-{id},hubid=0,netdev={id}{hub_extra}");
+    // A pool the size of a small real one: a UDP port's sends in flight scale with it.
+    let (d, q) = Args::new()
+        .opt("-pool-size", "4096")
+        .netdev(&tap_spec("ta", &ta, ""))
+        .netdev(&hub("ta"))
+        .netdev(&tap_spec("tb", &tb, tb_extra))
+        .netdev(&hub("tb"))
+        .netdev(&common::udp_spec("x", &mut x))
+        .netdev(&hub("x"))
+        .start_with_qmp(&dir);
+    let a = ns_with(&ta, &format!("10.{net}.0.1/24"));
+    let b = ns_with(&tb, &format!("10.{net}.0.2/24"));
+    Rig {
+        d,
+        q,
+        a,
+        b,
+        x,
+        _dir: dir,
+    }
+}
+
 #[test]
 fn tcp_super_frames_cross_whole_between_two_taps() {
     require_tool("ethtool");
@@ -158,20 +195,9 @@ fn tcp_super_frames_cross_whole_between_two_taps() {
 
 #[test]
 fn super_frames_are_cut_once_for_a_plain_tap_and_a_udp_port() {
-    let (ta, tb) = (unique("poc"), unique("pod"));
-    let dir = TempDir::new();
-    let mut x = UdpEnd::new();
-    // A pool the size of a small real one: a UDP port's sends in flight scale with it.
-    let (d, mut q) = Args::new()
-        .opt("-pool-size", "4096")
-        .netdev(&tap_spec("ta", &ta, ""))
-        .on_hub("ta", 0)
-        .netdev(&tap_spec("tb", &tb, ",vnet_hdr=off"))
-        .on_hub("tb", 0)
-        .udp("x", 0, &mut x)
-        .start_with_qmp(&dir);
-    let a = ns_with(&ta, "10.85.0.1/24");
-    let b = ns_with(&tb, "10.85.0.2/24");
+    let Rig {
+        d, mut q, a, b, x, ..
+    } = rig(",vnet_hdr=off", "", 85);
     // B's kernel checks every checksum: a wrong segment would stall the transfer.
     tcp_transfer(&a, &b, Ipv4Addr::new(10, 85, 0, 2), 8 << 20);
     let pa = port_stats(&mut q, "ta");
@@ -222,9 +248,6 @@ fn super_frames_are_cut_once_for_a_plain_tap_and_a_udp_port() {
     d.stop_clean();
 }
 
-/// `UDP_SEGMENT` from `<linux/udp.h>`.
-const UDP_SEGMENT: libc::c_int = 103;
-
 #[test]
 fn a_udp_gso_sender_reaches_offload_and_plain_receivers_datagram_for_datagram() {
     // 64-byte frames (18 bytes of payload) sent 40 to a system call with UDP GSO, as a
@@ -232,36 +255,14 @@ fn a_udp_gso_sender_reaches_offload_and_plain_receivers_datagram_for_datagram() 
     const PAYLOAD: usize = 18;
     const PER_SEND: usize = 40;
     const SENDS: usize = 50;
-    let (ta, tb) = (unique("poe"), unique("pof"));
-    let dir = TempDir::new();
-    let mut x = UdpEnd::new();
-    // A pool the size of a small real one: a UDP port's sends in flight scale with it.
-    let (d, mut q) = Args::new()
-        .opt("-pool-size", "4096")
-        .netdev(&tap_spec("ta", &ta, ""))
-        .on_hub("ta", 0)
-        .netdev(&tap_spec("tb", &tb, ""))
-        .on_hub("tb", 0)
-        .udp("x", 0, &mut x)
-        .start_with_qmp(&dir);
-    let a = ns_with(&ta, "10.86.0.1/24");
-    let b = ns_with(&tb, "10.86.0.2/24");
+    let Rig {
+        d, mut q, a, b, x, ..
+    } = rig("", "", 86);
     let rx = b.enter(|| UdpSocket::bind("10.86.0.2:7000").unwrap());
     rx.set_read_timeout(Some(WAIT)).unwrap();
     let tx = a.enter(|| UdpSocket::bind("10.86.0.1:0").unwrap());
     tx.connect("10.86.0.2:7000").unwrap();
-    let seg = PAYLOAD as libc::c_int;
-    // SAFETY: a valid socket and a pointer to an int of the stated size.
-    let r = unsafe {
-        libc::setsockopt(
-            tx.as_raw_fd(),
-            libc::SOL_UDP,
-            UDP_SEGMENT,
-            (&seg as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    common::set_udp_segment(&tx, PAYLOAD);
     // ARP first, so that the first burst is not held back.
     tx.send(&[0xff; PAYLOAD]).unwrap();
     let mut buf = [0u8; 2048];
@@ -367,21 +368,7 @@ fn gso_buffers_0_or_vnet_hdr_off_turn_the_offloads_off() {
 /// Two offload taps and a UDP port on hub 0 with hubport options `extra` (VLAN,
 /// learning): TCP from A to B, then the taps' and the UDP port's counters.
 fn tcp_on_a_hub(extra: &str, net: u8) -> (Value, Value, Value) {
-    let (ta, tb) = (unique("poi"), unique("poj"));
-    let dir = TempDir::new();
-    let mut x = UdpEnd::new();
-    let hub = |id: &str| format!("hubport,id=hp-{id},hubid=0,netdev={id}{extra}");
-    let (d, mut q) = Args::new()
-        .opt("-pool-size", "4096")
-        .netdev(&tap_spec("ta", &ta, ""))
-        .netdev(&hub("ta"))
-        .netdev(&tap_spec("tb", &tb, ""))
-        .netdev(&hub("tb"))
-        .netdev(&common::udp_spec("x", &mut x))
-        .netdev(&hub("x"))
-        .start_with_qmp(&dir);
-    let a = ns_with(&ta, &format!("10.{net}.0.1/24"));
-    let b = ns_with(&tb, &format!("10.{net}.0.2/24"));
+    let Rig { d, mut q, a, b, .. } = rig("", extra, net);
     tcp_transfer(&a, &b, Ipv4Addr::new(10, net, 0, 2), 8 << 20);
     let stats = (
         port_stats(&mut q, "ta"),

@@ -10,15 +10,11 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use common::{expect_frame, expect_nothing, mac, port_stats, Args, BCAST, ETH_EXP};
 use serde_json::Value;
 use tests::{frame, free_udp_port, TempDir, UdpEnd};
-
-/// `UDP_SEGMENT` from `<linux/udp.h>`.
-const UDP_SEGMENT: libc::c_int = 103;
 
 fn num(v: &Value, path: &[&str]) -> u64 {
     let mut x = v;
@@ -32,18 +28,7 @@ fn num(v: &Value, path: &[&str]) -> u64 {
 fn gso_sender(seg: usize, to: std::net::SocketAddr) -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.connect(to).unwrap();
-    let v = seg as libc::c_int;
-    // SAFETY: a valid socket and a pointer to an int of the stated size.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_UDP,
-            UDP_SEGMENT,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    common::set_udp_segment(&s, seg);
     s
 }
 

@@ -188,6 +188,25 @@ pub fn ns_with(ifname: &str, cidr: &str) -> Netns {
     ns
 }
 
+/// Makes `sock` send every datagram as UDP GSO segments of `seg` bytes
+/// (`UDP_SEGMENT`, `<linux/udp.h>`), as a QUIC stack sends.
+pub fn set_udp_segment(sock: &std::net::UdpSocket, seg: usize) {
+    use std::os::fd::AsRawFd;
+    const UDP_SEGMENT: libc::c_int = 103;
+    let v = seg as libc::c_int;
+    // SAFETY: a valid socket and a pointer to an int of the stated size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_SEGMENT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+}
+
 /// Port `name` of `x-query-stats`.
 pub fn port_stats(c: &mut QmpClient, name: &str) -> Value {
     let st = c.execute_ok("x-query-stats", Value::Null);
