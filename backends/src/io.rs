@@ -1330,7 +1330,7 @@ const GRO_LENT: usize = 16;
 const GRO_SHARE_MIN: usize = 2048;
 
 /// Receive buffer of a GRO socket: its queue holds whole bursts.
-const GRO_RCVBUF: usize = 1 << 20;
+const GRO_RCVBUF: usize = 4 << 20;
 
 /// Gives a GRO socket a receive buffer of [`GRO_RCVBUF`] (`SO_RCVBUFFORCE` with
 /// CAP_NET_ADMIN, else as much of it as `rmem_max` allows); best effort.
