@@ -147,12 +147,8 @@ pub fn gso(data: &[u8]) {
             assert!(n <= plan.max_len(), "segment {i}: {n} > {}", plan.max_len());
             let seg = &out[..n];
             // The network header is where the frame had it; check the L4 sum.
-            let mut at = 12;
-            while matches!(seg[at..at + 2], [0x81, 0x00] | [0x88, 0xa8]) {
-                at += 4;
-            }
-            let ip = at + 2;
-            let (l4, proto, addrs) = if seg[at..at + 2] == [0x08, 0x00] {
+            let (ip, et) = crate::wire::ethernet::payload_of(seg).expect("a segment's header");
+            let (l4, proto, addrs) = if et == crate::wire::ethernet::ETHERTYPE_IPV4 {
                 (
                     ip + usize::from(seg[ip] & 0xf) * 4,
                     seg[ip + 9],

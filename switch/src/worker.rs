@@ -1025,7 +1025,7 @@ fn deliver_burst(
 /// A cheap hash of a frame's flow, to spread frames over a multi-queue destination
 /// while keeping each flow on one queue (so never reordered): IPv4 or IPv6 addresses,
 /// protocol and, for an unfragmented TCP or UDP packet, its ports; the MAC pair for
-/// anything else. One VLAN tag is looked through.
+/// anything else. Up to two VLAN tags are looked through.
 #[inline]
 fn frame_hash(f: &[u8]) -> u32 {
     #[inline]
@@ -1038,19 +1038,11 @@ fn frame_hash(f: &[u8]) -> u32 {
     let Some(macs) = f.get(..12) else {
         return 0;
     };
-    let mut at = 12;
-    let mut et = f
-        .get(at..at + 2)
-        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-    if et == 0x8100 || et == 0x88a8 {
-        at += 4;
-        et = f
-            .get(at..at + 2)
-            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-    }
-    let l3 = at + 2;
+    let Some((l3, et)) = crate::wire::ethernet::payload_of(f) else {
+        return fnv(SEED, macs);
+    };
     let (addrs, proto, l4) = match et {
-        0x0800 => {
+        crate::wire::ethernet::ETHERTYPE_IPV4 => {
             let Some(ip) = f.get(l3..l3 + 20) else {
                 return fnv(SEED, macs);
             };
@@ -1058,7 +1050,7 @@ fn frame_hash(f: &[u8]) -> u32 {
             let l4 = (!fragment).then_some(l3 + usize::from(ip[0] & 0xf) * 4);
             (&ip[12..20], ip[9], l4)
         }
-        0x86dd => {
+        crate::wire::ethernet::ETHERTYPE_IPV6 => {
             let Some(ip) = f.get(l3..l3 + 40) else {
                 return fnv(SEED, macs);
             };

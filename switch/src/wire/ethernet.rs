@@ -20,6 +20,12 @@ mod field {
 
 /// 802.1Q tag protocol identifier.
 pub const ETHERTYPE_VLAN: u16 = 0x8100;
+/// 802.1ad (QinQ) service tag protocol identifier.
+pub const ETHERTYPE_QINQ: u16 = 0x88a8;
+/// IPv4.
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// IPv6.
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 /// Reverse ARP.
 pub const ETHERTYPE_RARP: u16 = 0x8035;
 /// The broadcast address.
@@ -75,6 +81,22 @@ impl<T: AsRef<[u8]>> Frame<T> {
     }
 }
 
+/// Where a frame's payload starts past its Ethernet header and up to two VLAN tags
+/// (802.1Q or 802.1ad), and the EtherType that names it (a tag's own when there are
+/// more than two); `None` when the frame is too short to say.
+pub fn payload_of(f: &[u8]) -> Option<(usize, u16)> {
+    let ethertype = |at: usize| f.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let mut at = field::ETHERTYPE.start;
+    for _ in 0..2 {
+        let et = ethertype(at)?;
+        if et != ETHERTYPE_VLAN && et != ETHERTYPE_QINQ {
+            return Some((at + 2, et));
+        }
+        at += 4;
+    }
+    Some((at + 2, ethertype(at)?))
+}
+
 /// Whether an address is a group (multicast or broadcast) address.
 pub fn is_group(m: &Mac) -> bool {
     m[0] & 1 != 0
@@ -83,6 +105,30 @@ pub fn is_group(m: &Mac) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_payload_is_found_past_up_to_two_tags() {
+        let mut f = UNTAGGED.to_vec();
+        assert_eq!(payload_of(&f), Some((14, ETHERTYPE_IPV4)));
+        f.splice(12..12, [0x81, 0x00, 0x00, 0x0a]);
+        assert_eq!(payload_of(&f), Some((18, ETHERTYPE_IPV4)));
+        f.splice(12..12, [0x88, 0xa8, 0x00, 0x14]);
+        assert_eq!(payload_of(&f), Some((22, ETHERTYPE_IPV4)));
+        f.splice(12..12, [0x81, 0x00, 0x00, 0x1e]);
+        assert_eq!(
+            payload_of(&f),
+            Some((22, ETHERTYPE_VLAN)),
+            "a third tag is not looked through"
+        );
+        for n in 0..14 {
+            assert_eq!(payload_of(&UNTAGGED[..n]), None, "{n} bytes");
+        }
+        assert_eq!(
+            payload_of(&f[..17]),
+            None,
+            "a tag without the type behind it"
+        );
+    }
 
     static UNTAGGED: [u8; 14] = [
         0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0, 1, 2, 3, 0x08, 0x00,

@@ -21,6 +21,7 @@
 //! fragmentation) is not cut: nothing this switch enables produces it.
 
 use super::checksum;
+use super::ethernet::{payload_of, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 
 /// `flags`: the checksum at `csum_start + csum_offset` is partial.
 pub const F_NEEDS_CSUM: u8 = 1;
@@ -114,30 +115,20 @@ enum L3 {
     V6,
 }
 
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
 /// Where the network header starts and what it is: after the Ethernet header and up to
 /// two VLAN tags.
 fn l3_of(frame: &[u8]) -> Result<(usize, L3), GsoError> {
-    let mut at = 12;
-    for _ in 0..3 {
-        let et = frame
-            .get(at..at + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-            .ok_or(GsoError::Malformed("short Ethernet header"))?;
-        match et {
-            ETH_P_8021Q | ETH_P_8021AD => at += 4,
-            ETH_P_IPV4 => return Ok((at + 2, L3::V4)),
-            ETH_P_IPV6 => return Ok((at + 2, L3::V6)),
-            _ => return Err(GsoError::Malformed("not IPv4 or IPv6")),
-        }
+    match payload_of(frame) {
+        Some((at, ETHERTYPE_IPV4)) => Ok((at, L3::V4)),
+        Some((at, ETHERTYPE_IPV6)) => Ok((at, L3::V6)),
+        Some(_) => Err(GsoError::Malformed(
+            "not IPv4 or IPv6 (or more than two VLAN tags)",
+        )),
+        None => Err(GsoError::Malformed("short Ethernet header")),
     }
-    Err(GsoError::Malformed("too many VLAN tags"))
 }
 
 /// A super-frame's cut, decided once for all its segments.
@@ -344,7 +335,7 @@ pub(crate) mod tests_support {
         f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
         let l4_len = if tcp { 32 } else { 8 } + payload;
         if v6 {
-            f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+            f.extend_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
             let mut ip = [0u8; 40];
             ip[0] = 0x60;
             ip[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
@@ -354,7 +345,7 @@ pub(crate) mod tests_support {
             ip[24..40].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
             f.extend_from_slice(&ip);
         } else {
-            f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+            f.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
             let mut ip = [0u8; 20];
             ip[0] = 0x45;
             ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
