@@ -34,17 +34,12 @@ pub fn wire_frames(
         if !copy_plain(cache, frame, out, counters) {
             return false;
         }
-        if h.flags & gso::F_NEEDS_CSUM != 0 {
-            let Some(q) = out.last_mut() else {
-                return false;
-            };
-            let ok = pool
-                .bytes_mut(q)
-                .is_some_and(|b| gso::finish_checksum(&h, b).is_ok());
-            if !ok {
-                return undo(cache, out, start, counters, DropReason::Offload);
-            }
-            counters.csum_finished();
+        let done = out
+            .last_mut()
+            .and_then(|q| pool.bytes_mut(q))
+            .is_some_and(|b| finish(&h, b, counters));
+        if !done {
+            return undo(cache, out, start, counters, DropReason::Offload);
         }
         return true;
     }
@@ -93,10 +88,7 @@ pub fn into_wire_frames(
     if let Some(h) = pool.vnet_hdr(&p).map(VnetHdr::parse) {
         if h.gso() == gso::GSO_NONE && !pool.is_gso(&p) {
             if let Some(b) = pool.bytes_mut(&mut p) {
-                if h.flags & gso::F_NEEDS_CSUM == 0 || gso::finish_checksum(&h, b).is_ok() {
-                    if h.flags & gso::F_NEEDS_CSUM != 0 {
-                        counters.csum_finished();
-                    }
+                if finish(&h, b, counters) {
                     p.set_offload(false);
                     out.push(p);
                 } else {
@@ -109,6 +101,19 @@ pub fn into_wire_frames(
     }
     wire_frames(pool, cache, &p, out, counters);
     cache.free(p);
+}
+
+/// Finishes the partial checksum `h` asks for in `frame` (nothing to do without
+/// `NEEDS_CSUM`), counting it; false when the frame cannot hold it.
+fn finish(h: &VnetHdr, frame: &mut [u8], counters: &PortCounters) -> bool {
+    if h.flags & gso::F_NEEDS_CSUM == 0 {
+        return true;
+    }
+    let ok = gso::finish_checksum(h, frame).is_ok();
+    if ok {
+        counters.csum_finished();
+    }
+    ok
 }
 
 /// Gives back the frames made so far (`out[start..]`) and counts the frame as dropped

@@ -683,12 +683,11 @@ impl Worker {
                     _ => {}
                 }
             }
-            match &entry.vlans {
-                None if pkt.offload() && src_counters.is_some() => {
+            let cut_for_plain = src_counters.as_deref().filter(|_| pkt.offload());
+            match (&entry.vlans, cut_for_plain) {
+                (None, Some(c)) => {
                     // Some destinations take it whole, the others share its wire frames.
-                    if let Some(c) = &src_counters {
-                        crate::offload::wire_frames(pool, fwd.cache, &pkt, cut, c);
-                    }
+                    crate::offload::wire_frames(pool, fwd.cache, &pkt, cut, c);
                     let whole = entry.dests.iter().filter(|g| g.offloads);
                     for (g, p) in whole.zip(pool.fanout(pkt, ndest - entry.plain)) {
                         fwd.route(g, p, hash);
@@ -700,13 +699,13 @@ impl Worker {
                         }
                     }
                 }
-                None => {
+                (None, None) => {
                     let copies = pool.fanout(pkt, ndest);
                     for (g, p) in entry.dests.iter().zip(copies) {
                         fwd.route(g, p, hash);
                     }
                 }
-                Some(v) => fwd.flood_vlan(&entry.dests, &v.dests, pkt, vid, form, hash),
+                (Some(v), _) => fwd.flood_vlan(&entry.dests, &v.dests, pkt, vid, form, hash),
             }
         }
         let Fwd {
