@@ -680,7 +680,7 @@ impl DgramIo {
             if pkt.is_empty() {
                 io.free(pkt);
             } else {
-                wire += wire_frames(io.pool(), &pkt);
+                wire += wire_count(io.pool(), &pkt);
                 out.push(pkt);
                 n += 1;
                 if wire >= max {
@@ -755,13 +755,13 @@ impl DgramIo {
                 io.free(pkt);
                 return Err(None);
             };
-            if let (Some(b), Some(g_buf)) = (io.pool().buf_ptr(&mut pkt), io.pool().buf_ptr(&mut g))
-            {
-                // SAFETY: two distinct buffers we own exclusively; `small` bytes from
-                // `lead` lie inside each.
-                unsafe { std::ptr::copy_nonoverlapping(b.add(lead), g_buf.add(lead), small) };
-            }
+            let moved = copy_across(io.pool(), &mut pkt, &mut g, lead..lead + small);
             io.free(pkt);
+            if !moved {
+                io.counters.count_drop(DropReason::NoBuffer, 1);
+                self.spare_gso = Some(g);
+                return Err(None);
+            }
             return Ok((g, r, total));
         }
         Ok((pkt, r, total))
@@ -795,21 +795,15 @@ impl DgramIo {
             io.counters.count_drop(DropReason::NoBuffer, 1);
             return Err(None);
         };
-        match (
-            pool.buf_ptr(&mut pkt),
-            self.spare_gso.as_mut().and_then(|g| pool.buf_ptr(g)),
-        ) {
-            (Some(dst), Some(src)) => {
-                // SAFETY: two distinct buffers we own exclusively; `r <= small` bytes
-                // from `lead` lie inside each.
-                unsafe { std::ptr::copy_nonoverlapping(src.add(lead), dst.add(lead), r) };
-                Ok((pkt, r, total))
-            }
-            _ => {
-                io.free(pkt);
-                Err(None)
-            }
+        let copied = self
+            .spare_gso
+            .as_mut()
+            .is_some_and(|g| copy_across(pool, g, &mut pkt, lead..lead + r));
+        if !copied {
+            io.free(pkt);
+            return Err(None);
         }
+        Ok((pkt, r, total))
     }
 
     pub fn rx_burst(&mut self, io: &mut Io<'_>, out: &mut Vec<Pkt>, max: usize) -> usize {
@@ -1167,16 +1161,19 @@ impl DgramIo {
             return;
         }
         io.counters.gro(count as u64);
+        // Every segment is `seg` bytes but the last; one shorter than a frame is a runt.
+        let spans = (0..count).map(|i| (HEADROOM + i * seg, seg.min(payload - i * seg)));
+        let frames = spans
+            .clone()
+            .filter(|&(_, len)| len >= switch::pool::MIN_FRAME);
+        let runts = count - frames.clone().count();
+        if runts > 0 {
+            io.counters.count_drop(DropReason::Undersize, runts as u64);
+        }
         if seg < GRO_SHARE_MIN {
             // Small frames are copied out, and the GSO buffer goes back to the kernel
             // at once: a few lent buffers then keep up with any rate.
-            for i in 0..count {
-                let at = HEADROOM + i * seg;
-                let len = seg.min(payload - i * seg);
-                if len < switch::pool::MIN_FRAME {
-                    io.counters.count_drop(DropReason::Undersize, 1);
-                    continue;
-                }
+            for (at, len) in frames {
                 match io.alloc_copy(&buf[at..at + len]) {
                     Some(f) => {
                         io.counters.rx(len);
@@ -1188,14 +1185,9 @@ impl DgramIo {
             io.free(pkt);
             return;
         }
-        for (i, mut h) in pool.fanout(pkt, count as u32).enumerate() {
-            let len = seg.min(payload - i * seg);
-            if len < switch::pool::MIN_FRAME {
-                io.counters.count_drop(DropReason::Undersize, 1);
-                io.free(h);
-                continue;
-            }
-            h.set_span(HEADROOM + i * seg, len);
+        let shared = pool.fanout(pkt, (count - runts) as u32);
+        for (mut h, (at, len)) in shared.zip(frames) {
+            h.set_span(at, len);
             io.counters.rx(len);
             self.ready.push_back(h);
         }
@@ -1303,8 +1295,25 @@ impl DgramIo {
     }
 }
 
+/// Copies bytes `range` of `from`'s buffer to the same place in `to`'s, two buffers
+/// the caller holds alone; false (nothing copied) when either is shared or too short.
+fn copy_across(
+    pool: &switch::Pool,
+    from: &mut Pkt,
+    to: &mut Pkt,
+    range: std::ops::Range<usize>,
+) -> bool {
+    match (pool.buf_mut(from), pool.buf_mut(to)) {
+        (Some(a), Some(b)) if range.end <= a.len().min(b.len()) => {
+            b[range.clone()].copy_from_slice(&a[range]);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// How many wire frames `p` stands for: the segments of a GSO super-frame, else one.
-fn wire_frames(pool: &switch::Pool, p: &Pkt) -> usize {
+fn wire_count(pool: &switch::Pool, p: &Pkt) -> usize {
     let Some(h) = pool.vnet_hdr(p).map(VnetHdr::parse) else {
         return 1;
     };
