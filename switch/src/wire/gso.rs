@@ -301,12 +301,12 @@ impl Plan {
             L3::V4 => &out[self.ip + 12..self.ip + 20],
             L3::V6 => &out[self.ip + 8..self.ip + 40],
         };
-        let tail = [0, 0, (l4_len >> 8) as u8, l4_len as u8, 0, 0, 0, proto];
-        let s = checksum::sum(addrs, 0);
-        match self.l3 {
-            L3::V4 => checksum::sum(&[0, proto, (l4_len >> 8) as u8, l4_len as u8], s),
-            L3::V6 => checksum::sum(&tail, s),
-        }
+        // IPv4's zero, protocol and 16-bit length, and IPv6's 32-bit length and
+        // next-header word, add up to the same 16-bit words.
+        checksum::sum(
+            &[0, proto, (l4_len >> 8) as u8, l4_len as u8],
+            checksum::sum(addrs, 0),
+        )
     }
 }
 
