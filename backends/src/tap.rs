@@ -34,8 +34,9 @@ use crate::error::Error;
 use crate::io::{DgramConfig, DgramIo, DgramPort, RxMode, TxMode};
 use crate::sys::{self, IfReq};
 
-/// Length of `struct virtio_net_hdr` (no mergeable buffers).
-pub const VNET_HDR_LEN: usize = 10;
+/// Length of `struct virtio_net_hdr` (no mergeable buffers): the pool's, since an
+/// offload frame keeps the tap's header in front of it.
+pub use switch::pool::VNET_HDR_LEN;
 
 /// A tap netdev's settings, resolved (descriptors already taken over).
 #[derive(Debug, Default)]

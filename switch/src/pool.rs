@@ -233,8 +233,8 @@ impl Region {
 /// not cached per worker: a super-frame costs a system call and tens of microseconds of
 /// copying anyway, so one lock-free pop per buffer is noise.
 struct Big {
-    #[allow(dead_code)]
-    region: Option<Region>,
+    /// Owns the mapping `base` points into (unmapped when the pool drops).
+    _region: Option<Region>,
     base: *mut u8,
     size: usize,
     count: u32,
@@ -247,7 +247,7 @@ impl Big {
         let free = ArrayQueue::new(count.max(1) as usize);
         if count == 0 {
             return Ok(Big {
-                region: None,
+                _region: None,
                 base: std::ptr::null_mut(),
                 size,
                 count,
@@ -261,7 +261,7 @@ impl Big {
             let _ = free.push(first + i);
         }
         Ok(Big {
-            region: Some(region),
+            _region: Some(region),
             base,
             size,
             count,
