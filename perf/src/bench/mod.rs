@@ -750,6 +750,18 @@ impl TapNamespaces {
             sink: Netns::create("ppk")?,
         })
     }
+
+    /// [`TapNamespaces::create`] for run `run` of a scenario: the failure as that run's
+    /// sample.
+    pub fn for_run(run: usize) -> std::result::Result<TapNamespaces, Box<Sample>> {
+        TapNamespaces::create().map_err(|e| {
+            Box::new(Sample {
+                run,
+                error: Some(e.to_string()),
+                ..Sample::default()
+            })
+        })
+    }
 }
 
 /// For a tap topology whose ends the tool uses as hosts (TCP, UDP sockets): gives each

@@ -12,16 +12,15 @@
 //! Linux bridge.
 
 use serde_json::json;
-use testbed::unique;
 
 use crate::bench::ndr::NdrOpts;
 use crate::bench::{
-    alternate, measure, plot_throughput, ratios, target, throughput_ratios, BenchOpts, Job,
-    Scenario, TapNamespaces,
+    alternate, measure, plot_throughput, ratios, tap_pair, target, throughput_ratios, BenchOpts,
+    Job, Scenario, TapNamespaces,
 };
 use crate::error::Result;
 use crate::frame;
-use crate::peer::{self, TapLink, Topology};
+use crate::peer;
 use crate::report::{Report, Sample};
 use crate::traffic::{Rate, Roles};
 
@@ -43,33 +42,12 @@ pub fn measure_once(
     run: usize,
     command: &mut String,
 ) -> Sample {
-    let ns = match TapNamespaces::create() {
+    let ns = match TapNamespaces::for_run(run) {
         Ok(n) => n,
-        Err(e) => {
-            return Sample {
-                run,
-                error: Some(e.to_string()),
-                ..Sample::default()
-            }
-        }
+        Err(failed) => return *failed,
     };
     let mtu = if opts.size > 1514 { 9000 } else { 1500 };
-    let topology = Topology::TapHub {
-        sut_netns: ns.sut.name.clone(),
-        ports: vec![
-            TapLink {
-                ifname: unique("pta"),
-                netns: ns.gen.name.clone(),
-                mac: frame::mac(0),
-            },
-            TapLink {
-                ifname: unique("ptb"),
-                netns: ns.sink.name.clone(),
-                mac: frame::mac(1),
-            },
-        ],
-        mtu,
-    };
+    let topology = tap_pair(&ns, mtu);
     let cfg = opts.traffic(rate, opts.size, frame::mac(1));
     let roles = Roles {
         tx: vec![0],

@@ -53,15 +53,9 @@ pub fn measure_once(
     run: usize,
     command: &mut String,
 ) -> Sample {
-    let ns = match TapNamespaces::create() {
+    let ns = match TapNamespaces::for_run(run) {
         Ok(n) => n,
-        Err(e) => {
-            return Sample {
-                run,
-                error: Some(e.to_string()),
-                ..Sample::default()
-            }
-        }
+        Err(failed) => return *failed,
     };
     let topology = tap_pair(&ns, 1500);
     let cfg = opts.traffic(opts.rate, opts.size, frame::BROADCAST);

@@ -75,15 +75,9 @@ fn measure_once(
     run: usize,
     command: &mut String,
 ) -> Sample {
-    let ns = match TapNamespaces::create() {
+    let ns = match TapNamespaces::for_run(run) {
         Ok(n) => n,
-        Err(e) => {
-            return Sample {
-                run,
-                error: Some(e.to_string()),
-                ..Sample::default()
-            }
-        }
+        Err(failed) => return *failed,
     };
     let topology = tap_pair(&ns, 1500);
     with_system(
