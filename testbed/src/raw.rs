@@ -319,6 +319,15 @@ mod tests {
         for l in [&a, &b] {
             run_ok("ip", &["-n", &ns.name, "link", "set", "dev", l, "up"]);
         }
+        // Until the kernel's link watch has activated both ends (it may lag a second on a
+        // loaded machine), frames sent on the pair are dropped.
+        for l in [&a, &b] {
+            let path = format!("/sys/class/net/{l}/operstate");
+            let up = crate::wait_until(Duration::from_secs(5), || {
+                ns.run(&["cat", &path]).is_ok_and(|s| s.trim() == "up")
+            });
+            assert!(up, "{l} did not come up");
+        }
         let (ra, rb) = (RawSock::open_in(&ns, &a), RawSock::open_in(&ns, &b));
         (ns, b, ra, rb)
     }
